@@ -1,0 +1,1 @@
+"""orders_service: orders, their items, and (with the saga) their lifecycle."""

@@ -1,0 +1,102 @@
+"""orders_service's SQL: plain parameterised queries, nothing else."""
+
+import datetime
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from shared.db import Connection, Executor
+
+ORDER_COLUMNS = "id, user_id, status, rejection_reason, total_cents, created_at, updated_at"
+
+
+async def insert_order(
+    connection: Connection,
+    *,
+    order_id: uuid.UUID,
+    user_id: uuid.UUID,
+    total_cents: int,
+    items: Sequence[tuple[str, int, int]],
+) -> asyncpg.Record:
+    order = await connection.fetchrow(
+        f"""
+        INSERT INTO orders (id, user_id, status, total_cents)
+        VALUES ($1, $2, 'PENDING', $3)
+        RETURNING {ORDER_COLUMNS}
+        """,
+        order_id,
+        user_id,
+        total_cents,
+    )
+    assert order is not None  # INSERT ... RETURNING always returns the row
+    await connection.executemany(
+        """
+        INSERT INTO order_items (order_id, line_no, sku, quantity, unit_price_cents)
+        VALUES ($1, $2, $3, $4, $5)
+        """,
+        [(order_id, line_no, *item) for line_no, item in enumerate(items, start=1)],
+    )
+    return order
+
+
+async def fetch_order(
+    connection: Executor, order_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
+) -> asyncpg.Record | None:
+    # The owner is part of the key: another user's order is indistinguishable from no order.
+    lock = " FOR UPDATE" if for_update else ""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND user_id = $2{lock}", order_id, user_id
+    )
+    return row
+
+
+async def fetch_items(connection: Executor, order_ids: Sequence[uuid.UUID]) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        SELECT order_id, sku, quantity, unit_price_cents
+        FROM order_items WHERE order_id = ANY($1::uuid[])
+        ORDER BY order_id, line_no
+        """,
+        order_ids,
+    )
+    return rows
+
+
+async def fetch_page(
+    connection: Executor,
+    *,
+    user_id: uuid.UUID,
+    status: str | None,
+    after: tuple[datetime.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Keyset pagination, newest first: stable under concurrent inserts, unlike OFFSET."""
+    after_created_at, after_id = after if after else (None, None)
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"""
+        SELECT {ORDER_COLUMNS} FROM orders
+        WHERE user_id = $1
+          AND ($2::text IS NULL OR status = $2)
+          AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+        ORDER BY created_at DESC, id DESC
+        LIMIT $5
+        """,
+        user_id,
+        status,
+        after_created_at,
+        after_id,
+        limit,
+    )
+    return rows
+
+
+async def set_status(connection: Connection, order_id: uuid.UUID, status: str) -> asyncpg.Record:
+    """Change the status of an order the caller has already locked (so it exists)."""
+    row = await connection.fetchrow(
+        f"UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 RETURNING {ORDER_COLUMNS}",
+        order_id,
+        status,
+    )
+    assert row is not None
+    return row

@@ -1,0 +1,96 @@
+"""orders_service's HTTP layer: turn validated requests into service calls and results into JSON.
+
+The OpenAPI middleware has already checked the token, the query and the body against the contract.
+"""
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from orders_service import services
+from shared.auth import AUTHENTICATED_USER
+from shared.http import json_response
+from shared.openapi import VALIDATED_BODY, VALIDATED_QUERY
+from shared.problems import Problem, not_found, validation_problem
+from shared.service import DB_POOL
+
+DEFAULT_PAGE_SIZE = 20
+
+routes = web.RouteTableDef()
+
+
+def order_json(order: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": order["id"],
+        "user_id": order["user_id"],
+        "status": order["status"],
+        "rejection_reason": order["rejection_reason"],
+        "items": order["items"],
+        "total_cents": order["total_cents"],
+        "created_at": order["created_at"],
+        "updated_at": order["updated_at"],
+    }
+
+
+def _order_id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise not_found("order") from None
+
+
+@routes.post("/api/orders")
+async def place_order(request: web.Request) -> web.Response:
+    items = [services.Item(**item) for item in request[VALIDATED_BODY]["items"]]
+    order = await services.place_order(request.app[DB_POOL], user_id=request[AUTHENTICATED_USER], items=items)
+    # 202: the order is accepted, and its outcome (APPROVED or REJECTED) is decided asynchronously.
+    return json_response(order_json(order), status=202, headers={"Location": f"/api/orders/{order['id']}"})
+
+
+@routes.get("/api/orders")
+async def list_orders(request: web.Request) -> web.Response:
+    query = request[VALIDATED_QUERY]
+    try:
+        page = await services.list_orders(
+            request.app[DB_POOL],
+            user_id=request[AUTHENTICATED_USER],
+            status=query.get("status"),
+            limit=query.get("limit", DEFAULT_PAGE_SIZE),
+            cursor=query.get("cursor"),
+        )
+    except services.InvalidCursor:
+        raise validation_problem(
+            [{"pointer": "#/query/cursor", "detail": "is not a cursor this API issued"}]
+        ) from None
+    return json_response(
+        {"items": [order_json(order) for order in page.orders], "next_cursor": page.next_cursor}
+    )
+
+
+@routes.get("/api/orders/{id}")
+async def get_order(request: web.Request) -> web.Response:
+    try:
+        order = await services.get_order(
+            request.app[DB_POOL], user_id=request[AUTHENTICATED_USER], order_id=_order_id(request)
+        )
+    except services.OrderNotFound:
+        raise not_found("order") from None
+    return json_response(order_json(order))
+
+
+@routes.post("/api/orders/{id}/cancel")
+async def cancel_order(request: web.Request) -> web.Response:
+    try:
+        order, changed = await services.cancel_order(
+            request.app[DB_POOL], user_id=request[AUTHENTICATED_USER], order_id=_order_id(request)
+        )
+    except services.OrderNotFound:
+        raise not_found("order") from None
+    except services.OrderNotCancellable as error:
+        raise Problem(
+            409,
+            f"The order is {error.status} and can no longer be cancelled.",
+            type="urn:eda-reference:problem:order-not-cancellable",
+        ) from None
+    return json_response(order_json(order), status=202 if changed else 200)

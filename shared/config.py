@@ -1,0 +1,120 @@
+"""Configuration as frozen dataclasses read from environment variables only.
+
+Every field is declared with `setting(ENV_NAME, default, doc)`, so the dataclass itself is the
+documentation: the README's configuration table and the docker-compose check are built from it.
+"""
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+def setting(env: str, default: T, doc: str) -> T:
+    """A config field read from the environment variable `env`, falling back to `default`."""
+    field: T = dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+    return field
+
+
+class ConfigError(ValueError):
+    """An environment variable is set to something its field cannot hold."""
+
+
+def _convert(raw: str, target: Any, env: str) -> Any:
+    try:
+        if target is bool:
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                raise ValueError(raw)
+            return lowered in {"1", "true", "yes", "on"}
+        if target is Secret:
+            return Secret(raw)
+        if target in (int, float, str):
+            return target(raw)
+    except ValueError as error:
+        raise ConfigError(f"{env}={raw!r} is not a valid {target.__name__}") from error
+    raise TypeError(f"unsupported config field type for {env}: {target!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseConfig:
+    """Settings every process has. Services subclass it and add or override fields."""
+
+    http_host: str = setting("HTTP_HOST", "127.0.0.1", "Interface the HTTP server binds to.")
+    http_port: int = setting("HTTP_PORT", 8000, "Port the HTTP server listens on.")
+    log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = setting("LOG_FORMAT", "console", "`console` for people, `json` for machines.")
+    shutdown_timeout: float = setting(
+        "SHUTDOWN_TIMEOUT", 10.0, "Seconds SIGTERM waits for in-flight work before closing."
+    )
+    startup_timeout: float = setting(
+        "STARTUP_TIMEOUT", 60.0, "Seconds to keep retrying Postgres and RabbitMQ at start."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            env = field.metadata["env"]
+            if env in environ:
+                values[field.name] = _convert(environ[env], hints[field.name], env)
+        return cls(**values)
+
+    @classmethod
+    def documented_settings(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, description) for every field, in declaration order."""
+        rows = []
+        for field in dataclasses.fields(cls):
+            default = field.default
+            shown = default.value if isinstance(default, Secret) else default
+            rows.append((field.metadata["env"], str(shown), field.metadata["doc"]))
+        return rows
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as loggable values, secrets masked."""
+        shown: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            shown[field.name] = repr(value) if isinstance(value, Secret) else value
+        return shown
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig(BaseConfig):
+    """Settings of a process that verifies access tokens (all three do)."""
+
+    jwt_public_key_file: str = setting(
+        "JWT_PUBLIC_KEY_FILE", ".keys/jwt-public.pem", "Ed25519 public key (PEM) that verifies tokens."
+    )
+    jwt_issuer: str = setting("JWT_ISSUER", "eda-reference/users", "Expected `iss` of tokens.")
+    jwt_audience: str = setting("JWT_AUDIENCE", "eda-reference", "Expected `aud` of tokens.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig(TokenConfig):
+    """Settings of a service that owns a database and talks to RabbitMQ."""
+
+    database_url: Secret = setting(
+        "DATABASE_URL", Secret("postgresql://localhost/postgres"), "The service's own database."
+    )
+    database_pool_size: int = setting("DATABASE_POOL_SIZE", 10, "Most connections in the pool.")
+    rabbitmq_url: Secret = setting(
+        "RABBITMQ_URL", Secret("amqp://guest:guest@127.0.0.1:5672/"), "The broker."
+    )

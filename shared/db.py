@@ -1,0 +1,79 @@
+"""Postgres: a connection pool opened with retries, and a runner for numbered .sql migrations."""
+
+import re
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from shared.retry import retry_until_deadline
+
+log = structlog.get_logger("db")
+
+# What a query function accepts: a connection (inside a transaction, or borrowed from the pool) or
+# the pool itself (for a single statement that needs no transaction).
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+Executor = Connection | asyncpg.Pool
+
+_MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+# Two replicas starting at once must not both apply the same migration: they queue on this lock.
+_MIGRATION_LOCK_ID = 0x6564615F6D6967  # "eda_mig"
+
+
+async def create_pool(dsn: str, *, max_size: int, startup_timeout: float) -> asyncpg.Pool:
+    async def connect() -> asyncpg.Pool:
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30)
+
+    pool = await retry_until_deadline(connect, what="postgres", deadline_seconds=startup_timeout)
+    return pool
+
+
+def migration_files(directory: Path) -> list[tuple[int, Path]]:
+    """The migrations in a folder, in order; a misnamed or duplicated number is a bug."""
+    found: dict[int, Path] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file {path.name!r} is not named NNN_lower_snake.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise ValueError(f"two migrations share number {version:03d}")
+        found[version] = path
+    return sorted(found.items())
+
+
+async def apply_migrations(pool: asyncpg.Pool, directory: Path) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+    applied_now: list[str] = []
+    async with pool.acquire() as connection:
+        await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
+        try:
+            await connection.execute(
+                """
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version integer PRIMARY KEY,
+                    name text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now()
+                )
+                """
+            )
+            done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+            for version, path in migration_files(directory):
+                if version in done:
+                    continue
+                async with connection.transaction():
+                    await connection.execute(path.read_text())
+                    await connection.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        path.name,
+                    )
+                log.info("migration applied", migration=path.name)
+                applied_now.append(path.name)
+        finally:
+            await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
+    return applied_now
+
+
+async def check_database(pool: asyncpg.Pool) -> None:
+    await pool.fetchval("SELECT 1")

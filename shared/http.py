@@ -1,0 +1,162 @@
+"""HTTP plumbing every process uses: request ids, one access-log line per request, JSON bodies,
+problem responses for every failure, and the /healthz and /readyz endpoints."""
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from shared.problems import Problem
+
+log = structlog.get_logger("http")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = web.RequestKey("request_id", str)
+# A client may name its own request id, but only as a short opaque token: anything else (control
+# characters, megabytes of text) would end up in every log line, so it is replaced.
+_ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+def _json_default(value: object) -> str:
+    # asyncpg returns its own UUID subclass, which orjson does not recognise as a UUID.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps(data: Any) -> bytes:
+    """JSON as the API writes it: UUIDs as strings, times as RFC 3339 in UTC with a Z."""
+    return orjson.dumps(data, default=_json_default, option=orjson.OPT_UTC_Z)
+
+
+def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=dumps(data),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or a problem: 415 for another media type, 400 for bad JSON.
+
+    aiohttp itself refuses a body over `client_max_size` with 413 while reading it.
+    """
+    if request.content_type != "application/json":
+        raise Problem(415, "Send the body as application/json.", headers={"Accept-Post": "application/json"})
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise Problem(400, f"The body is not valid JSON: {error.msg}.", title="Malformed JSON") from None
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take the caller's X-Request-ID or make one; bind it to every log line; echo it back."""
+    offered = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = offered if _ACCEPTABLE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+        except web.HTTPException as http_error:
+            http_error.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line per request: method, path, status and duration."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as http_error:
+        status = http_error.status
+        raise
+    finally:
+        log.info(
+            "http request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as problem+json; nothing internal (trace, SQL, hostname) leaks out."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.to_response()
+    except web.HTTPException as http_error:
+        if http_error.status < 400:
+            raise
+        headers = {k: v for k, v in http_error.headers.items() if k in {"Allow", "Retry-After"}}
+        return Problem(http_error.status, _public_detail(http_error), headers=headers).to_response()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return Problem(500, "An unexpected error occurred; it has been logged.").to_response()
+
+
+def _public_detail(http_error: web.HTTPException) -> str | None:
+    match http_error.status:
+        case 404:
+            return "No such resource."
+        case 405:
+            return f"Allowed methods: {http_error.headers.get('Allow', 'none')}."
+        case 413:
+            return "The request body is too large."
+    return None
+
+
+def standard_middlewares() -> list[Any]:
+    """Outermost first: the request id must wrap the log line, which must see the final status."""
+    return [request_id_middleware, access_log_middleware, problem_middleware]
+
+
+def health_routes(checks: Mapping[str, ReadinessCheck], *, timeout: float = 2.0) -> list[web.RouteDef]:
+    """/healthz says the process is alive; /readyz runs every dependency check, concurrently."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        names = list(checks)
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(checks[name](), timeout) for name in names), return_exceptions=True
+        )
+        report = {
+            name: "ok" if outcome is None else _describe_failure(outcome)
+            for name, outcome in zip(names, outcomes, strict=True)
+        }
+        if all(state == "ok" for state in report.values()):
+            return json_response({"status": "ready", "checks": report})
+        raise Problem(503, "A dependency is not ready.", title="Not ready", extensions={"checks": report})
+
+    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
+
+
+def _describe_failure(outcome: BaseException | None) -> str:
+    if isinstance(outcome, TimeoutError):
+        return "timeout"
+    return "unavailable"

@@ -1,0 +1,40 @@
+"""Retrying a connection at start-up: Postgres and RabbitMQ may come up later than we do."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+log = structlog.get_logger("startup")
+T = TypeVar("T")
+
+
+async def retry_until_deadline(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    deadline_seconds: float,
+    first_delay: float = 0.2,
+    max_delay: float = 3.0,
+) -> T:
+    """Call `attempt` until it succeeds, backing off exponentially; give up after the deadline."""
+    give_up_at = time.monotonic() + deadline_seconds
+    delay = first_delay
+    while True:
+        try:
+            return await attempt()
+        except (OSError, ConnectionError, TimeoutError) as error:
+            remaining = give_up_at - time.monotonic()
+            if remaining <= 0:
+                log.error("dependency never became reachable", dependency=what, error=repr(error))
+                raise
+            log.warning(
+                "waiting for dependency",
+                dependency=what,
+                error=str(error) or repr(error),
+                retry_in=round(delay, 2),
+            )
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, max_delay)

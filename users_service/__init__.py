@@ -1,0 +1,1 @@
+"""users_service: users, credentials, access tokens and credit accounts."""

@@ -1,0 +1,22 @@
+from pathlib import Path
+
+from aiohttp import web
+
+from shared.service import create_service_app
+from users_service.config import UsersConfig
+from users_service.passwords import PasswordHasher
+from users_service.routes import PASSWORD_HASHER, TOKEN_ISSUER, routes
+from users_service.tokens import TokenIssuer
+
+
+def create_app(config: UsersConfig) -> web.Application:
+    app = create_service_app(config, package_dir=Path(__file__).parent)
+    app[PASSWORD_HASHER] = PasswordHasher()
+    app[TOKEN_ISSUER] = TokenIssuer.from_pem_file(
+        config.jwt_private_key_file,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        ttl_seconds=config.jwt_ttl_seconds,
+    )
+    app.router.add_routes(routes)
+    return app

@@ -1,0 +1,17 @@
+import dataclasses
+
+from shared.config import Secret, ServiceConfig, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class UsersConfig(ServiceConfig):
+    http_port: int = setting("HTTP_PORT", 8001, "Port the HTTP server listens on.")
+    database_url: Secret = setting(
+        "DATABASE_URL",
+        Secret("postgresql://users_svc:users_svc@127.0.0.1:5432/users"),
+        "users_service's own database and role.",
+    )
+    jwt_private_key_file: str = setting(
+        "JWT_PRIVATE_KEY_FILE", ".keys/jwt-private.pem", "Ed25519 private key (PEM) that signs tokens."
+    )
+    jwt_ttl_seconds: int = setting("JWT_TTL_SECONDS", 900, "Lifetime of an access token.")

@@ -1,0 +1,55 @@
+"""Create the Ed25519 key pair that signs access tokens, unless it exists already.
+
+    python -m users_service.keygen [--private PATH] [--public PATH]
+
+Run by `make dev` and by the compose file's one-shot `keygen` service. No key is ever committed.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+from users_service.config import UsersConfig
+
+
+def ensure_keypair(private_path: Path, public_path: Path) -> bool:
+    """Write a new pair when the private key is absent; return whether one was written."""
+    if private_path.exists():
+        if not public_path.exists():
+            raise SystemExit(f"{private_path} exists but {public_path} does not; restore or delete both")
+        return False
+    key = Ed25519PrivateKey.generate()
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    # Created with owner-only permissions from the first byte, not chmod-ed afterwards.
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as private_file:
+        private_file.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    public_path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return True
+
+
+def main() -> None:
+    defaults = UsersConfig.from_env()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--private", type=Path, default=Path(defaults.jwt_private_key_file))
+    parser.add_argument("--public", type=Path, default=Path(defaults.jwt_public_key_file))
+    arguments = parser.parse_args()
+    if ensure_keypair(arguments.private, arguments.public):
+        print(f"keygen: wrote a new key pair: {arguments.private} and {arguments.public}")
+    else:
+        print(f"keygen: key pair already present: {arguments.private}")
+
+
+if __name__ == "__main__":
+    main()

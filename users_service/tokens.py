@@ -1,0 +1,42 @@
+"""Issuing access tokens. This is the only module of the system that touches the private key."""
+
+import dataclasses
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from shared.auth import ALGORITHM, TOKEN_TYPE
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIssuer:
+    private_key: Ed25519PrivateKey = dataclasses.field(repr=False)
+    issuer: str
+    audience: str
+    ttl_seconds: int
+
+    @classmethod
+    def from_pem_file(
+        cls, path: str | Path, *, issuer: str, audience: str, ttl_seconds: int
+    ) -> "TokenIssuer":
+        key = load_pem_private_key(Path(path).read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(private_key=key, issuer=issuer, audience=audience, ttl_seconds=ttl_seconds)
+
+    def issue(self, user_id: uuid.UUID) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(user_id),
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.ttl_seconds,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self.private_key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
