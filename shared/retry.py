@@ -5,10 +5,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
 import structlog
 
 log = structlog.get_logger("startup")
 T = TypeVar("T")
+
+# Failures that mean "not up yet": refused or reset connections, timeouts, and a Postgres that is
+# still starting or shutting down. Anything else (a wrong password, say) fails at once.
+TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
 
 
 async def retry_until_deadline(
@@ -25,7 +30,7 @@ async def retry_until_deadline(
     while True:
         try:
             return await attempt()
-        except (OSError, ConnectionError, TimeoutError) as error:
+        except TRANSIENT_ERRORS as error:
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 log.error("dependency never became reachable", dependency=what, error=repr(error))

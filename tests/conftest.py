@@ -1,0 +1,57 @@
+"""Fixtures every kind of test may use: real Postgres, real RabbitMQ, a signing key pair."""
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support import KeyPair, make_key_pair
+
+ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def dsn_for(database: str) -> str:
+    """The admin DSN, pointed at another database."""
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def key_pair(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    return make_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+CreateDatabase = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture
+async def create_database() -> AsyncIterator[CreateDatabase]:
+    """Make empty databases that are dropped after the test; each call returns a DSN."""
+    created: list[str] = []
+
+    async def create(prefix: str) -> str:
+        name = f"test_{prefix}_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        created.append(name)
+        return dsn_for(name)
+
+    yield create
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        for name in created:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

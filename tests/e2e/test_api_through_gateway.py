@@ -1,0 +1,188 @@
+"""Every row of the public API table, and every kind of bad input, through the gateway over HTTP."""
+
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import Stack
+from tests.support import eventually
+
+PASSWORD = "correct-horse-battery"
+
+
+async def new_user(
+    stack: Stack, http: aiohttp.ClientSession, **overrides: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Register a user with a unique email and sign in; return the user and its auth headers."""
+    email = f"user-{uuid.uuid4().hex[:8]}@example.com"
+    body = {"email": email, "name": "Test User", "password": PASSWORD, **overrides}
+    async with http.post(f"{stack.url}/api/users", json=body) as response:
+        assert response.status == 201, await response.text()
+        user: dict[str, Any] = await response.json()
+    async with http.post(
+        f"{stack.url}/api/auth/token", json={"email": email, "password": PASSWORD}
+    ) as response:
+        assert response.status == 200
+        token = (await response.json())["access_token"]
+    return user, {"Authorization": f"Bearer {token}"}
+
+
+async def test_the_walkthrough_register_sign_in_order_list_cancel(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    user, auth = await new_user(stack, http, credit_limit_cents=50_000)
+    async with http.get(f"{stack.url}/api/users/me", headers=auth) as response:
+        assert response.status == 200
+        assert await response.json() == user
+    async with http.get(f"{stack.url}/api/users/{user['id']}", headers=auth) as response:
+        assert await response.json() == user
+
+    order_body = {"items": [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}]}
+    async with http.post(f"{stack.url}/api/orders", json=order_body, headers=auth) as response:
+        assert response.status == 202
+        order = await response.json()
+        assert response.headers["Location"] == f"/api/orders/{order['id']}"
+    assert (order["status"], order["total_cents"], order["user_id"]) == ("PENDING", 2500, user["id"])
+
+    async with http.get(f"{stack.url}/api/orders/{order['id']}", headers=auth) as response:
+        assert await response.json() == order
+    async with http.get(f"{stack.url}/api/orders?status=PENDING&limit=10", headers=auth) as response:
+        page = await response.json()
+        assert [listed["id"] for listed in page["items"]] == [order["id"]]
+        assert page["next_cursor"] is None
+    async with http.post(f"{stack.url}/api/orders/{order['id']}/cancel", headers=auth) as response:
+        assert response.status == 202
+        assert (await response.json())["status"] == "CANCELLED"
+    async with http.post(f"{stack.url}/api/orders/{order['id']}/cancel", headers=auth) as response:
+        assert response.status == 200
+
+
+async def test_a_user_sees_and_cancels_only_their_own(stack: Stack, http: aiohttp.ClientSession) -> None:
+    owner, owner_auth = await new_user(stack, http)
+    _, stranger_auth = await new_user(stack, http)
+    order_body = {"items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}
+    async with http.post(f"{stack.url}/api/orders", json=order_body, headers=owner_auth) as response:
+        order = await response.json()
+    for method, path in (
+        ("GET", f"/api/orders/{order['id']}"),
+        ("POST", f"/api/orders/{order['id']}/cancel"),
+        ("GET", f"/api/users/{owner['id']}"),
+    ):
+        async with http.request(method, f"{stack.url}{path}", headers=stranger_auth) as response:
+            assert response.status == 404, path
+            assert response.content_type == "application/problem+json"
+    async with http.get(f"{stack.url}/api/orders/{order['id']}", headers=owner_auth) as response:
+        assert (await response.json())["status"] == "PENDING"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status"),
+    [
+        ("POST", "/api/users", b"{oops", {"Content-Type": "application/json"}, 400),
+        ("POST", "/api/users", b'{"email": "a@b.c"}', {"Content-Type": "text/plain"}, 415),
+        ("POST", "/api/users", b'{"email": "a@b.c"}', {"Content-Type": "application/json"}, 422),
+        ("POST", "/api/auth/token", b'{"email": "nobody@example.com", "password": "whatever1"}', {}, 401),
+        ("GET", "/api/nowhere", None, {}, 404),
+        ("GET", "/api/orders/x/y/z", None, {}, 404),
+        ("DELETE", "/api/users/me", None, {}, 405),
+        ("PUT", "/api/orders", None, {}, 405),
+        ("GET", "/api/users/me", None, {}, 401),
+        ("GET", "/api/orders", None, {"Authorization": "Bearer not-a-token"}, 401),
+        ("GET", "/api/orders", None, {"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+    ],
+)
+async def test_bad_requests_get_a_problem(
+    stack: Stack,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    headers = {"Content-Type": "application/json", **headers} if body is not None else headers
+    async with http.request(method, f"{stack.url}{path}", data=body, headers=headers) as response:
+        assert response.status == status
+        assert response.content_type == "application/problem+json"
+        problem = await response.json()
+        assert problem["status"] == status
+        assert {"type", "title", "status"} <= set(problem)
+        if status == 405:
+            assert "Allow" in response.headers
+
+
+async def test_a_duplicate_email_is_409_and_stores_nothing_new(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    user, auth = await new_user(stack, http)
+    again = {"email": user["email"].upper(), "name": "Impostor", "password": "another-password"}
+    async with http.post(f"{stack.url}/api/users", json=again) as response:
+        assert response.status == 409
+    async with http.post(
+        f"{stack.url}/api/auth/token", json={"email": user["email"], "password": "another-password"}
+    ) as response:
+        assert response.status == 401  # the impostor's password was not stored
+    async with http.get(f"{stack.url}/api/users/me", headers=auth) as response:
+        assert (await response.json())["name"] == "Test User"
+
+
+async def test_validation_lists_every_bad_field(stack: Stack, http: aiohttp.ClientSession) -> None:
+    _, auth = await new_user(stack, http)
+    body = {"items": [{"sku": "bad sku", "quantity": 0, "unit_price_cents": 1}], "user_id": str(uuid.uuid4())}
+    async with http.post(f"{stack.url}/api/orders", json=body, headers=auth) as response:
+        assert response.status == 422
+        errors = (await response.json())["errors"]
+    assert {entry["pointer"] for entry in errors} == {"#/items/0/sku", "#/items/0/quantity", "#/user_id"}
+    async with http.get(f"{stack.url}/api/orders", headers=auth) as response:
+        assert (await response.json())["items"] == []
+
+
+async def test_an_oversized_body_is_413_declared_or_chunked(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    huge = b'{"email": "' + b"a" * 100_000 + b'"}'
+
+    async def chunks() -> Any:
+        for start in range(0, len(huge), 8192):
+            yield huge[start : start + 8192]
+
+    for data in (huge, chunks()):
+        async with http.post(
+            f"{stack.url}/api/users", data=data, headers={"Content-Type": "application/json"}
+        ) as response:
+            assert response.status == 413
+            assert response.content_type == "application/problem+json"
+
+
+async def test_request_ids_are_echoed_and_forwarded(stack: Stack, http: aiohttp.ClientSession) -> None:
+    chosen = f"walkthrough-{uuid.uuid4().hex[:8]}"
+    async with http.get(f"{stack.url}/api/users/me", headers={"X-Request-ID": chosen}) as response:
+        assert response.headers["X-Request-ID"] == chosen
+    async with http.post(
+        f"{stack.url}/api/auth/token",
+        json={"email": "x@example.com", "password": "whatever1"},
+        headers={"X-Request-ID": chosen},
+    ) as response:
+        assert response.headers["X-Request-ID"] == chosen
+
+    async def logged_by_users_service() -> bool:
+        return f"request_id={chosen}" in stack.users.log_text()
+
+    await eventually(logged_by_users_service, what="the request id in users_service's log")
+
+    async with http.get(
+        f"{stack.url}/healthz", headers={"X-Request-ID": "spaces are not allowed"}
+    ) as response:
+        generated = response.headers["X-Request-ID"]
+    assert generated != "spaces are not allowed"
+    assert len(generated) == 32
+
+
+async def test_gateway_readiness_reports_each_upstream(stack: Stack, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{stack.url}/readyz") as response:
+        assert response.status == 200
+        assert (await response.json())["checks"] == {"users_service": "ok", "orders_service": "ok"}
+    async with http.get(f"{stack.url}/healthz") as response:
+        assert response.status == 200

@@ -1,0 +1,60 @@
+"""The services' apps, in-process, on fresh databases of the real Postgres and the real RabbitMQ."""
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
+
+from orders_service.app import create_app as create_orders_app
+from orders_service.config import OrdersConfig
+from shared.config import Secret
+from tests.conftest import RABBITMQ_URL, CreateDatabase
+from tests.support import KeyPair
+from users_service.app import create_app as create_users_app
+from users_service.config import UsersConfig
+from users_service.tokens import TokenIssuer
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def users_client(
+    aiohttp_client: AiohttpClient, create_database: CreateDatabase, key_pair: KeyPair
+) -> Client:
+    config = UsersConfig(
+        database_url=Secret(await create_database("users")),
+        rabbitmq_url=Secret(RABBITMQ_URL),
+        jwt_public_key_file=str(key_pair.public),
+        jwt_private_key_file=str(key_pair.private),
+        startup_timeout=5,
+    )
+    return await aiohttp_client(create_users_app(config))
+
+
+@pytest.fixture
+async def orders_client(
+    aiohttp_client: AiohttpClient, create_database: CreateDatabase, key_pair: KeyPair
+) -> Client:
+    config = OrdersConfig(
+        database_url=Secret(await create_database("orders")),
+        rabbitmq_url=Secret(RABBITMQ_URL),
+        jwt_public_key_file=str(key_pair.public),
+        startup_timeout=5,
+    )
+    return await aiohttp_client(create_orders_app(config))
+
+
+@pytest.fixture
+def token_for(key_pair: KeyPair) -> Callable[[uuid.UUID], dict[str, str]]:
+    """Authorization headers for a user id, signed like users_service signs them."""
+    issuer = TokenIssuer.from_pem_file(
+        key_pair.private, issuer="eda-reference/users", audience="eda-reference", ttl_seconds=60
+    )
+
+    def headers(user_id: uuid.UUID) -> dict[str, str]:
+        return {"Authorization": f"Bearer {issuer.issue(user_id)}"}
+
+    return headers

@@ -1,0 +1,91 @@
+"""Starting against real dependencies: migrations once and only once, and dependencies that come late."""
+
+import asyncio
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+
+from shared.broker import check_broker, connect_broker
+from shared.db import apply_migrations, create_pool
+from tests.conftest import RABBITMQ_URL, CreateDatabase
+from tests.support import eventually, free_port, tcp_relay
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_migrations_apply_once_even_when_two_replicas_start_together(
+    create_database: CreateDatabase,
+) -> None:
+    dsn = await create_database("migrations")
+    first = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    second = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        applied = await asyncio.gather(
+            apply_migrations(first, ROOT / "orders_service" / "migrations"),
+            apply_migrations(second, ROOT / "orders_service" / "migrations"),
+        )
+        assert sorted(applied, key=len) == [[], ["001_orders.sql"]]
+        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await apply_migrations(first, ROOT / "orders_service" / "migrations") == []
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_failing_migration_leaves_nothing_behind(
+    create_database: CreateDatabase, tmp_path: Path
+) -> None:
+    (tmp_path / "001_good.sql").write_text("CREATE TABLE kept (id int);")
+    (tmp_path / "002_bad.sql").write_text("CREATE TABLE half_done (id int); SELECT no_such_column FROM kept;")
+    pool = await asyncpg.create_pool(await create_database("migrations"), min_size=1, max_size=1)
+    try:
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await apply_migrations(pool, tmp_path)
+        assert await pool.fetchval("SELECT to_regclass('half_done')") is None
+        assert await pool.fetchval("SELECT array_agg(name) FROM schema_migrations") == ["001_good.sql"]
+    finally:
+        await pool.close()
+
+
+async def test_postgres_that_comes_up_late_is_waited_for(create_database: CreateDatabase) -> None:
+    dsn = await create_database("late")
+    port = free_port()
+    late_dsn = dsn.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    with structlog.testing.capture_logs() as logs:
+        connecting = asyncio.create_task(create_pool(late_dsn, max_size=1, startup_timeout=20))
+        await _until_logged(logs, "postgres")
+        async with tcp_relay("127.0.0.1", 5432, port):
+            pool = await connecting
+            assert await pool.fetchval("SELECT 1") == 1
+            await pool.close()
+
+
+async def test_rabbitmq_that_comes_up_late_is_waited_for() -> None:
+    port = free_port()
+    with structlog.testing.capture_logs() as logs:
+        connecting = asyncio.create_task(
+            connect_broker(RABBITMQ_URL.replace(":5672", f":{port}"), startup_timeout=20)
+        )
+        await _until_logged(logs, "rabbitmq")
+        async with tcp_relay("127.0.0.1", 5672, port):
+            connection = await connecting
+            await check_broker(connection)
+            await connection.close()
+
+
+async def test_a_dependency_that_never_comes_fails_start_up_after_the_deadline() -> None:
+    with pytest.raises(OSError):
+        await connect_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}/", startup_timeout=0.5)
+
+
+async def _until_logged(logs: list[MutableMapping[str, Any]], dependency: str) -> None:
+    """Wait until the start-up code has failed once and said it is waiting (so it really retries)."""
+
+    async def waiting() -> bool:
+        return any(entry.get("dependency") == dependency for entry in logs)
+
+    await eventually(waiting, timeout=10, what=f"a 'waiting for {dependency}' log line")

@@ -1,0 +1,54 @@
+import dataclasses
+
+import pytest
+
+from gateway.config import GatewayConfig
+from orders_service.config import OrdersConfig
+from shared.config import ConfigError, Secret
+from users_service.config import UsersConfig
+
+
+def test_defaults_are_the_local_development_setup() -> None:
+    config = UsersConfig.from_env({})
+    assert config.http_port == 8001
+    assert config.database_url.value.endswith("@127.0.0.1:5432/users")
+    assert OrdersConfig.from_env({}).http_port == 8002
+    assert GatewayConfig.from_env({}).http_port == 8080
+
+
+def test_values_are_read_from_the_environment_and_converted() -> None:
+    config = GatewayConfig.from_env(
+        {"HTTP_PORT": "9000", "UPSTREAM_TIMEOUT": "2.5", "USERS_SERVICE_URL": "http://users:1"}
+    )
+    assert (config.http_port, config.upstream_timeout, config.users_service_url) == (
+        9000,
+        2.5,
+        "http://users:1",
+    )
+
+
+def test_a_value_of_the_wrong_type_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="HTTP_PORT='eighty' is not a valid int"):
+        GatewayConfig.from_env({"HTTP_PORT": "eighty"})
+
+
+def test_secrets_never_show_in_reprs_or_logged_settings() -> None:
+    config = OrdersConfig.from_env({"DATABASE_URL": "postgresql://u:hunter2@db/orders"})
+    assert config.database_url.value == "postgresql://u:hunter2@db/orders"
+    assert "hunter2" not in repr(config)
+    assert "hunter2" not in str(config.masked())
+    assert repr(Secret("x")) == "Secret('********')"
+
+
+def test_config_is_immutable() -> None:
+    config = UsersConfig.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.http_port = 1  # type: ignore[misc]
+
+
+def test_every_setting_is_documented_with_a_unique_variable() -> None:
+    for config_class in (UsersConfig, OrdersConfig, GatewayConfig):
+        rows = config_class.documented_settings()
+        names = [name for name, _, _ in rows]
+        assert len(names) == len(set(names)), config_class
+        assert all(doc for _, _, doc in rows), config_class

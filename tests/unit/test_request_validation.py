@@ -1,0 +1,73 @@
+"""The contract's request schemas, compiled by shared.openapi, and the errors they produce."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.openapi import OpenApiSpec, _field_errors
+from shared.problems import Problem
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def body_errors(service: str, method: str, path: str, body: Any) -> list[dict[str, str]]:
+    operation = OpenApiSpec.load(ROOT / service / "openapi.yaml").operations[(method, path)]
+    assert operation.body is not None
+    return [entry for error in operation.body.iter_errors(body) for entry in _field_errors(error)]
+
+
+def test_a_valid_registration_has_no_errors() -> None:
+    body = {"email": "ada@example.com", "name": "Ada", "password": "long enough"}
+    assert body_errors("users_service", "POST", "/api/users", body) == []
+
+
+def test_each_bad_field_is_named_by_a_json_pointer() -> None:
+    errors = body_errors(
+        "users_service", "POST", "/api/users", {"email": "nope", "password": "short", "credit_used_cents": 5}
+    )
+    pointers = {entry["pointer"] for entry in errors}
+    assert pointers == {"#/email", "#/name", "#/password", "#/credit_used_cents"}
+
+
+def test_messages_never_echo_the_value() -> None:
+    errors = body_errors(
+        "users_service", "POST", "/api/users", {"email": "a@b.c", "name": "A", "password": "s3cr"}
+    )
+    assert errors == [{"pointer": "#/password", "detail": "must be at least 8 characters long"}]
+
+
+@pytest.mark.parametrize(
+    ("items", "pointer"),
+    [
+        ([], "#/items"),
+        ([{"sku": "A", "quantity": 0, "unit_price_cents": 1}], "#/items/0/quantity"),
+        ([{"sku": "A", "quantity": 1001, "unit_price_cents": 1}], "#/items/0/quantity"),
+        ([{"sku": "A B", "quantity": 1, "unit_price_cents": 1}], "#/items/0/sku"),
+        ([{"sku": "A" * 65, "quantity": 1, "unit_price_cents": 1}], "#/items/0/sku"),
+        ([{"sku": "A", "quantity": 1, "unit_price_cents": -1}], "#/items/0/unit_price_cents"),
+        ([{"sku": "A", "quantity": 1, "unit_price_cents": 10_000_001}], "#/items/0/unit_price_cents"),
+        ([{"sku": "A", "quantity": 1}], "#/items/0/unit_price_cents"),
+        ([{"sku": "A", "quantity": "1", "unit_price_cents": 1}], "#/items/0/quantity"),
+        ([{"sku": "A", "quantity": 1, "unit_price_cents": 1}] * 101, "#/items"),
+    ],
+)
+def test_order_items_are_bounded(items: list[dict[str, Any]], pointer: str) -> None:
+    errors = body_errors("orders_service", "POST", "/api/orders", {"items": items})
+    assert [entry["pointer"] for entry in errors] == [pointer]
+
+
+def test_a_body_that_is_not_an_object_is_refused() -> None:
+    assert body_errors("orders_service", "POST", "/api/orders", [1, 2]) == [
+        {"pointer": "#/", "detail": "must be of type object"}
+    ]
+
+
+def test_problem_response_has_the_rfc_9457_members() -> None:
+    response = Problem(404, "No order with that id is visible to you.").to_response()
+    assert response.status == 404
+    assert response.content_type == "application/problem+json"
+    assert response.body == (
+        b'{"type":"about:blank","title":"Not Found","status":404,'
+        b'"detail":"No order with that id is visible to you."}'
+    )
