@@ -57,7 +57,7 @@ class Problem(Exception):
 def validation_problem(errors: Sequence[Mapping[str, str]]) -> Problem:
     return Problem(
         422,
-        "The request is well-formed but some fields are invalid; see `errors`.",
+        "Some fields are invalid; each entry in errors names one.",
         title="Validation failed",
         type="urn:eda-reference:problem:validation",
         errors=errors,

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,14 @@ def test_every_setting_is_documented_with_a_unique_variable() -> None:
         names = [name for name, _, _ in rows]
         assert len(names) == len(set(names)), config_class
         assert all(doc for _, _, doc in rows), config_class
+
+
+def test_the_readme_documents_every_setting_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for config_class in (UsersConfig, OrdersConfig, GatewayConfig):
+        for name, default, _ in config_class.documented_settings():
+            assert f"| `{name}` |" in readme, name
+            assert any(
+                line.startswith(f"| `{name}` |") and f"| `{default}` |" in line
+                for line in readme.splitlines()
+            ), f"{name} is documented without its default {default}"

@@ -1,0 +1,53 @@
+# Every command a user or CI needs. `make help` lists them.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+# The local Postgres that `make dev` creates the services' databases in (as its superuser).
+PGHOST ?= 127.0.0.1
+PGUSER ?= postgres
+export PGHOST PGUSER
+
+.DEFAULT_GOAL := help
+.PHONY: help install dev databases keys test lint format lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $@
+
+install: $(BIN)/.installed ## create .venv with the locked dependencies
+
+databases: ## create each service's database and role in the local Postgres, if missing
+	POSTGRES_USER=$(PGUSER) bash deploy/postgres/create-databases.sh
+
+keys: install ## create the token-signing key pair in .keys/, if missing
+	$(BIN)/python -m users_service.keygen
+
+dev: install databases keys ## run the gateway and both services locally (honcho, Procfile)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
+
+lint: install ## ruff and mypy (strict) over the code and the tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint ## the whole suite: unit, integration and end-to-end, on real Postgres and RabbitMQ
+	$(BIN)/pytest
+
+format: install ## let ruff fix what it can
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock: ## re-resolve the dependencies into requirements*.lock (after editing pyproject.toml)
+	$(BIN)/pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
+		-o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
+		--extra dev -o requirements-dev.lock pyproject.toml
+
+clean: ## remove the virtual environment and caches (keeps .keys)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
