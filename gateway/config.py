@@ -18,4 +18,3 @@ class GatewayConfig(TokenConfig):
     upstream_connect_timeout: float = setting(
         "UPSTREAM_CONNECT_TIMEOUT", 2.0, "Seconds to open a connection to an upstream."
     )
-    max_body_bytes: int = setting("MAX_BODY_BYTES", 65536, "Largest request body accepted (413 above).")

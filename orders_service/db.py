@@ -91,12 +91,25 @@ async def fetch_page(
     return rows
 
 
-async def set_status(connection: Connection, order_id: uuid.UUID, status: str) -> asyncpg.Record:
+async def lock_status(connection: Connection, order_id: uuid.UUID) -> str | None:
+    status: str | None = await connection.fetchval(
+        "SELECT status FROM orders WHERE id = $1 FOR UPDATE", order_id
+    )
+    return status
+
+
+async def set_status(
+    connection: Connection, order_id: uuid.UUID, status: str, rejection_reason: str | None = None
+) -> asyncpg.Record:
     """Change the status of an order the caller has already locked (so it exists)."""
     row = await connection.fetchrow(
-        f"UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 RETURNING {ORDER_COLUMNS}",
+        f"""
+        UPDATE orders SET status = $2, rejection_reason = $3, updated_at = now()
+        WHERE id = $1 RETURNING {ORDER_COLUMNS}
+        """,
         order_id,
         status,
+        rejection_reason,
     )
     assert row is not None
     return row

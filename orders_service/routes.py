@@ -8,12 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-from orders_service import services
+from orders_service import saga, services
 from shared.auth import AUTHENTICATED_USER
-from shared.http import json_response
+from shared.http import cause_of, json_response
 from shared.openapi import VALIDATED_BODY, VALIDATED_QUERY
 from shared.problems import Problem, not_found, validation_problem
-from shared.service import DB_POOL
+from shared.service import DB_POOL, OUTBOX
 
 DEFAULT_PAGE_SIZE = 20
 
@@ -43,7 +43,13 @@ def _order_id(request: web.Request) -> uuid.UUID:
 @routes.post("/api/orders")
 async def place_order(request: web.Request) -> web.Response:
     items = [services.Item(**item) for item in request[VALIDATED_BODY]["items"]]
-    order = await services.place_order(request.app[DB_POOL], user_id=request[AUTHENTICATED_USER], items=items)
+    order = await services.place_order(
+        request.app[DB_POOL],
+        request.app[OUTBOX],
+        cause_of(request),
+        user_id=request[AUTHENTICATED_USER],
+        items=items,
+    )
     # 202: the order is accepted, and its outcome (APPROVED or REJECTED) is decided asynchronously.
     return json_response(order_json(order), status=202, headers={"Location": f"/api/orders/{order['id']}"})
 
@@ -83,11 +89,15 @@ async def get_order(request: web.Request) -> web.Response:
 async def cancel_order(request: web.Request) -> web.Response:
     try:
         order, changed = await services.cancel_order(
-            request.app[DB_POOL], user_id=request[AUTHENTICATED_USER], order_id=_order_id(request)
+            request.app[DB_POOL],
+            request.app[OUTBOX],
+            cause_of(request),
+            user_id=request[AUTHENTICATED_USER],
+            order_id=_order_id(request),
         )
     except services.OrderNotFound:
         raise not_found("order") from None
-    except services.OrderNotCancellable as error:
+    except saga.NotCancellable as error:
         raise Problem(
             409,
             f"The order is {error.status} and can no longer be cancelled.",

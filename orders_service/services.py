@@ -4,7 +4,6 @@ import base64
 import binascii
 import dataclasses
 import datetime
-import enum
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -12,28 +11,14 @@ from typing import Any
 import asyncpg
 import orjson
 
-from orders_service import db
+from orders_service import db, saga
 from shared.db import Executor
-
-
-class OrderStatus(enum.StrEnum):
-    PENDING = "PENDING"
-    APPROVED = "APPROVED"
-    REJECTED = "REJECTED"
-    CANCELLED = "CANCELLED"
-
-
-CANCELLABLE = {OrderStatus.PENDING, OrderStatus.APPROVED}
+from shared.events import Cause, OrderCreated
+from shared.outbox import Outbox, unit_of_work
 
 
 class OrderNotFound(Exception):
     pass
-
-
-class OrderNotCancellable(Exception):
-    def __init__(self, status: str) -> None:
-        super().__init__(f"an order in status {status} cannot be cancelled")
-        self.status = status
 
 
 class InvalidCursor(ValueError):
@@ -53,16 +38,20 @@ class Page:
     next_cursor: str | None
 
 
-async def place_order(pool: asyncpg.Pool, *, user_id: uuid.UUID, items: Sequence[Item]) -> dict[str, Any]:
+async def place_order(
+    pool: asyncpg.Pool, outbox: Outbox, cause: Cause, *, user_id: uuid.UUID, items: Sequence[Item]
+) -> dict[str, Any]:
+    """Store the order as PENDING and, in the same transaction, the event that starts the saga."""
     total_cents = sum(item.quantity * item.unit_price_cents for item in items)
-    async with pool.acquire() as connection, connection.transaction():
+    async with unit_of_work(pool, outbox, cause) as work:
         order = await db.insert_order(
-            connection,
+            work.connection,
             order_id=uuid.uuid4(),
             user_id=user_id,
             total_cents=total_cents,
             items=[(item.sku, item.quantity, item.unit_price_cents) for item in items],
         )
+        await work.emit(OrderCreated(order["id"], user_id, total_cents))
     return {**dict(order), "items": [dataclasses.asdict(item) for item in items]}
 
 
@@ -86,22 +75,22 @@ async def list_orders(
 
 
 async def cancel_order(
-    pool: asyncpg.Pool, *, user_id: uuid.UUID, order_id: uuid.UUID
+    pool: asyncpg.Pool, outbox: Outbox, cause: Cause, *, user_id: uuid.UUID, order_id: uuid.UUID
 ) -> tuple[dict[str, Any], bool]:
-    """Cancel an order; return it and whether this call changed it (False: it was already cancelled)."""
-    async with pool.acquire() as connection, connection.transaction():
-        # The row lock orders this cancel against any concurrent change of the same order.
-        order = await db.fetch_order(connection, order_id, user_id, for_update=True)
+    """Cancel an order; return it and whether this call changed it (False: it was already cancelled).
+
+    Raises saga.NotCancellable for a rejected order.
+    """
+    async with unit_of_work(pool, outbox, cause) as work:
+        # The row lock orders this cancel against a concurrent credit answer for the same order.
+        order = await db.fetch_order(work.connection, order_id, user_id, for_update=True)
         if order is None:
             raise OrderNotFound
-        if order["status"] == OrderStatus.CANCELLED:
-            changed = False
-        elif order["status"] in CANCELLABLE:
-            order = await db.set_status(connection, order_id, OrderStatus.CANCELLED)
-            changed = True
-        else:
-            raise OrderNotCancellable(order["status"])
-        return (await _with_items(connection, [order]))[0], changed
+        transition = saga.cancel(order_id, user_id, saga.OrderStatus(order["status"]))
+        if transition is not None:
+            order = await db.set_status(work.connection, order_id, transition.status)
+            await work.emit(transition.event)
+        return (await _with_items(work.connection, [order]))[0], transition is not None
 
 
 async def _with_items(connection: Executor, orders: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:

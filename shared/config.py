@@ -65,6 +65,7 @@ class BaseConfig:
     startup_timeout: float = setting(
         "STARTUP_TIMEOUT", 60.0, "Seconds to keep retrying Postgres and RabbitMQ at start."
     )
+    max_body_bytes: int = setting("MAX_BODY_BYTES", 65536, "Largest request body accepted (413 above).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -118,3 +119,27 @@ class ServiceConfig(TokenConfig):
     rabbitmq_url: Secret = setting(
         "RABBITMQ_URL", Secret("amqp://guest:guest@127.0.0.1:5672/"), "The broker."
     )
+    consumer_prefetch: int = setting(
+        "CONSUMER_PREFETCH", 16, "Most unacknowledged messages a consumer holds at once."
+    )
+    retry_delays_ms: str = setting(
+        "RETRY_DELAYS_MS",
+        "1000,5000,30000",
+        "Delays before each retry of a failed message; after the last, it is dead-lettered.",
+    )
+    delivery_limit: int = setting(
+        "DELIVERY_LIMIT", 20, "Redeliveries (crashes mid-message) before the broker dead-letters it."
+    )
+    outbox_poll_interval: float = setting(
+        "OUTBOX_POLL_INTERVAL",
+        0.5,
+        "Seconds between outbox checks when nothing nudges the relay (rows of other replicas).",
+    )
+    outbox_batch_size: int = setting("OUTBOX_BATCH_SIZE", 100, "Most outbox rows published per batch.")
+    publish_timeout: float = setting(
+        "PUBLISH_TIMEOUT", 5.0, "Seconds to wait for the broker's confirm of a publish."
+    )
+
+    @property
+    def retry_delays(self) -> tuple[int, ...]:
+        return tuple(int(delay) for delay in self.retry_delays_ms.split(",") if delay.strip())

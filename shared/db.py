@@ -1,6 +1,7 @@
 """Postgres: a connection pool opened with retries, and a runner for numbered .sql migrations."""
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -14,6 +15,17 @@ log = structlog.get_logger("db")
 # the pool itself (for a single statement that needs no transaction).
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Executor = Connection | asyncpg.Pool
+
+# Failures that say "the database is not reachable right now", not "this work is wrong": the work
+# is tried again once the database is back, rather than counted as a failure of the work.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,  # the server is shutting down or starting up
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Two replicas starting at once must not both apply the same migration: they queue on this lock.
@@ -42,8 +54,12 @@ def migration_files(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-async def apply_migrations(pool: asyncpg.Pool, directory: Path) -> list[str]:
-    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+async def apply_migrations(pool: asyncpg.Pool, directories: Sequence[Path]) -> list[str]:
+    """Apply, in order, the migrations of each folder not yet applied, each in its own transaction.
+
+    A migration is known by its folder and file name ("shared/001_outbox_and_inbox.sql"), so the
+    shared library's tables and the service's own are numbered independently. Returns what ran.
+    """
     applied_now: list[str] = []
     async with pool.acquire() as connection:
         await connection.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK_ID)
@@ -51,25 +67,22 @@ async def apply_migrations(pool: asyncpg.Pool, directory: Path) -> list[str]:
             await connection.execute(
                 """
                 CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version integer PRIMARY KEY,
-                    name text NOT NULL,
+                    name text PRIMARY KEY,
                     applied_at timestamptz NOT NULL DEFAULT now()
                 )
                 """
             )
-            done = {row["version"] for row in await connection.fetch("SELECT version FROM schema_migrations")}
-            for version, path in migration_files(directory):
-                if version in done:
-                    continue
-                async with connection.transaction():
-                    await connection.execute(path.read_text())
-                    await connection.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        version,
-                        path.name,
-                    )
-                log.info("migration applied", migration=path.name)
-                applied_now.append(path.name)
+            done = {row["name"] for row in await connection.fetch("SELECT name FROM schema_migrations")}
+            for directory in directories:
+                for _, path in migration_files(directory):
+                    name = f"{directory.parent.name}/{path.name}"
+                    if name in done:
+                        continue
+                    async with connection.transaction():
+                        await connection.execute(path.read_text())
+                        await connection.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+                    log.info("migration applied", migration=name)
+                    applied_now.append(name)
         finally:
             await connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)
     return applied_now

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from shared.events import Cause
 from shared.problems import Problem
 
 log = structlog.get_logger("http")
@@ -59,6 +60,11 @@ async def read_json(request: web.Request) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise Problem(400, f"The body is not valid JSON: {error.msg}.", title="Malformed JSON") from None
+
+
+def cause_of(request: web.Request) -> Cause:
+    """The request as the cause of the events it leads to: it starts a story (the correlation id)."""
+    return Cause(correlation_id=request[REQUEST_ID], causation_id=request[REQUEST_ID])
 
 
 @web.middleware

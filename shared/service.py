@@ -1,7 +1,12 @@
 """What every service process has in common: the app skeleton, its resources, and how it runs.
 
 A service's `create_app(config)` calls `create_service_app` and adds its own routes. Resources live
-in `cleanup_ctx`, so they open in order at start-up and close in reverse order at shutdown.
+in `cleanup_ctx`, so they open in order at start-up and close in reverse order at shutdown:
+
+    database (pool, migrations) → broker connection → messaging (topology, outbox relay, consumer)
+
+On SIGTERM aiohttp stops accepting requests and finishes the ones in flight; then the consumer
+stops taking messages and finishes the ones in hand, the relay stops, and the connections close.
 """
 
 import asyncio
@@ -18,32 +23,38 @@ from aiohttp import web
 from shared.auth import TOKEN_VERIFIER, TokenVerifier
 from shared.broker import check_broker, connect_broker
 from shared.config import BaseConfig, ServiceConfig
-from shared.db import apply_migrations, check_database, create_pool
+from shared.consumer import Consumer, HandlerTable
+from shared.db import SHARED_MIGRATIONS, apply_migrations, check_database, create_pool
 from shared.http import health_routes, standard_middlewares
 from shared.logging import configure_logging
 from shared.openapi import OpenApiSpec
+from shared.outbox import Outbox, OutboxRelay
+from shared.topology import CONSUMERS, declare_topology
 
 log = structlog.get_logger("service")
 
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 BROKER = web.AppKey("broker", AbstractRobustConnection)
+OUTBOX = web.AppKey("outbox", Outbox)
 
 ConfigT = TypeVar("ConfigT", bound=BaseConfig)
 
-MAX_BODY_BYTES = 64 * 1024  # the largest valid request (100 order items) is about 10 KiB
 
-
-def create_service_app(config: ServiceConfig, *, package_dir: Path) -> web.Application:
-    """The common skeleton: middlewares, contract enforcement, database, broker and health."""
+def create_service_app(
+    config: ServiceConfig, *, service: str, package_dir: Path, handlers: HandlerTable
+) -> web.Application:
+    """The common skeleton: middlewares, contract enforcement, database, broker, events, health."""
     spec = OpenApiSpec.load(package_dir / "openapi.yaml")
     app = web.Application(
-        middlewares=[*standard_middlewares(), spec.middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[*standard_middlewares(), spec.middleware], client_max_size=config.max_body_bytes
     )
     app[TOKEN_VERIFIER] = TokenVerifier.from_pem_file(
         config.jwt_public_key_file, issuer=config.jwt_issuer, audience=config.jwt_audience
     )
-    app.cleanup_ctx.append(_database(config, package_dir / "migrations"))
+    app[OUTBOX] = Outbox(source=service)
+    app.cleanup_ctx.append(_database(config, [SHARED_MIGRATIONS, package_dir / "migrations"]))
     app.cleanup_ctx.append(_broker(config))
+    app.cleanup_ctx.append(_messaging(config, service, handlers))
 
     async def postgres() -> None:
         await check_database(app[DB_POOL])
@@ -55,7 +66,9 @@ def create_service_app(config: ServiceConfig, *, package_dir: Path) -> web.Appli
     return app
 
 
-def _database(config: ServiceConfig, migrations: Path) -> Callable[[web.Application], AsyncIterator[None]]:
+def _database(
+    config: ServiceConfig, migrations: list[Path]
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(
             config.database_url.value,
@@ -74,13 +87,62 @@ def _broker(config: ServiceConfig) -> Callable[[web.Application], AsyncIterator[
     async def broker(app: web.Application) -> AsyncIterator[None]:
         app[BROKER] = await connect_broker(config.rabbitmq_url.value, startup_timeout=config.startup_timeout)
         yield
-        await app[BROKER].close()
+        try:
+            await asyncio.wait_for(app[BROKER].close(), config.publish_timeout)
+        except TimeoutError:
+            log.warning("the broker connection did not close cleanly in time")
 
     return broker
 
 
+def _messaging(
+    config: ServiceConfig, service: str, handlers: HandlerTable
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def messaging(app: web.Application) -> AsyncIterator[None]:
+        connection = app[BROKER]
+        # One channel publishes (with confirms; an unroutable event raises), one consumes. The
+        # references are kept here: aio-pika holds robust channels only weakly.
+        publishing = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await declare_topology(
+            publishing, retry_delays_ms=config.retry_delays, delivery_limit=config.delivery_limit
+        )
+        relay = OutboxRelay(
+            pool=app[DB_POOL],
+            outbox=app[OUTBOX],
+            exchange=exchange,
+            batch_size=config.outbox_batch_size,
+            poll_interval=config.outbox_poll_interval,
+            publish_timeout=config.publish_timeout,
+        )
+        relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
+        consumer: Consumer | None = None
+        if handlers:
+            consuming = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await consuming.set_qos(prefetch_count=config.consumer_prefetch)
+            consumer = Consumer(
+                queues=CONSUMERS[service],
+                handlers=handlers,
+                pool=app[DB_POOL],
+                outbox=app[OUTBOX],
+                channel=consuming,
+                retry_delays_ms=config.retry_delays,
+                publish_timeout=config.publish_timeout,
+            )
+            await consumer.start()
+        yield
+        if consumer is not None:
+            await consumer.stop()
+        relay.stop()
+        try:
+            await asyncio.wait_for(relay_task, config.publish_timeout + 1)
+        except TimeoutError:
+            log.warning("outbox relay did not stop in time; its rows will be published after restart")
+
+    return messaging
+
+
 def run(service: str, create_app: Callable[[ConfigT], web.Application], config: ConfigT) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, finish in-flight requests, clean up."""
+    """Serve until SIGTERM or SIGINT, then stop accepting, finish in-flight work, clean up."""
     configure_logging(service=service, level=config.log_level, fmt=config.log_format)
     log.info("starting", config=config.masked())
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,5 +1,7 @@
 """Fixtures every kind of test may use: real Postgres, real RabbitMQ, a signing key pair."""
 
+import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from yarl import URL
 
 from tests.support import KeyPair, make_key_pair
 
@@ -50,6 +53,33 @@ async def create_database() -> AsyncIterator[CreateDatabase]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def rabbitmqctl(*arguments: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, f"rabbitmqctl {' '.join(arguments)}: {output.decode()}"
+
+
+@contextlib.asynccontextmanager
+async def isolated_vhost() -> AsyncIterator[str]:
+    """A RabbitMQ virtual host of the test's own: its queues see no other test's events."""
+    base = URL(RABBITMQ_URL)
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    await rabbitmqctl("add_vhost", name)
+    try:
+        await rabbitmqctl("set_permissions", "-p", name, base.user or "guest", ".*", ".*", ".*")
+        yield f"{str(base).rstrip('/')}/{name}"
+    finally:
+        await rabbitmqctl("delete_vhost", name)
+
+
+@pytest.fixture
+async def rabbitmq_url() -> AsyncIterator[str]:
+    async with isolated_vhost() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

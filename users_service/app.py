@@ -4,13 +4,16 @@ from aiohttp import web
 
 from shared.service import create_service_app
 from users_service.config import UsersConfig
+from users_service.handlers import HANDLERS
 from users_service.passwords import PasswordHasher
 from users_service.routes import PASSWORD_HASHER, TOKEN_ISSUER, routes
 from users_service.tokens import TokenIssuer
 
 
 def create_app(config: UsersConfig) -> web.Application:
-    app = create_service_app(config, package_dir=Path(__file__).parent)
+    app = create_service_app(
+        config, service="users_service", package_dir=Path(__file__).parent, handlers=HANDLERS
+    )
     app[PASSWORD_HASHER] = PasswordHasher()
     app[TOKEN_ISSUER] = TokenIssuer.from_pem_file(
         config.jwt_private_key_file,

@@ -4,7 +4,8 @@ import uuid
 
 import asyncpg
 
-from shared.db import Executor
+from shared.db import Connection, Executor
+from users_service.saga import Account, Reservation, ReservationStatus
 
 USER_COLUMNS = "id, email, name, credit_limit_cents, credit_used_cents, created_at"
 
@@ -46,3 +47,45 @@ async def fetch_credentials(connection: Executor, email: str) -> asyncpg.Record 
         "SELECT id, password_hash FROM users WHERE email = $1", email
     )
     return row
+
+
+async def lock_account(connection: Connection, user_id: uuid.UUID) -> Account | None:
+    row = await connection.fetchrow(
+        "SELECT id, credit_limit_cents, credit_used_cents FROM users WHERE id = $1 FOR UPDATE", user_id
+    )
+    return Account(row["id"], row["credit_limit_cents"], row["credit_used_cents"]) if row else None
+
+
+async def lock_reservation(connection: Connection, order_id: uuid.UUID) -> Reservation | None:
+    row = await connection.fetchrow(
+        """
+        SELECT order_id, user_id, amount_cents, status FROM credit_reservations
+        WHERE order_id = $1 FOR UPDATE
+        """,
+        order_id,
+    )
+    if row is None:
+        return None
+    return Reservation(row["order_id"], row["user_id"], row["amount_cents"], ReservationStatus(row["status"]))
+
+
+async def save_reservation(connection: Connection, reservation: Reservation) -> None:
+    await connection.execute(
+        """
+        INSERT INTO credit_reservations (order_id, user_id, amount_cents, status)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (order_id) DO UPDATE
+        SET amount_cents = EXCLUDED.amount_cents, status = EXCLUDED.status, updated_at = now()
+        """,
+        reservation.order_id,
+        reservation.user_id,
+        reservation.amount_cents,
+        reservation.status.value,
+    )
+
+
+async def change_credit_used(connection: Connection, user_id: uuid.UUID, change_cents: int) -> None:
+    # The table's CHECK keeps credit_used_cents within 0..credit_limit_cents whatever happens here.
+    await connection.execute(
+        "UPDATE users SET credit_used_cents = credit_used_cents + $2 WHERE id = $1", user_id, change_cents
+    )

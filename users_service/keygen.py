@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
     PublicFormat,
+    load_pem_private_key,
 )
 
 from users_service.config import UsersConfig
@@ -23,8 +25,8 @@ from users_service.config import UsersConfig
 def ensure_keypair(private_path: Path, public_path: Path) -> bool:
     """Write a new pair when the private key is absent; return whether one was written."""
     if private_path.exists():
-        if not public_path.exists():
-            raise SystemExit(f"{private_path} exists but {public_path} does not; restore or delete both")
+        if not public_path.exists():  # e.g. a run killed between the two writes: derive it again
+            _write_public_key(load_pem_private_key(private_path.read_bytes(), password=None), public_path)
         return False
     key = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +35,14 @@ def ensure_keypair(private_path: Path, public_path: Path) -> bool:
     descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as private_file:
         private_file.write(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    public_path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    _write_public_key(key, public_path)
     return True
+
+
+def _write_public_key(key: PrivateKeyTypes, public_path: Path) -> None:
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SystemExit("the private key is not an Ed25519 key")
+    public_path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
 
 
 def main() -> None:

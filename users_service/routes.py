@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp import web
 
 from shared.auth import AUTHENTICATED_USER
-from shared.http import json_response
+from shared.http import cause_of, json_response
 from shared.openapi import VALIDATED_BODY
 from shared.problems import Problem, not_found, unauthorized
-from shared.service import DB_POOL
+from shared.service import DB_POOL, OUTBOX
 from users_service import services
 from users_service.passwords import PasswordHasher
 from users_service.tokens import TokenIssuer
@@ -41,7 +41,9 @@ async def register(request: web.Request) -> web.Response:
     try:
         user = await services.register_user(
             request.app[DB_POOL],
+            request.app[OUTBOX],
             request.app[PASSWORD_HASHER],
+            cause_of(request),
             email=body["email"],
             name=body["name"],
             password=body["password"],

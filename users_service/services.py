@@ -5,6 +5,8 @@ from typing import Any
 
 import asyncpg
 
+from shared.events import Cause, UserRegistered
+from shared.outbox import Outbox, unit_of_work
 from users_service import db
 from users_service.passwords import PasswordHasher
 from users_service.tokens import TokenIssuer
@@ -24,7 +26,9 @@ def normalize_email(email: str) -> str:
 
 async def register_user(
     pool: asyncpg.Pool,
+    outbox: Outbox,
     hasher: PasswordHasher,
+    cause: Cause,
     *,
     email: str,
     name: str,
@@ -33,14 +37,16 @@ async def register_user(
 ) -> dict[str, Any]:
     password_hash = await hasher.hash(password)
     try:
-        row = await db.insert_user(
-            pool,
-            user_id=uuid.uuid4(),
-            email=normalize_email(email),
-            name=name,
-            password_hash=password_hash,
-            credit_limit_cents=credit_limit_cents,
-        )
+        async with unit_of_work(pool, outbox, cause) as work:
+            row = await db.insert_user(
+                work.connection,
+                user_id=uuid.uuid4(),
+                email=normalize_email(email),
+                name=name,
+                password_hash=password_hash,
+                credit_limit_cents=credit_limit_cents,
+            )
+            await work.emit(UserRegistered(row["id"], row["name"], row["credit_limit_cents"]))
     except asyncpg.UniqueViolationError:
         # The constraint decides, not a prior SELECT: two concurrent sign-ups cannot both win.
         raise EmailTaken from None

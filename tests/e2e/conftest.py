@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import ADMIN_DSN, RABBITMQ_URL
+from tests.conftest import ADMIN_DSN, isolated_vhost
 from tests.support import KeyPair, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,9 +126,15 @@ def gateway_env(port: int, keys: KeyPair, users_url: str, orders_url: str, **ext
 @pytest.fixture(scope="session")
 async def stack(key_pair: KeyPair, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     log_dir = tmp_path_factory.mktemp("e2e-logs")
+    async with isolated_vhost() as rabbitmq_url:
+        async for stack in _started_stack(key_pair, log_dir, rabbitmq_url):
+            yield stack
+
+
+async def _started_stack(key_pair: KeyPair, log_dir: Path, rabbitmq_url: str) -> AsyncIterator[Stack]:
     databases = await create_service_databases(uuid.uuid4().hex[:8])
     users_port, orders_port, gateway_port = free_port(), free_port(), free_port()
-    common = {"RABBITMQ_URL": RABBITMQ_URL, "JWT_PUBLIC_KEY_FILE": str(key_pair.public)}
+    common = {"RABBITMQ_URL": rabbitmq_url, "JWT_PUBLIC_KEY_FILE": str(key_pair.public)}
     users = await start_process(
         "users_service",
         "users_service",

@@ -29,7 +29,7 @@ async def new_user(
     return user, {"Authorization": f"Bearer {token}"}
 
 
-async def test_the_walkthrough_register_sign_in_order_list_cancel(
+async def test_the_walkthrough_register_sign_in_order_approved_list_cancel(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
     user, auth = await new_user(stack, http, credit_limit_cents=50_000)
@@ -46,9 +46,17 @@ async def test_the_walkthrough_register_sign_in_order_list_cancel(
         assert response.headers["Location"] == f"/api/orders/{order['id']}"
     assert (order["status"], order["total_cents"], order["user_id"]) == ("PENDING", 2500, user["id"])
 
-    async with http.get(f"{stack.url}/api/orders/{order['id']}", headers=auth) as response:
-        assert await response.json() == order
-    async with http.get(f"{stack.url}/api/orders?status=PENDING&limit=10", headers=auth) as response:
+    async def approved() -> dict[str, Any] | None:
+        async with http.get(f"{stack.url}/api/orders/{order['id']}", headers=auth) as response:
+            current: dict[str, Any] = await response.json()
+        return current if current["status"] == "APPROVED" else None
+
+    approved_order = await eventually(approved, what="the saga approves the order")
+    assert approved_order["updated_at"] > order["updated_at"]
+    async with http.get(f"{stack.url}/api/users/me", headers=auth) as response:
+        assert (await response.json())["credit_used_cents"] == 2500
+
+    async with http.get(f"{stack.url}/api/orders?status=APPROVED&limit=10", headers=auth) as response:
         page = await response.json()
         assert [listed["id"] for listed in page["items"]] == [order["id"]]
         assert page["next_cursor"] is None
@@ -57,6 +65,12 @@ async def test_the_walkthrough_register_sign_in_order_list_cancel(
         assert (await response.json())["status"] == "CANCELLED"
     async with http.post(f"{stack.url}/api/orders/{order['id']}/cancel", headers=auth) as response:
         assert response.status == 200
+
+    async def credit_released() -> bool:
+        async with http.get(f"{stack.url}/api/users/me", headers=auth) as response:
+            return bool((await response.json())["credit_used_cents"] == 0)
+
+    await eventually(credit_released, what="the cancel releases the reserved credit")
 
 
 async def test_a_user_sees_and_cancels_only_their_own(stack: Stack, http: aiohttp.ClientSession) -> None:
@@ -74,7 +88,7 @@ async def test_a_user_sees_and_cancels_only_their_own(stack: Stack, http: aiohtt
             assert response.status == 404, path
             assert response.content_type == "application/problem+json"
     async with http.get(f"{stack.url}/api/orders/{order['id']}", headers=owner_auth) as response:
-        assert (await response.json())["status"] == "PENDING"
+        assert (await response.json())["status"] in {"PENDING", "APPROVED"}  # not cancelled
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""The services' apps, in-process, on fresh databases of the real Postgres and the real RabbitMQ."""
+"""The services' apps, in-process, on fresh databases of the real Postgres and the real RabbitMQ.
+
+The database and the vhost are requested before `aiohttp_client`, so they are torn down after the
+app has shut down (pytest tears fixtures down in the reverse order it set them up).
+"""
 
 import uuid
 from collections.abc import Callable
@@ -11,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
-from tests.conftest import RABBITMQ_URL, CreateDatabase
+from tests.conftest import CreateDatabase
 from tests.support import KeyPair
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
@@ -22,11 +26,11 @@ Client = TestClient[web.Request, web.Application]
 
 @pytest.fixture
 async def users_client(
-    aiohttp_client: AiohttpClient, create_database: CreateDatabase, key_pair: KeyPair
+    create_database: CreateDatabase, key_pair: KeyPair, rabbitmq_url: str, aiohttp_client: AiohttpClient
 ) -> Client:
     config = UsersConfig(
         database_url=Secret(await create_database("users")),
-        rabbitmq_url=Secret(RABBITMQ_URL),
+        rabbitmq_url=Secret(rabbitmq_url),
         jwt_public_key_file=str(key_pair.public),
         jwt_private_key_file=str(key_pair.private),
         startup_timeout=5,
@@ -36,11 +40,11 @@ async def users_client(
 
 @pytest.fixture
 async def orders_client(
-    aiohttp_client: AiohttpClient, create_database: CreateDatabase, key_pair: KeyPair
+    create_database: CreateDatabase, key_pair: KeyPair, rabbitmq_url: str, aiohttp_client: AiohttpClient
 ) -> Client:
     config = OrdersConfig(
         database_url=Secret(await create_database("orders")),
-        rabbitmq_url=Secret(RABBITMQ_URL),
+        rabbitmq_url=Secret(rabbitmq_url),
         jwt_public_key_file=str(key_pair.public),
         startup_timeout=5,
     )

@@ -10,11 +10,12 @@ import pytest
 import structlog
 
 from shared.broker import check_broker, connect_broker
-from shared.db import apply_migrations, create_pool
+from shared.db import SHARED_MIGRATIONS, apply_migrations, create_pool
 from tests.conftest import RABBITMQ_URL, CreateDatabase
 from tests.support import eventually, free_port, tcp_relay
 
 ROOT = Path(__file__).resolve().parents[2]
+MIGRATIONS = [SHARED_MIGRATIONS, ROOT / "orders_service" / "migrations"]
 
 
 async def test_migrations_apply_once_even_when_two_replicas_start_together(
@@ -25,12 +26,15 @@ async def test_migrations_apply_once_even_when_two_replicas_start_together(
     second = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:
         applied = await asyncio.gather(
-            apply_migrations(first, ROOT / "orders_service" / "migrations"),
-            apply_migrations(second, ROOT / "orders_service" / "migrations"),
+            apply_migrations(first, MIGRATIONS),
+            apply_migrations(second, MIGRATIONS),
         )
-        assert sorted(applied, key=len) == [[], ["001_orders.sql"]]
-        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 1
-        assert await apply_migrations(first, ROOT / "orders_service" / "migrations") == []
+        assert sorted(applied, key=len) == [
+            [],
+            ["shared/001_outbox_and_inbox.sql", "orders_service/001_orders.sql"],
+        ]
+        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 2
+        assert await apply_migrations(first, MIGRATIONS) == []
     finally:
         await first.close()
         await second.close()
@@ -44,9 +48,11 @@ async def test_a_failing_migration_leaves_nothing_behind(
     pool = await asyncpg.create_pool(await create_database("migrations"), min_size=1, max_size=1)
     try:
         with pytest.raises(asyncpg.UndefinedColumnError):
-            await apply_migrations(pool, tmp_path)
+            await apply_migrations(pool, [tmp_path])
         assert await pool.fetchval("SELECT to_regclass('half_done')") is None
-        assert await pool.fetchval("SELECT array_agg(name) FROM schema_migrations") == ["001_good.sql"]
+        assert await pool.fetchval("SELECT array_agg(name) FROM schema_migrations") == [
+            f"{tmp_path.parent.name}/001_good.sql"
+        ]
     finally:
         await pool.close()
 

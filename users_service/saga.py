@@ -1,0 +1,96 @@
+"""users_service's side of the order saga, as pure decisions: no I/O, so every case is testable.
+
+A reservation (one per order) moves RESERVED → RELEASED, or is REJECTED. A cancel that arrives
+before the create leaves a tombstone (CANCELLED_BEFORE_CREATED), so the late create is refused and
+never reserves credit. `handlers.py` loads the state, asks these functions, and stores the answer.
+"""
+
+import dataclasses
+import enum
+import uuid
+
+from shared.events import CreditRejected, CreditReleased, CreditReserved, Event, OrderCancelled, OrderCreated
+
+
+class ReservationStatus(enum.StrEnum):
+    RESERVED = "RESERVED"
+    RELEASED = "RELEASED"
+    REJECTED = "REJECTED"
+    CANCELLED_BEFORE_CREATED = "CANCELLED_BEFORE_CREATED"
+
+
+class RejectionReason(enum.StrEnum):
+    INSUFFICIENT_CREDIT = "insufficient_credit"
+    UNKNOWN_USER = "unknown_user"
+    ORDER_CANCELLED = "order_cancelled"
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    user_id: uuid.UUID
+    credit_limit_cents: int
+    credit_used_cents: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    order_id: uuid.UUID
+    user_id: uuid.UUID
+    amount_cents: int
+    status: ReservationStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What to store and say: the reservation's new state, the change to credit used, the event."""
+
+    reservation: Reservation | None = None
+    credit_change_cents: int = 0
+    event: Event | None = None
+
+
+NOTHING_TO_DO = Decision()
+
+
+def on_order_created(
+    account: Account | None, existing: Reservation | None, created: OrderCreated
+) -> Decision:
+    if existing is not None:
+        if existing.status is ReservationStatus.CANCELLED_BEFORE_CREATED:
+            return _reject(created, RejectionReason.ORDER_CANCELLED)
+        return NOTHING_TO_DO  # this order was decided already
+    if account is None:
+        return _reject(created, RejectionReason.UNKNOWN_USER)
+    if account.credit_used_cents + created.total_cents > account.credit_limit_cents:
+        return _reject(created, RejectionReason.INSUFFICIENT_CREDIT)
+    return Decision(
+        reservation=Reservation(
+            created.order_id, created.user_id, created.total_cents, ReservationStatus.RESERVED
+        ),
+        credit_change_cents=created.total_cents,
+        event=CreditReserved(created.order_id, created.user_id, created.total_cents),
+    )
+
+
+def on_order_cancelled(existing: Reservation | None, cancelled: OrderCancelled) -> Decision:
+    if existing is None:
+        # The cancel overtook the create: remember it, so that the create is refused when it comes.
+        return Decision(
+            reservation=Reservation(
+                cancelled.order_id, cancelled.user_id, 0, ReservationStatus.CANCELLED_BEFORE_CREATED
+            )
+        )
+    if existing.status is ReservationStatus.RESERVED:
+        return Decision(
+            reservation=dataclasses.replace(existing, status=ReservationStatus.RELEASED),
+            credit_change_cents=-existing.amount_cents,
+            event=CreditReleased(existing.order_id, existing.user_id, existing.amount_cents),
+        )
+    return NOTHING_TO_DO  # rejected, released or already a tombstone: no credit is held
+
+
+def _reject(created: OrderCreated, reason: RejectionReason) -> Decision:
+    return Decision(
+        reservation=Reservation(created.order_id, created.user_id, 0, ReservationStatus.REJECTED),
+        event=CreditRejected(created.order_id, created.user_id, reason.value),
+    )
