@@ -2,13 +2,14 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
+SERVICE ?= users_service
 # The local Postgres that `make dev` creates the services' databases in (as its superuser).
 PGHOST ?= 127.0.0.1
 PGUSER ?= postgres
 export PGHOST PGUSER
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test lint format lock clean
+.PHONY: help install dev databases keys test lint format lock clean dlq dlq-replay
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +38,12 @@ lint: install ## ruff and mypy (strict) over the code and the tests
 
 test: lint ## the whole suite: unit, integration and end-to-end, on real Postgres and RabbitMQ
 	$(BIN)/pytest
+
+dlq: install ## list a service's dead letters: make dlq SERVICE=users_service
+	$(BIN)/python -m shared.dlq list $(SERVICE)
+
+dlq-replay: install ## put dead letters back on the queue: make dlq-replay SERVICE=users_service [ID=event-id]
+	$(BIN)/python -m shared.dlq replay $(SERVICE) $(if $(ID),--id $(ID))
 
 format: install ## let ruff fix what it can
 	$(BIN)/ruff check --fix .

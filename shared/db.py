@@ -22,6 +22,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,  # the server is shutting down or starting up
+    # A connection the server dropped in the middle of a query surfaces as one of these two.
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from shared.db import TRANSIENT_ERRORS
 from shared.events import Cause
 from shared.problems import Problem
 
@@ -119,6 +120,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return Problem(http_error.status, _public_detail(http_error), headers=headers).to_response()
     except asyncio.CancelledError:
         raise
+    except TRANSIENT_ERRORS as error:
+        # The database is restarting or unreachable: 503 tells the client to try again soon, where
+        # 500 would say that we have a bug.
+        log.warning("database unavailable", method=request.method, path=request.path, error=repr(error))
+        return Problem(
+            503, "A dependency is briefly unavailable; try again.", headers={"Retry-After": "1"}
+        ).to_response()
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         return Problem(500, "An unexpected error occurred; it has been logged.").to_response()

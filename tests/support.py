@@ -40,13 +40,59 @@ def make_key_pair(directory: Path) -> KeyPair:
     return pair
 
 
-@contextlib.asynccontextmanager
-async def tcp_relay(target_host: str, target_port: int, listen_port: int) -> AsyncIterator[None]:
-    """Relay connections from `listen_port` to a real server: stands for "the server comes up now"."""
+class TcpRelay:
+    """A TCP relay in front of a real server (Postgres, RabbitMQ) that a test can switch on late, or
+    freeze in one direction: a network fault made on purpose, with no change to the code under test.
+    """
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._upstream_flowing = asyncio.Event()
+        self._upstream_flowing.set()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    def hold_upstream(self) -> None:
+        """Keep back every byte the client sends (requests, publishes, acks); deliver the rest."""
+        self._upstream_flowing.clear()
+
+    def release_upstream(self) -> None:
+        self._upstream_flowing.set()
+
+    def sever(self) -> None:
+        """Cut every connection at once; bytes held back are lost, as on a real broken link."""
+        for writer in self._writers:
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.close()
+            return
+        self._writers |= {client_writer, server_writer}
+        await asyncio.gather(
+            self._pipe(client_reader, server_writer, self._upstream_flowing),
+            self._pipe(server_reader, client_writer, None),
+        )
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event | None
+    ) -> None:
         try:
             while data := await reader.read(65536):
+                if flowing is not None:
+                    await flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except ConnectionError:
@@ -54,16 +100,17 @@ async def tcp_relay(target_host: str, target_port: int, listen_port: int) -> Asy
         finally:
             writer.close()
 
-    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(target_host, target_port)
-        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
 
-    server = await asyncio.start_server(relay, "127.0.0.1", listen_port)
+@contextlib.asynccontextmanager
+async def tcp_relay(target_host: str, target_port: int, listen_port: int) -> AsyncIterator[None]:
+    """Relay connections from `listen_port` to a real server: stands for "the server comes up now"."""
+    relay = TcpRelay(target_host, target_port)
+    relay.port = listen_port
+    await relay.start()
     try:
         yield
     finally:
-        server.close()
-        await server.wait_closed()
+        await relay.close()
 
 
 def free_port() -> int:

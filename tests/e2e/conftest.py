@@ -1,4 +1,8 @@
-"""The real processes, started as `make dev` starts them, reached only through the gateway over HTTP."""
+"""The real processes, started as `make dev` starts them, reached only through the gateway over HTTP.
+
+Each stack gets databases and a RabbitMQ virtual host of its own, so stacks never see each other's
+rows or events. Fault tests stop, kill and restart its processes.
+"""
 
 import asyncio
 import contextlib
@@ -7,18 +11,19 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import pytest
 
-from tests.conftest import ADMIN_DSN, isolated_vhost
+from tests.conftest import ADMIN_DSN, dsn_for, isolated_vhost
 from tests.support import KeyPair, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_DEADLINE = 20.0
+MODULES = {"gateway": "gateway", "users_service": "users_service", "orders_service": "orders_service"}
 
 
 @dataclasses.dataclass
@@ -45,11 +50,17 @@ class ServiceProcess:
         assert code is not None
         return code
 
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, no flush, no ack: a crash."""
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
 
 async def start_process(name: str, module: str, env: Mapping[str, str], log_dir: Path) -> ServiceProcess:
     log = log_dir / f"{name}.log"
     port = env["HTTP_PORT"]
-    with log.open("wb") as sink:
+    with log.open("ab") as sink:  # a restarted process goes on with the same log
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -78,15 +89,43 @@ async def wait_ready(service: ServiceProcess, timeout: float = 30.0) -> None:
 
 @dataclasses.dataclass
 class Stack:
-    gateway: ServiceProcess
-    users: ServiceProcess
-    orders: ServiceProcess
     keys: KeyPair
     log_dir: Path
+    rabbitmq_url: str
+    databases: dict[str, str]  # service name -> database name
+    env: dict[str, dict[str, str]]  # service name -> its environment
+    processes: dict[str, ServiceProcess]
 
     @property
     def url(self) -> str:
-        return self.gateway.url
+        return self.processes["gateway"].url
+
+    @property
+    def gateway(self) -> ServiceProcess:
+        return self.processes["gateway"]
+
+    @property
+    def users(self) -> ServiceProcess:
+        return self.processes["users_service"]
+
+    @property
+    def orders(self) -> ServiceProcess:
+        return self.processes["orders_service"]
+
+    def admin_dsn(self, service: str) -> str:
+        """A superuser connection to a service's database, for the tests' own checks."""
+        return dsn_for(self.databases[service])
+
+    async def start(self, name: str, **env_overrides: str) -> ServiceProcess:
+        self.env[name] = {**self.env[name], **env_overrides}
+        process = await start_process(name, MODULES[name], self.env[name], self.log_dir)
+        self.processes[name] = process
+        await wait_ready(process)
+        return process
+
+    async def restart(self, name: str, **env_overrides: str) -> ServiceProcess:
+        assert await self.processes[name].stop() == 0
+        return await self.start(name, **env_overrides)
 
 
 async def create_service_databases(suffix: str) -> dict[str, str]:
@@ -101,7 +140,7 @@ async def create_service_databases(suffix: str) -> dict[str, str]:
     )
     output, _ = await script.communicate()
     assert script.returncode == 0, output.decode()
-    return names
+    return {"users_service": names["USERS_DB_NAME"], "orders_service": names["ORDERS_DB_NAME"]}
 
 
 async def drop_databases(names: list[str]) -> None:
@@ -123,51 +162,67 @@ def gateway_env(port: int, keys: KeyPair, users_url: str, orders_url: str, **ext
     }
 
 
+@contextlib.asynccontextmanager
+async def running_stack(
+    key_pair: KeyPair, log_dir: Path, service_env: Mapping[str, Mapping[str, str]] | None = None
+) -> AsyncIterator[Stack]:
+    """Databases, a vhost and the three processes; on exit every process must stop cleanly."""
+    service_env = service_env or {}
+    async with isolated_vhost() as rabbitmq_url:
+        databases = await create_service_databases(uuid.uuid4().hex[:8])
+        users_port, orders_port = free_port(), free_port()
+        common = {"RABBITMQ_URL": rabbitmq_url, "JWT_PUBLIC_KEY_FILE": str(key_pair.public)}
+        env = {
+            "users_service": {
+                **common,
+                "HTTP_PORT": str(users_port),
+                "DATABASE_URL": f"postgresql://users_svc:users_svc@127.0.0.1:5432/{databases['users_service']}",
+                "JWT_PRIVATE_KEY_FILE": str(key_pair.private),
+                **service_env.get("users_service", {}),
+            },
+            "orders_service": {
+                **common,
+                "HTTP_PORT": str(orders_port),
+                "DATABASE_URL": f"postgresql://orders_svc:orders_svc@127.0.0.1:5432/{databases['orders_service']}",
+                **service_env.get("orders_service", {}),
+            },
+            "gateway": {
+                **gateway_env(
+                    free_port(), key_pair, f"http://127.0.0.1:{users_port}", f"http://127.0.0.1:{orders_port}"
+                ),
+                **service_env.get("gateway", {}),
+            },
+        }
+        stack = Stack(key_pair, log_dir, rabbitmq_url, databases, env, processes={})
+        try:
+            for name in ("users_service", "orders_service", "gateway"):
+                await stack.start(name)
+            yield stack
+        finally:
+            exit_codes = {name: await process.stop() for name, process in stack.processes.items()}
+            await drop_databases(list(databases.values()))
+        assert set(exit_codes.values()) == {0}, f"unclean shutdown: {exit_codes}"
+
+
 @pytest.fixture(scope="session")
 async def stack(key_pair: KeyPair, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    log_dir = tmp_path_factory.mktemp("e2e-logs")
-    async with isolated_vhost() as rabbitmq_url:
-        async for stack in _started_stack(key_pair, log_dir, rabbitmq_url):
-            yield stack
+    """One stack shared by the tests that only talk to it through the API."""
+    async with running_stack(key_pair, tmp_path_factory.mktemp("e2e-logs")) as shared_stack:
+        yield shared_stack
 
 
-async def _started_stack(key_pair: KeyPair, log_dir: Path, rabbitmq_url: str) -> AsyncIterator[Stack]:
-    databases = await create_service_databases(uuid.uuid4().hex[:8])
-    users_port, orders_port, gateway_port = free_port(), free_port(), free_port()
-    common = {"RABBITMQ_URL": rabbitmq_url, "JWT_PUBLIC_KEY_FILE": str(key_pair.public)}
-    users = await start_process(
-        "users_service",
-        "users_service",
-        {
-            **common,
-            "HTTP_PORT": str(users_port),
-            "DATABASE_URL": f"postgresql://users_svc:users_svc@127.0.0.1:5432/{databases['USERS_DB_NAME']}",
-            "JWT_PRIVATE_KEY_FILE": str(key_pair.private),
-        },
-        log_dir,
-    )
-    orders = await start_process(
-        "orders_service",
-        "orders_service",
-        {
-            **common,
-            "HTTP_PORT": str(orders_port),
-            "DATABASE_URL": f"postgresql://orders_svc:orders_svc@127.0.0.1:5432/{databases['ORDERS_DB_NAME']}",
-        },
-        log_dir,
-    )
-    gateway = await start_process(
-        "gateway", "gateway", gateway_env(gateway_port, key_pair, users.url, orders.url), log_dir
-    )
-    started = [gateway, users, orders]
-    try:
-        for service in started:
-            await wait_ready(service)
-        yield Stack(gateway=gateway, users=users, orders=orders, keys=key_pair, log_dir=log_dir)
-    finally:
-        exit_codes = {service.name: await service.stop() for service in started}
-        await drop_databases(list(databases.values()))
-    assert exit_codes == {"gateway": 0, "users_service": 0, "orders_service": 0}, "unclean shutdown"
+StackFactory = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+async def fresh_stack(key_pair: KeyPair, tmp_path: Path) -> AsyncIterator[StackFactory]:
+    """A stack of the test's own, for tests that break things: `await fresh_stack(orders_service={...})`."""
+    async with contextlib.AsyncExitStack() as stacks:
+
+        async def start(**service_env: Mapping[str, str]) -> Stack:
+            return await stacks.enter_async_context(running_stack(key_pair, tmp_path, service_env))
+
+        yield start
 
 
 @pytest.fixture

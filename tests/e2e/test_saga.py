@@ -1,0 +1,141 @@
+"""The order saga over the real RabbitMQ and Postgres, through the gateway, with the invariants
+checked by tests/e2e/saga_checker.py after every scenario."""
+
+import asyncio
+import uuid
+
+import aio_pika
+import aiohttp
+import asyncpg
+
+from shared.dlq import list_dead_letters, replay_dead_letters
+from shared.events import Cause, CreditReserved, Envelope
+from shared.topology import EXCHANGE
+from tests.e2e.api import final_order, me, new_user, place_order
+from tests.e2e.conftest import Stack, StackFactory
+from tests.e2e.saga_checker import assert_invariants_once_quiet
+from tests.support import eventually
+
+FAST_RETRIES = {"RETRY_DELAYS_MS": "100,200"}
+
+
+async def test_approved_rejected_and_cancelled_orders(stack: Stack, http: aiohttp.ClientSession) -> None:
+    user = await new_user(http, stack.url, credit_limit_cents=5_000)
+    approved = await place_order(http, stack.url, user, 3_000)
+    assert (await final_order(http, stack.url, user, approved["id"]))["status"] == "APPROVED"
+    assert (await me(http, stack.url, user))["credit_used_cents"] == 3_000
+
+    too_much = await place_order(http, stack.url, user, 2_001)
+    rejected = await final_order(http, stack.url, user, too_much["id"])
+    assert (rejected["status"], rejected["rejection_reason"]) == ("REJECTED", "insufficient_credit")
+    async with http.post(f"{stack.url}/api/orders/{too_much['id']}/cancel", headers=user.headers) as response:
+        assert response.status == 409
+
+    async with http.post(f"{stack.url}/api/orders/{approved['id']}/cancel", headers=user.headers) as response:
+        assert response.status == 202
+
+    async def released() -> bool:
+        return bool((await me(http, stack.url, user))["credit_used_cents"] == 0)
+
+    await eventually(released, what="the cancelled order's credit released")
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_fifty_concurrent_orders_never_over_reserve(stack: Stack, http: aiohttp.ClientSession) -> None:
+    user = await new_user(http, stack.url, credit_limit_cents=10_000)
+    orders = await asyncio.gather(*(place_order(http, stack.url, user, 700) for _ in range(50)))
+    finals = [await final_order(http, stack.url, user, order["id"]) for order in orders]
+    approved = [order for order in finals if order["status"] == "APPROVED"]
+    assert len(approved) == 10_000 // 700  # exactly as many as the limit covers: 14
+    assert {order["rejection_reason"] for order in finals if order["status"] == "REJECTED"} == {
+        "insufficient_credit"
+    }
+    assert (await me(http, stack.url, user))["credit_used_cents"] == 14 * 700
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_an_event_delivered_twice_is_applied_once(stack: Stack, http: aiohttp.ClientSession) -> None:
+    user = await new_user(http, stack.url, credit_limit_cents=10_000)
+    order = await place_order(http, stack.url, user, 4_000)
+    await final_order(http, stack.url, user, order["id"])
+    # Take the very envelope orders_service published, and deliver it to users_service again.
+    orders_db = await asyncpg.connect(stack.admin_dsn("orders_service"))
+    try:
+        body = await orders_db.fetchval(
+            """
+            SELECT body FROM outbox
+            WHERE event_type = 'orders.order.created' AND body::jsonb -> 'data' ->> 'order_id' = $1
+            """,
+            order["id"],
+        )
+    finally:
+        await orders_db.close()
+    await publish_raw(stack, body.encode(), "orders.order.created")
+
+    async def skipped() -> bool:
+        return "duplicate skipped" in stack.users.log_text() and order["id"][:8] in stack.users.log_text()
+
+    await eventually(skipped, what="users_service to skip the duplicate")
+    assert (await me(http, stack.url, user))["credit_used_cents"] == 4_000  # not 8_000
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    await publish_raw(stack, b"this is not an event", "orders.order.created")
+
+    async def dead_lettered() -> bool:
+        letters = await list_dead_letters(stack.rabbitmq_url, "users_service")
+        return any(letter.reason == "invalid" for letter in letters)
+
+    await eventually(dead_lettered, what="the poison message in users_service.dlq")
+    user = await new_user(http, stack.url)
+    order = await place_order(http, stack.url, user, 100)
+    assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_a_failing_handler_is_retried_then_dead_lettered_then_replayed(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = await fresh_stack(orders_service=FAST_RETRIES, users_service=FAST_RETRIES)
+    # A credit answer for an order orders_service has never stored: its handler raises every time.
+    orphan = Envelope.wrap(
+        CreditReserved(uuid.uuid4(), uuid.uuid4(), 100),
+        source="test",
+        cause=Cause("orphan-test", "orphan-test"),
+    )
+    await publish_raw(stack, orphan.to_json(), CreditReserved.TYPE)
+
+    async def dead_lettered() -> bool:
+        letters = await list_dead_letters(stack.rabbitmq_url, "orders_service")
+        return [letter.message_id for letter in letters] == [str(orphan.id)]
+
+    await eventually(dead_lettered, what="the orphan answer in orders_service.dlq")
+    log = stack.orders.log_text()
+    assert log.count("retry scheduled") == 2 and "retries exhausted" in log
+
+    # The consumer went on: an order still goes through.
+    user = await new_user(http, stack.url)
+    order = await place_order(http, stack.url, user, 100)
+    assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
+
+    replayed = await replay_dead_letters(stack.rabbitmq_url, "orders_service", str(orphan.id))
+    assert [letter.message_id for letter in replayed] == [str(orphan.id)]
+
+    async def dead_lettered_again() -> bool:
+        return stack.orders.log_text().count("retries exhausted") == 2
+
+    await eventually(dead_lettered_again, what="the replayed orphan to fail its retries again")
+
+
+async def publish_raw(stack: Stack, body: bytes, routing_key: str) -> None:
+    """Publish bytes to the events exchange as a producer would (a test's stand-in for a bad peer)."""
+    connection = await aio_pika.connect(stack.rabbitmq_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE)
+        await exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=routing_key
+        )

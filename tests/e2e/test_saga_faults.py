@@ -1,0 +1,196 @@
+"""The saga under faults, each bounded in time and ending with a drain and the invariant checker.
+
+These tests restart the machine's RabbitMQ and Postgres (as root, like CI) and kill services with
+SIGKILL at chosen moments. A chosen moment is made with a TCP relay between a service and the
+broker that the test freezes: no hook in the code under test.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from tests.e2e.api import FINAL, User, final_order, new_user, place_order
+from tests.e2e.conftest import Stack, StackFactory
+from tests.e2e.saga_checker import assert_invariants_once_quiet
+from tests.support import TcpRelay, eventually
+
+
+@contextlib.asynccontextmanager
+async def broker_relay(stack: Stack) -> AsyncIterator[tuple[TcpRelay, str]]:
+    relay = TcpRelay("127.0.0.1", 5672)
+    await relay.start()
+    try:
+        yield relay, stack.rabbitmq_url.replace(":5672/", f":{relay.port}/")
+    finally:
+        relay.sever()
+        await relay.close()
+
+
+async def count(dsn: str, query: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        value: int = await connection.fetchval(query)
+        return value
+    finally:
+        await connection.close()
+
+
+async def burst(
+    http: aiohttp.ClientSession, stack: Stack, users: list[User], n: int, *, within: float = 30.0
+) -> list[dict[str, object]]:
+    """Place orders round-robin over the users until n are accepted. Mid-fault the gateway may
+    answer 503 (a dependency is briefly down): like any client, try again."""
+    accepted: list[dict[str, object]] = []
+    give_up_at = time.monotonic() + within
+    while len(accepted) < n:
+        assert time.monotonic() < give_up_at, f"only {len(accepted)} of {n} orders accepted in {within} s"
+        user = users[len(accepted) % len(users)]
+        body = {"items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 300 + len(accepted)}]}
+        async with http.post(f"{stack.url}/api/orders", json=body, headers=user.headers) as response:
+            if response.status == 202:
+                accepted.append({**(await response.json()), "owner": user})
+            else:
+                assert response.status == 503, await response.text()
+    return accepted
+
+
+async def all_final(http: aiohttp.ClientSession, stack: Stack, orders: list[dict[str, object]]) -> None:
+    for order in orders:
+        owner = order["owner"]
+        assert isinstance(owner, User)
+        decided = await final_order(http, stack.url, owner, str(order["id"]), timeout=60)
+        assert decided["status"] in FINAL
+
+
+async def test_orders_service_killed_between_commit_and_publish(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = await fresh_stack()
+    user = await new_user(http, stack.url)
+    async with broker_relay(stack) as (relay, relayed_url):
+        await stack.restart("orders_service", RABBITMQ_URL=relayed_url)
+        relay.hold_upstream()  # from now on, nothing orders_service sends reaches the broker
+        orders = [await place_order(http, stack.url, user, 100) for _ in range(5)]
+
+        async def committed_not_published() -> bool:
+            unpublished = await count(
+                stack.admin_dsn("orders_service"),
+                """
+                SELECT count(*) FROM outbox
+                WHERE published_at IS NULL AND event_type = 'orders.order.created'
+                """,
+            )
+            return unpublished == 5
+
+        await eventually(committed_not_published, what="5 committed, unpublished OrderCreated rows")
+        await stack.orders.kill()
+        relay.sever()
+    await stack.start("orders_service", RABBITMQ_URL=stack.rabbitmq_url)
+    for order in orders:
+        assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_orders_service_killed_between_consume_and_ack(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = await fresh_stack()
+    user = await new_user(http, stack.url)
+    orders_dsn = stack.admin_dsn("orders_service")
+    async with broker_relay(stack) as (relay, relayed_url):
+        await stack.restart("orders_service", RABBITMQ_URL=relayed_url)
+        assert await stack.users.stop() == 0  # so that the credit answer waits until we are ready
+        order = await place_order(http, stack.url, user, 100)
+
+        async def created_published() -> bool:
+            return await count(orders_dsn, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL") == 1
+
+        await eventually(created_published, what="OrderCreated published")
+        relay.hold_upstream()  # orders_service will receive, commit, and then its ack is held back
+        await stack.start("users_service")
+
+        async def applied_but_not_acked() -> bool:
+            return await count(orders_dsn, "SELECT count(*) FROM inbox") == 1
+
+        await eventually(applied_but_not_acked, what="orders_service to commit the credit answer")
+        await stack.orders.kill()
+        relay.sever()  # the held ack dies with the connection: the broker must redeliver
+    await stack.start("orders_service", RABBITMQ_URL=stack.rabbitmq_url)
+
+    async def redelivery_skipped() -> bool:
+        return "duplicate skipped" in stack.orders.log_text()
+
+    await eventually(redelivery_skipped, what="the redelivered credit answer skipped by the inbox")
+    assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_rabbitmq_restarted_during_a_burst(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = await fresh_stack()
+    users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
+    first = await burst(http, stack, users, 10)
+    await rabbitmq("stop_app")
+    try:
+        during = await burst(http, stack, users, 10)  # accepted: the outbox holds their events
+    finally:
+        await rabbitmq("start_app")
+    after = await burst(http, stack, users, 10)
+    assert len(first) == len(during) == len(after) == 10
+    await all_final(http, stack, [*first, *during, *after])
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_users_service_down_for_ten_seconds_during_a_burst(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = await fresh_stack()
+    users = [await new_user(http, stack.url, credit_limit_cents=4_000) for _ in range(2)]
+    orders = await burst(http, stack, users, 5)
+    assert await stack.users.stop() == 0
+    down_until = time.monotonic() + 10
+    while time.monotonic() < down_until:  # orders keep coming in while users_service is away
+        orders += await burst(http, stack, users, 1)
+    pending = await count(
+        stack.admin_dsn("orders_service"), "SELECT count(*) FROM orders WHERE status = 'PENDING'"
+    )
+    assert pending > 0
+    await stack.start("users_service")
+    await all_final(http, stack, orders)
+    await assert_invariants_once_quiet(stack)
+
+
+async def test_postgres_restarted_during_a_burst(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    stack = await fresh_stack()
+    users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
+    placing = asyncio.create_task(burst(http, stack, users, 60))
+    await eventually(lambda: _at_least(stack, 10), what="10 orders placed before the restart")
+    await restart_postgres()
+    orders = await placing
+    await all_final(http, stack, orders)
+    await assert_invariants_once_quiet(stack)
+
+
+async def _at_least(stack: Stack, orders: int) -> bool:
+    return await count(stack.admin_dsn("orders_service"), "SELECT count(*) FROM orders") >= orders
+
+
+async def rabbitmq(command: str) -> None:
+    process = await asyncio.create_subprocess_exec("rabbitmqctl", "-q", command)
+    assert await process.wait() == 0, f"rabbitmqctl {command} failed"
+
+
+async def restart_postgres() -> None:
+    version = sorted(Path("/etc/postgresql").iterdir(), key=lambda p: float(p.name))[-1].name
+    process = await asyncio.create_subprocess_exec(
+        "pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"
+    )
+    assert await process.wait() == 0, "pg_ctlcluster restart failed"
