@@ -1,17 +1,21 @@
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
+import swagger_ui_bundle
 from aiohttp import web
 from yarl import URL
 
 from gateway.config import GatewayConfig
+from gateway.contract import public_contract
 from gateway.proxy import Upstream, forward
 from gateway.routes import ORDERS, ROUTES, USERS, Route
 from shared.auth import TokenVerifier
-from shared.http import ReadinessCheck, health_routes, standard_middlewares
+from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewares
 
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 READINESS_TIMEOUT = 2.0
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(config: GatewayConfig) -> web.Application:
@@ -65,4 +69,26 @@ def create_app(config: GatewayConfig) -> web.Application:
         return check
 
     app.router.add_routes(health_routes({name: upstream_ready(up) for name, up in upstreams.items()}))
+    app.router.add_routes(documentation_routes())
     return app
+
+
+def documentation_routes() -> list[web.AbstractRouteDef]:
+    """/openapi.json (the public contract) and /docs (Swagger UI, served from a Python package)."""
+    contract = dumps(public_contract())
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.Response(body=contract, content_type="application/json")
+
+    async def docs(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "docs.html")
+
+    async def docs_script(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "docs.js")
+
+    return [
+        web.get("/openapi.json", openapi),
+        web.get("/docs", docs),
+        web.get("/docs/docs.js", docs_script),
+        web.static("/docs/swagger-ui", swagger_ui_bundle.swagger_ui_path),
+    ]

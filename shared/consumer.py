@@ -2,7 +2,8 @@
 
 For each message:
 
-1. Parse the envelope. A message that cannot be parsed, or has an unknown type, can never succeed:
+1. Parse the envelope and check the event against its schema (shared/contracts/). A message that
+   cannot be parsed, breaks its schema, or has an unknown type or data version can never succeed:
    it goes to the dead-letter queue at once.
 2. In ONE transaction: record the event id in the inbox (a duplicate finds it there and is skipped),
    apply the handler's change, and write any new events to the outbox.

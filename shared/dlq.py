@@ -4,10 +4,10 @@
     python -m shared.dlq replay users_service            # every dead letter
     python -m shared.dlq replay users_service --id EVENT_ID   # just one (the id `list` shows)
 
-A message is dead-lettered when it can never succeed (unparseable, unknown type) or when its handler
-kept failing through every retry. Once the cause is fixed, replaying puts it back on the service's
-queue, as a first attempt. Replaying is safe even for a message that was applied after all: the
-inbox skips an event id it has seen.
+A message is dead-lettered when it can never succeed (unparseable, unknown type or data version, or
+breaking its schema) or when its handler kept failing through every retry. Once the cause is fixed,
+replaying puts it back on the service's queue, as a first attempt. Replaying is safe even for a
+message that was applied after all: the inbox skips an event id it has seen.
 
 RABBITMQ_URL names the broker, as for the services.
 """

@@ -1,28 +1,46 @@
 """Every event of the system, defined once, and the CloudEvents envelope that carries them.
 
-Producers and consumers import the same dataclasses from here, so the contract of an event lives in
-exactly one place. On the wire an event is a CloudEvents 1.0 document in structured JSON mode; its
-`type` is also the AMQP routing key.
+Producers and consumers import the same dataclasses from here. On the wire an event is a CloudEvents
+1.0 document in structured JSON mode; its `type` is also the AMQP routing key. What may be on the
+wire is defined by the JSON Schemas in shared/contracts/ (loaded by `shared.schemas`); a unit test
+holds each dataclass to its schema, so the two cannot drift apart.
+
+Every event is checked against its schema twice: when it is written to the outbox (`check_outgoing`:
+breaking the contract there is a bug, and fails loudly), and when it is received (`Envelope.event`:
+an invalid message is an `InvalidEvent`, which the consumer dead-letters at once).
+
+A consumer accepts each (type, data version) that `DECODERS` lists, and decodes all the versions of
+a type into the same dataclass, so that its handler never sees versions (docs/events.md).
 """
 
 import dataclasses
 import datetime
 import typing
 import uuid
+from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
 import orjson
+
+from shared import schemas
 
 SPEC_VERSION = "1.0"
 
 
 class InvalidEvent(ValueError):
-    """The message is not an envelope we understand: it can never succeed, so it is dead-lettered."""
+    """The message is not an event we accept: it can never succeed, so it is dead-lettered."""
+
+
+class ContractViolation(Exception):
+    """An event about to be emitted breaks its own contract: a bug in the producer, not a message to
+    dead-letter. It is raised where the event is written, so the transaction that would have stored
+    the event rolls back and no consumer ever receives it."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """An event's payload (`data`). Subclasses name the type and the data's version."""
+    """An event's payload (`data`). Subclasses name the type, and the data version that producers
+    emit it as: its schema is shared/contracts/events/<TYPE>.v<DATAVERSION>.json."""
 
     TYPE: ClassVar[str]
     DATAVERSION: ClassVar[int] = 1
@@ -35,29 +53,11 @@ class Event:
         }
 
     @classmethod
-    def from_data(cls, data: object) -> Self:
-        """Build the event from its `data`, checking every field's presence and type."""
-        if not isinstance(data, dict):
-            raise InvalidEvent(f"{cls.TYPE}: data is not an object")
+    def from_data(cls, data: dict[str, Any]) -> Self:
+        """Build the event from `data` that its schema has admitted (so every field is there, typed)."""
         hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            if field.name not in data:
-                raise InvalidEvent(f"{cls.TYPE}: data.{field.name} is missing")
-            values[field.name] = _typed(data[field.name], hints[field.name], f"{cls.TYPE}: data.{field.name}")
-        return cls(**values)
-
-
-def _typed(value: object, expected: type, where: str) -> object:
-    if expected is uuid.UUID:
-        try:
-            return uuid.UUID(str(value))
-        except ValueError:
-            raise InvalidEvent(f"{where} is not a UUID") from None
-    # bool is an int in Python; an amount of True cents is still a bug.
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise InvalidEvent(f"{where} is not a {expected.__name__}")
-    return value
+        values = {field.name: data[field.name] for field in dataclasses.fields(cls)}
+        return cls(**{name: uuid.UUID(v) if hints[name] is uuid.UUID else v for name, v in values.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +137,25 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 
+Decoder = Callable[[dict[str, Any]], Event]
+
+
+def _credit_rejected_v2(data: dict[str, Any]) -> CreditRejected:
+    # Version 2 makes the reason {code, message}. orders_service acts on the code alone, which is
+    # version 1's reason: so both versions decode into the same dataclass, and the handler is the same.
+    return CreditRejected(uuid.UUID(data["order_id"]), uuid.UUID(data["user_id"]), data["reason"]["code"])
+
+
+# Every (type, data version) that consumers accept, and how it becomes the dataclass that handlers
+# take. A dataclass decodes its own version (DATAVERSION, the one producers emit); another version
+# of the same type is translated here, for as long as both are on the wire (docs/events.md).
+DECODERS: dict[tuple[str, int], Decoder] = {
+    **{(event.TYPE, event.DATAVERSION): event.from_data for event in EVENT_TYPES.values()},
+    (CreditRejected.TYPE, 2): _credit_rejected_v2,
+}
+# Paired at import: a decoder without a schema would accept data that nothing has checked.
+_ACCEPTED = {version: (schemas.EVENT_DATA[version], decode) for version, decode in DECODERS.items()}
+
 
 @dataclasses.dataclass(frozen=True)
 class Cause:
@@ -195,35 +214,45 @@ class Envelope:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "Envelope":
+        """The envelope of a received message; one that breaks the envelope's schema is an InvalidEvent."""
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise InvalidEvent("the body is not JSON") from None
-        if not isinstance(document, dict) or document.get("specversion") != SPEC_VERSION:
-            raise InvalidEvent("the body is not a CloudEvents 1.0 document")
+        problem = schemas.ENVELOPE.problem(document, strict=False)
+        if problem is not None:
+            raise InvalidEvent(f"not an event envelope: {problem}")
+        # Checked here too: jsonschema checks "date-time" only where rfc3339-validator is installed.
         try:
-            envelope = cls(
-                id=uuid.UUID(document["id"]),
-                source=_string(document, "source"),
-                type=_string(document, "type"),
-                time=datetime.datetime.fromisoformat(document["time"]),
-                data=document["data"],
-                dataversion=int(document.get("dataversion", 1)),
-                correlationid=_string(document, "correlationid"),
-                causationid=_string(document, "causationid"),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidEvent(f"the envelope is malformed: {error!r}") from None
-        return envelope
+            time = datetime.datetime.fromisoformat(document["time"])
+        except ValueError:
+            time = None
+        if time is None or time.tzinfo is None:
+            raise InvalidEvent("not an event envelope: time must be a date-time")
+        return cls(
+            id=uuid.UUID(document["id"]),
+            source=document["source"],
+            type=document["type"],
+            time=time,
+            data=document["data"],
+            dataversion=int(document["dataversion"]),  # 2.0 is an integer to JSON Schema too
+            correlationid=document["correlationid"],
+            causationid=document["causationid"],
+        )
 
     def event(self) -> Event:
-        """The typed event inside; an unknown type or bad data is an InvalidEvent."""
-        event_class = EVENT_TYPES.get(self.type)
-        if event_class is None:
-            raise InvalidEvent(f"unknown event type {self.type!r}")
-        if self.dataversion != event_class.DATAVERSION:
+        """The typed event inside. An unknown type or data version, or data that breaks its schema, is
+        an InvalidEvent."""
+        accepted = _ACCEPTED.get((self.type, self.dataversion))
+        if accepted is None:
+            if self.type not in EVENT_TYPES:
+                raise InvalidEvent(f"unknown event type {self.type!r}")
             raise InvalidEvent(f"{self.type} has no data version {self.dataversion}")
-        return event_class.from_data(self.data)
+        schema, decode = accepted
+        problem = schema.problem(self.data, strict=False, root="data")
+        if problem is not None:
+            raise InvalidEvent(f"{self.type} v{self.dataversion}: {problem}")
+        return decode(self.data)
 
     def log_fields(self) -> dict[str, str]:
         """What a log line about this event shows: its type, a short subject id, its story's id."""
@@ -239,8 +268,17 @@ class Envelope:
         return Cause(correlation_id=self.correlationid, causation_id=str(self.id))
 
 
-def _string(document: dict[str, Any], key: str) -> str:
-    value = document[key]
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{key} must be a non-empty string")
-    return value
+def check_outgoing(body: bytes) -> None:
+    """Raise ContractViolation unless `body` is an event its consumers accept, with no field that its
+    schema does not declare (strict: what a producer emits, it must have declared)."""
+    document = orjson.loads(body)
+    problem = schemas.ENVELOPE.problem(document, strict=False)
+    if problem is not None:
+        raise ContractViolation(f"not an event envelope: {problem}")
+    version = (document["type"], document["dataversion"])
+    schema = schemas.EVENT_DATA.get(version)
+    if schema is None:
+        raise ContractViolation(f"{version[0]} v{version[1]} has no schema ({version[0]}.v{version[1]}.json)")
+    problem = schema.problem(document["data"], strict=True, root="data")
+    if problem is not None:
+        raise ContractViolation(f"{version[0]} v{version[1]}: {problem}")

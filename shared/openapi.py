@@ -1,19 +1,28 @@
 """The service's OpenAPI document is the contract, and the running service is held to it.
 
-At start-up every operation's request schema is compiled once into a validator; a middleware then
-checks each request before its handler runs: the bearer token where the operation is secured, the
-query parameters, and the JSON body. Handlers receive input that already matches the contract.
+At start-up every operation's schemas are compiled once into validators; a middleware then checks
+each request before its handler runs: the bearer token where the operation is secured, the query
+parameters, and the JSON body. Handlers receive input that already matches the contract. The same
+compiled contract checks responses (`response_errors`), which the tests apply to every response.
+
+References may point into other files (`../shared/contracts/http.yaml#/...`, the problem shapes
+every service shares); they are resolved from disk, relative to the document that names them.
 """
 
 import dataclasses
+import functools
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from jsonschema import Draft202012Validator, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from shared.auth import AUTHENTICATED_USER, TOKEN_VERIFIER
 from shared.http import read_json
@@ -21,6 +30,7 @@ from shared.problems import validation_problem
 
 VALIDATED_BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("validated_body", dict)
 VALIDATED_QUERY: web.RequestKey[dict[str, Any]] = web.RequestKey("validated_query", dict)
+METHODS = ("get", "put", "post", "patch", "delete")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,51 +46,143 @@ class Operation:
     secured: bool
     body: Draft202012Validator | None
     query: tuple[QueryParameter, ...]
+    # status -> media type -> validator of the body (None: the response has no body)
+    responses: dict[int, dict[str, Draft202012Validator | None]]
 
 
-def _validator(schema: dict[str, Any], components: dict[str, Any]) -> Draft202012Validator:
-    # "$ref": "#/components/schemas/X" resolves against the root, so the components ride along.
-    return Draft202012Validator({**schema, "components": components})
+@dataclasses.dataclass(frozen=True)
+class _Located:
+    """A node of a contract document and where it is (document URI, JSON pointer)."""
+
+    uri: str
+    pointer: str
+    contents: Any
+
+    def child(self, *keys: str | int) -> "_Located":
+        node, pointer = self.contents, self.pointer
+        for key in keys:
+            node = node[key]
+            pointer += "/" + str(key).replace("~", "~0").replace("/", "~1")
+        return _Located(self.uri, pointer, node)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.uri}#{urllib.parse.quote(self.pointer, safe='/~')}"
+
+
+@functools.cache
+def _retrieve(uri: str) -> Resource[Any]:
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
+    return Resource.from_contents(yaml.safe_load(path.read_text()), default_specification=DRAFT202012)
 
 
 class OpenApiSpec:
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], uri: str) -> None:
         self.document = document
-        components = document.get("components", {})
+        self.uri = uri
+        self._registry: Registry[Any] = Registry(retrieve=_retrieve).with_resource(  # type: ignore[call-arg]
+            uri, Resource.from_contents(document, default_specification=DRAFT202012)
+        )
+        self._resolver = self._registry.resolver(base_uri=uri)
         default_security = document.get("security", [])
+        root = _Located(uri, "", document)
         self.operations: dict[tuple[str, str], Operation] = {}
-        for path, item in document["paths"].items():
-            for method, spec in item.items():
-                if method not in {"get", "put", "post", "patch", "delete"}:
+        for path in document["paths"]:
+            item = self._follow(root.child("paths", path))
+            shared_parameters = item.contents.get("parameters", [])
+            for method in METHODS:
+                if method not in item.contents:
                     continue
-                body_schema = (
-                    spec.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
-                )
-                query = tuple(
-                    QueryParameter(
-                        name=parameter["name"],
-                        required=parameter.get("required", False),
-                        is_integer=parameter["schema"].get("type") == "integer",
-                        validator=_validator(parameter["schema"], components),
-                    )
-                    for parameter in [*item.get("parameters", []), *spec.get("parameters", [])]
-                    if parameter["in"] == "query"
-                )
+                operation = item.child(method)
+                parameters = [
+                    *(self._follow(item.child("parameters", i)) for i in range(len(shared_parameters))),
+                    *(
+                        self._follow(operation.child("parameters", i))
+                        for i in range(len(operation.contents.get("parameters", [])))
+                    ),
+                ]
                 self.operations[(method.upper(), path)] = Operation(
-                    secured=bool(spec.get("security", default_security)),
-                    body=_validator(body_schema, components) if body_schema else None,
-                    query=query,
+                    secured=bool(operation.contents.get("security", default_security)),
+                    body=self._body_validator(operation),
+                    query=tuple(self._query_parameter(p) for p in parameters if p.contents["in"] == "query"),
+                    responses=self._response_validators(operation),
                 )
 
     @classmethod
     def load(cls, path: Path) -> "OpenApiSpec":
-        return cls(yaml.safe_load(path.read_text()))
+        return cls(yaml.safe_load(path.read_text()), path.resolve().as_uri())
+
+    def _follow(self, node: _Located) -> _Located:
+        """The node a `$ref` points to (through any chain of them), or the node itself."""
+        while isinstance(node.contents, dict) and "$ref" in node.contents:
+            target = urllib.parse.urljoin(node.uri, node.contents["$ref"])
+            document_uri, _, fragment = target.partition("#")
+            node = _Located(
+                document_uri, urllib.parse.unquote(fragment), self._resolver.lookup(target).contents
+            )
+        return node
+
+    def _validator(self, schema: _Located) -> Draft202012Validator:
+        return Draft202012Validator({"$ref": schema.ref}, registry=self._registry)
+
+    def _body_validator(self, operation: _Located) -> Draft202012Validator | None:
+        if "requestBody" not in operation.contents:
+            return None
+        body = self._follow(operation.child("requestBody"))
+        return self._validator(body.child("content", "application/json", "schema"))
+
+    def _query_parameter(self, parameter: _Located) -> QueryParameter:
+        schema = self._follow(parameter.child("schema"))
+        return QueryParameter(
+            name=parameter.contents["name"],
+            required=parameter.contents.get("required", False),
+            is_integer=schema.contents.get("type") == "integer",
+            validator=self._validator(schema),
+        )
+
+    def _response_validators(self, operation: _Located) -> dict[int, dict[str, Draft202012Validator | None]]:
+        validators: dict[int, dict[str, Draft202012Validator | None]] = {}
+        for status in operation.contents.get("responses", {}):
+            response = self._follow(operation.child("responses", status))
+            content = response.contents.get("content", {})
+            validators[int(status)] = {
+                media_type: self._validator(response.child("content", media_type, "schema"))
+                if "schema" in content[media_type]
+                else None
+                for media_type in content
+            }
+        return validators
 
     def operation_for(self, request: web.Request) -> Operation | None:
         resource = request.match_info.route.resource
         if resource is None:
             return None  # unmatched: the router answers 404 or 405 itself
         return self.operations.get((request.method, resource.canonical))
+
+    def response_errors(self, method: str, path: str, status: int, media_type: str, body: bytes) -> list[str]:
+        """How a response breaks the contract of operation (method, path); empty if it does not."""
+        operation = self.operations.get((method, path))
+        if operation is None:
+            return [f"{method} {path} is not in the contract"]
+        if status not in operation.responses:
+            return [f"{method} {path} answered {status}, which the contract does not list"]
+        media_types = operation.responses[status]
+        if not media_types:
+            return [] if not body else [f"{method} {path} {status} has a body; the contract says none"]
+        if media_type not in media_types:
+            return [f"{method} {path} {status} is {media_type}; the contract says {sorted(media_types)}"]
+        validator = media_types[media_type]
+        if validator is None:
+            return []
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return [f"{method} {path} {status}: the body is not JSON"]
+        where = f"{method} {path} {status}"
+        return [
+            f"{where}: {'/'.join(map(str, error.absolute_path)) or '(body)'}: {error.message}"
+            for error in validator.iter_errors(document)
+        ]
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

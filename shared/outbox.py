@@ -21,7 +21,7 @@ import structlog
 from aio_pika.abc import AbstractExchange
 
 from shared.db import TRANSIENT_ERRORS, Connection
-from shared.events import Cause, Envelope, Event
+from shared.events import Cause, Envelope, Event, check_outgoing
 
 log = structlog.get_logger("outbox")
 
@@ -38,12 +38,16 @@ class Outbox:
         self.nudged = asyncio.Event()
 
     async def add(self, connection: Connection, event: Event, cause: Cause) -> Envelope:
+        """Write the event in the caller's transaction. An event that breaks its contract raises
+        ContractViolation: a bug, so the transaction rolls back rather than every consumer failing."""
         envelope = Envelope.wrap(event, source=self.source, cause=cause)
+        body = envelope.to_json()
+        check_outgoing(body)
         await connection.execute(
             "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)",
             envelope.id,
             envelope.type,
-            envelope.to_json().decode(),
+            body.decode(),
         )
         return envelope
 

@@ -33,6 +33,7 @@ from shared.topology import CONSUMERS, declare_topology
 
 log = structlog.get_logger("service")
 
+CONTRACT = web.AppKey("contract", OpenApiSpec)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 BROKER = web.AppKey("broker", AbstractRobustConnection)
 OUTBOX = web.AppKey("outbox", Outbox)
@@ -48,6 +49,7 @@ def create_service_app(
     app = web.Application(
         middlewares=[*standard_middlewares(), spec.middleware], client_max_size=config.max_body_bytes
     )
+    app[CONTRACT] = spec
     app[TOKEN_VERIFIER] = TokenVerifier.from_pem_file(
         config.jwt_public_key_file, issuer=config.jwt_issuer, audience=config.jwt_audience
     )

@@ -47,9 +47,13 @@ async def create_database() -> AsyncIterator[CreateDatabase]:
         return dsn_for(name)
 
     yield create
+    await drop_databases(created)
+
+
+async def drop_databases(names: list[str]) -> None:
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
-        for name in created:
+        for name in names:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 
-from tests.conftest import ADMIN_DSN, dsn_for, isolated_vhost
+from tests.conftest import drop_databases, dsn_for, isolated_vhost
 from tests.support import KeyPair, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,15 +140,6 @@ async def create_service_databases(suffix: str) -> dict[str, str]:
     output, _ = await script.communicate()
     assert script.returncode == 0, output.decode()
     return {"users_service": names["USERS_DB_NAME"], "orders_service": names["ORDERS_DB_NAME"]}
-
-
-async def drop_databases(names: list[str]) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def gateway_env(port: int, keys: KeyPair, users_url: str, orders_url: str, **extra: str) -> dict[str, str]:

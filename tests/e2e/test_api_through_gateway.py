@@ -200,3 +200,26 @@ async def test_gateway_readiness_reports_each_upstream(stack: Stack, http: aioht
         assert (await response.json())["checks"] == {"users_service": "ok", "orders_service": "ok"}
     async with http.get(f"{stack.url}/healthz") as response:
         assert response.status == 200
+
+
+async def test_the_gateway_serves_the_public_contract_and_its_docs(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{stack.url}/openapi.json") as response:
+        assert response.status == 200
+        contract = await response.json()
+    assert contract["openapi"] == "3.1.0"
+    assert {"/api/users", "/api/auth/token", "/api/orders", "/api/orders/{id}/cancel"} <= set(
+        contract["paths"]
+    )
+    async with http.get(f"{stack.url}/docs") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        page = await response.text()
+    # Everything the page loads comes from the gateway itself: it works offline, with no CDN.
+    assets = ["/docs/swagger-ui/swagger-ui.css", "/docs/swagger-ui/swagger-ui-bundle.js", "/docs/docs.js"]
+    for asset in assets:
+        assert f'"{asset}"' in page
+        async with http.get(f"{stack.url}{asset}") as response:
+            assert response.status == 200, asset
+    assert "http://" not in page and "https://" not in page

@@ -1,11 +1,13 @@
 """The services' apps, in-process, on fresh databases of the real Postgres and the real RabbitMQ.
 
 The database and the vhost are requested before `aiohttp_client`, so they are torn down after the
-app has shut down (pytest tears fixtures down in the reverse order it set them up).
+app has shut down (pytest tears fixtures down in the reverse order it set them up). Every response
+the apps send in any test is checked against their OpenAPI contract; a test whose responses break
+it fails.
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from aiohttp import web
@@ -16,6 +18,7 @@ from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
 from tests.conftest import CreateDatabase
+from tests.contract import response_checker
 from tests.support import KeyPair
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
@@ -25,8 +28,24 @@ Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture
+def contract_violations() -> Iterator[list[str]]:
+    violations: list[str] = []
+    yield violations
+    assert not violations, "responses broke the contract:\n" + "\n".join(violations)
+
+
+def held_to_contract(app: web.Application, violations: list[str]) -> web.Application:
+    app.middlewares.insert(0, response_checker(violations))
+    return app
+
+
+@pytest.fixture
 async def users_client(
-    create_database: CreateDatabase, key_pair: KeyPair, rabbitmq_url: str, aiohttp_client: AiohttpClient
+    create_database: CreateDatabase,
+    key_pair: KeyPair,
+    rabbitmq_url: str,
+    contract_violations: list[str],
+    aiohttp_client: AiohttpClient,
 ) -> Client:
     config = UsersConfig(
         database_url=Secret(await create_database("users")),
@@ -35,12 +54,16 @@ async def users_client(
         jwt_private_key_file=str(key_pair.private),
         startup_timeout=5,
     )
-    return await aiohttp_client(create_users_app(config))
+    return await aiohttp_client(held_to_contract(create_users_app(config), contract_violations))
 
 
 @pytest.fixture
 async def orders_client(
-    create_database: CreateDatabase, key_pair: KeyPair, rabbitmq_url: str, aiohttp_client: AiohttpClient
+    create_database: CreateDatabase,
+    key_pair: KeyPair,
+    rabbitmq_url: str,
+    contract_violations: list[str],
+    aiohttp_client: AiohttpClient,
 ) -> Client:
     config = OrdersConfig(
         database_url=Secret(await create_database("orders")),
@@ -48,7 +71,7 @@ async def orders_client(
         jwt_public_key_file=str(key_pair.public),
         startup_timeout=5,
     )
-    return await aiohttp_client(create_orders_app(config))
+    return await aiohttp_client(held_to_contract(create_orders_app(config), contract_violations))
 
 
 @pytest.fixture

@@ -1,0 +1,133 @@
+"""The public contract: both services' operations as clients see them through the gateway.
+
+Built at start from the services' own OpenAPI documents (never written by hand a second time):
+their paths are already the public ones, references into shared/contracts are copied in, so the
+result stands alone, and every proxied operation also documents what the gateway itself may
+answer (401 before the service is asked; 502, 503 or 504 when the service fails).
+"""
+
+import copy
+import importlib.resources
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SERVICES = ("users_service", "orders_service")
+SHARED_HTTP_CONTRACT = Path(str(importlib.resources.files("shared") / "contracts" / "http.yaml"))
+GATEWAY_HEALTH = {
+    "/healthz": {
+        "get": {
+            "operationId": "gatewayHealth",
+            "tags": ["health"],
+            "summary": "The gateway is alive",
+            "security": [],
+            "responses": {"200": {"$ref": "#/components/responses/Healthy"}},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "gatewayReadiness",
+            "tags": ["health"],
+            "summary": "Every upstream service is ready",
+            "security": [],
+            "responses": {
+                "200": {"$ref": "#/components/responses/Ready"},
+                "503": {"$ref": "#/components/responses/NotReady"},
+            },
+        }
+    },
+}
+UPSTREAM_FAILURES = {
+    status: {"$ref": "#/components/responses/UpstreamFailure"} for status in ("502", "503", "504")
+}
+
+
+def service_contract_path(service: str) -> Path:
+    return Path(str(importlib.resources.files(service) / "openapi.yaml"))
+
+
+def public_contract() -> dict[str, Any]:
+    contract: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "eda-reference public API",
+            "version": "0.1.0",
+            "description": (
+                "Everything a client can call, through the gateway. Built from the services' own "
+                "contracts (users_service/openapi.yaml, orders_service/openapi.yaml). Errors are RFC 9457 "
+                "problems. Sign in with POST /api/auth/token, then use Authorize with the access_token."
+            ),
+        },
+        "servers": [{"url": "/", "description": "this gateway"}],
+        "security": [{"bearerAuth": []}],
+        "paths": {},
+        "components": {},
+    }
+    for service in SERVICES:
+        document = _bundled(service_contract_path(service))
+        for path, item in document["paths"].items():
+            if path in GATEWAY_HEALTH:
+                continue  # each service's own health; the gateway publishes its own instead
+            for operation in item.values():
+                if isinstance(operation, dict) and "responses" in operation:
+                    operation["responses"].update(copy.deepcopy(UPSTREAM_FAILURES))
+            contract["paths"][path] = item
+        for kind, components in document.get("components", {}).items():
+            merged = contract["components"].setdefault(kind, {})
+            for name, component in components.items():
+                if name in merged and merged[name] != component:
+                    raise ValueError(f"two services define components/{kind}/{name} differently")
+                merged[name] = component
+    contract["paths"].update(copy.deepcopy(GATEWAY_HEALTH))
+    # What the gateway itself answers is described in the shared contract too.
+    shared = yaml.safe_load(SHARED_HTTP_CONTRACT.read_text())["components"]
+    for kind, name in (("responses", "UpstreamFailure"), ("responses", "Healthy"), ("responses", "Ready")):
+        contract["components"].setdefault(kind, {}).setdefault(name, shared[kind][name])
+    return contract
+
+
+def _bundled(path: Path) -> dict[str, Any]:
+    """The document, with every reference into another file replaced by a copy of its target
+    under the same components name, so that it stands alone."""
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    components = document.setdefault("components", {})
+
+    def inline(node: Any, base: Path) -> Any:
+        if isinstance(node, list):
+            return [inline(item, base) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref")
+        if isinstance(reference, str) and not reference.startswith("#"):
+            file_part, _, fragment = reference.partition("#")
+            target_file = (base.parent / urllib.parse.unquote(file_part)).resolve()
+            _, kind, name = fragment.strip("/").split("/")  # only components/<kind>/<name> is used
+            if name not in components.get(kind, {}):
+                external = yaml.safe_load(target_file.read_text())
+                components.setdefault(kind, {})[name] = {}  # placeholder: the target may refer to itself
+                components[kind][name] = inline(external["components"][kind][name], target_file)
+                _copy_internal_dependencies(components[kind][name], external, target_file)
+            return {**node, "$ref": f"#/components/{kind}/{name}"}
+        return {key: inline(value, base) for key, value in node.items()}
+
+    def _copy_internal_dependencies(node: Any, external: dict[str, Any], external_file: Path) -> None:
+        # The copied component may refer to others of its own file ("#/components/schemas/Problem").
+        if isinstance(node, list):
+            for item in node:
+                _copy_internal_dependencies(item, external, external_file)
+        elif isinstance(node, dict):
+            reference = node.get("$ref")
+            if isinstance(reference, str) and reference.startswith("#/components/"):
+                _, kind, name = reference.strip("#/").split("/")
+                if name not in components.get(kind, {}):
+                    components.setdefault(kind, {})[name] = {}
+                    components[kind][name] = inline(external["components"][kind][name], external_file)
+                    _copy_internal_dependencies(components[kind][name], external, external_file)
+            for value in node.values():
+                _copy_internal_dependencies(value, external, external_file)
+
+    for key in ("paths", "components"):
+        document[key] = inline(document[key], path)
+    return document
