@@ -9,10 +9,10 @@ PGUSER ?= postgres
 export PGHOST PGUSER
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test lint format lock clean dlq dlq-replay
+.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: install ## ruff and mypy (strict) over the code and the tests
 
 test: lint ## the whole suite: unit, integration and end-to-end, on real Postgres and RabbitMQ
 	$(BIN)/pytest
+
+test-compose: install ## the stack in containers (docker compose), tested end to end, then removed
+	bash tests/compose/setup-docker.sh
+	$(BIN)/python -m tests.compose.run
 
 dlq: install ## list a service's dead letters: make dlq SERVICE=users_service
 	$(BIN)/python -m shared.dlq list $(SERVICE)

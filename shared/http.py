@@ -26,6 +26,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 _ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def _json_default(value: object) -> str:
@@ -97,7 +98,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         status = http_error.status
         raise
     finally:
-        log.info(
+        # Orchestrators probe health every few seconds; a passing probe is not part of the story.
+        record = log.debug if request.path in HEALTH_PATHS and status < 400 else log.info
+        record(
             "http request",
             method=request.method,
             path=request.path,

@@ -1,0 +1,276 @@
+"""The whole system as `docker compose up --build` runs it, reached only through the gateway's
+published port: the images built from deploy/Dockerfile, the stack started from docker-compose.yml.
+
+What the static check (tests/unit/test_compose.py) cannot see shows here: a file the image lacks, a
+host name that does not resolve, a health check that never passes, a start-up race, a restart that
+loses an order. Run by `make test-compose` (tests/compose/run.py), which starts and removes the stack.
+"""
+
+import asyncio
+import collections
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.compose.conftest import PROJECT, containers, docker_compose
+from tests.e2e.api import FINAL, User, final_order, me, new_user, place_order
+from tests.support import eventually
+
+LONG_RUNNING = ("postgres", "rabbitmq", "users_service", "orders_service", "gateway")
+APPLICATION = ("users_service", "orders_service", "gateway")
+APP_USER = "10001:10001"  # deploy/Dockerfile's USER
+
+
+# --- the stack as compose made it ---------------------------------------------------------------
+
+
+async def test_every_service_is_healthy_and_the_key_generator_ran_once() -> None:
+    found = await containers()
+    assert set(found) == {*LONG_RUNNING, "keygen"}
+    for service in LONG_RUNNING:
+        state = found[service]["State"]
+        assert (state["Status"], state["Health"]["Status"]) == ("running", "healthy"), service
+        assert found[service]["RestartCount"] == 0, f"{service} crashed and was restarted"
+    keygen = found["keygen"]["State"]
+    assert (keygen["Status"], keygen["ExitCode"]) == ("exited", 0)
+
+
+async def test_restart_policies_users_and_named_volumes_are_as_declared() -> None:
+    found = await containers()
+    for service in LONG_RUNNING:
+        assert found[service]["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped", service
+    assert found["keygen"]["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    for service in (*APPLICATION, "keygen"):
+        assert found[service]["Config"]["User"] == APP_USER, f"{service} does not run as the app user"
+    data = {"postgres": "/var/lib/postgresql/data", "rabbitmq": "/var/lib/rabbitmq"}
+    for service, path in data.items():
+        mounts = {mount["Destination"]: mount for mount in found[service]["Mounts"]}
+        assert mounts[path]["Type"] == "volume", f"{service} keeps its data outside a named volume"
+        assert mounts[path]["Name"] == f"{PROJECT}_{service}-data"
+
+
+async def test_only_the_gateway_and_the_management_ui_are_published() -> None:
+    found = await containers()
+    published = {
+        service: sorted(port for port, bindings in container["NetworkSettings"]["Ports"].items() if bindings)
+        for service, container in found.items()
+        if service in LONG_RUNNING
+    }
+    assert published == {
+        "postgres": [],
+        "rabbitmq": ["15672/tcp"],
+        "users_service": [],
+        "orders_service": [],
+        "gateway": ["8080/tcp"],
+    }
+    management = found["rabbitmq"]["NetworkSettings"]["Ports"]["15672/tcp"]
+    assert {binding["HostIp"] for binding in management} == {"127.0.0.1"}
+
+
+# --- the API through the published port ---------------------------------------------------------
+
+
+async def test_readiness_reports_each_upstream(http: aiohttp.ClientSession, gateway_url: str) -> None:
+    async with http.get(f"{gateway_url}/readyz") as response:
+        assert response.status == 200
+        assert (await response.json())["checks"] == {"users_service": "ok", "orders_service": "ok"}
+    async with http.get(f"{gateway_url}/healthz") as response:
+        assert response.status == 200
+
+
+async def test_the_walkthrough_register_sign_in_order_approved_cancel(
+    http: aiohttp.ClientSession, gateway_url: str
+) -> None:
+    user = await new_user(http, gateway_url, credit_limit_cents=50_000)
+    assert (await me(http, gateway_url, user))["id"] == user.id
+    order = await place_order(http, gateway_url, user, 2_500)
+    assert order["status"] == "PENDING"
+    approved = await final_order(http, gateway_url, user, order["id"])
+    assert approved["status"] == "APPROVED"
+    assert (await me(http, gateway_url, user))["credit_used_cents"] == 2_500
+    async with http.get(f"{gateway_url}/api/orders?status=APPROVED", headers=user.headers) as response:
+        assert [listed["id"] for listed in (await response.json())["items"]] == [order["id"]]
+    async with http.post(f"{gateway_url}/api/orders/{order['id']}/cancel", headers=user.headers) as response:
+        assert response.status == 202
+        assert (await response.json())["status"] == "CANCELLED"
+
+    async def released() -> bool:
+        return bool((await me(http, gateway_url, user))["credit_used_cents"] == 0)
+
+    await eventually(released, timeout=30, what="the cancelled order's credit released")
+
+
+async def test_bad_requests_get_problems(http: aiohttp.ClientSession, gateway_url: str) -> None:
+    async with http.get(f"{gateway_url}/api/users/me") as response:
+        assert response.status == 401
+        assert response.content_type == "application/problem+json"
+        assert "WWW-Authenticate" in response.headers
+    async with http.get(f"{gateway_url}/api/nowhere") as response:
+        assert response.status == 404
+        assert response.content_type == "application/problem+json"
+    user = await new_user(http, gateway_url)
+    body = {"items": [{"sku": "not valid!", "quantity": 0, "unit_price_cents": 100}]}
+    async with http.post(f"{gateway_url}/api/orders", json=body, headers=user.headers) as response:
+        assert response.status == 422
+        problem = await response.json()
+    assert {entry["pointer"] for entry in problem["errors"]} == {"#/items/0/sku", "#/items/0/quantity"}
+
+
+async def test_a_request_id_is_in_the_logs_of_every_container_it_crossed(
+    http: aiohttp.ClientSession, gateway_url: str
+) -> None:
+    user = await new_user(http, gateway_url)
+    chosen = f"compose-{uuid.uuid4().hex[:12]}"
+    async with http.get(
+        f"{gateway_url}/api/users/me", headers={**user.headers, "X-Request-ID": chosen}
+    ) as response:
+        assert response.status == 200
+        assert response.headers["X-Request-ID"] == chosen
+
+    async def logged_by_both() -> bool:
+        for service in ("gateway", "users_service"):
+            if f"request_id={chosen}" not in await docker_compose("logs", "--no-color", service):
+                return False
+        return True
+
+    await eventually(logged_by_both, timeout=15, interval=0.5, what="the request id in both containers' logs")
+
+
+# --- the saga across the containers -------------------------------------------------------------
+
+
+async def test_approved_rejected_and_cancelled_orders(http: aiohttp.ClientSession, gateway_url: str) -> None:
+    user = await new_user(http, gateway_url, credit_limit_cents=5_000)
+    approved = await place_order(http, gateway_url, user, 3_000)
+    assert (await final_order(http, gateway_url, user, approved["id"]))["status"] == "APPROVED"
+    too_much = await place_order(http, gateway_url, user, 2_001)
+    rejected = await final_order(http, gateway_url, user, too_much["id"])
+    assert (rejected["status"], rejected["rejection_reason"]) == ("REJECTED", "insufficient_credit")
+    await assert_credit_matches_approved_orders(http, gateway_url, [user])
+
+
+async def test_fifty_concurrent_orders_never_over_reserve(
+    http: aiohttp.ClientSession, gateway_url: str
+) -> None:
+    user = await new_user(http, gateway_url, credit_limit_cents=10_000)
+    orders = await asyncio.gather(*(place_order(http, gateway_url, user, 700) for _ in range(50)))
+    finals = [await final_order(http, gateway_url, user, order["id"]) for order in orders]
+    assert sum(order["status"] == "APPROVED" for order in finals) == 10_000 // 700
+    await assert_credit_matches_approved_orders(http, gateway_url, [user])
+
+
+@pytest.mark.parametrize("service", ["orders_service", "users_service"])
+async def test_a_service_restarted_during_a_burst_of_orders_loses_none(
+    http: aiohttp.ClientSession, gateway_url: str, service: str
+) -> None:
+    """`docker compose restart` in the middle of a stream of orders: the container gets SIGTERM,
+    drains, and starts again. Every order, accepted before, during or after, reaches a final state."""
+    users = [await new_user(http, gateway_url, credit_limit_cents=20_000) for _ in range(3)]
+    started_at = (await containers())[service]["State"]["StartedAt"]
+    burst = Burst(http, gateway_url, users)
+    placing = asyncio.create_task(burst.run())
+    try:
+        await eventually(lambda: burst.has_accepted(10), timeout=30, what="10 orders before the restart")
+        await docker_compose("restart", service)
+        burst.restarted_at = len(burst.accepted)
+        orders = await asyncio.wait_for(placing, timeout=120)
+    finally:
+        placing.cancel()
+    assert (await containers())[service]["State"]["StartedAt"] != started_at, f"{service} was not restarted"
+    assert burst.restarted_at is not None and len(orders) > burst.restarted_at >= 10
+    print(
+        f"\n  {service} restarted mid-burst: {len(orders)} orders accepted,"
+        f" {burst.restarted_at} of them before the restart returned; refused meanwhile: {dict(burst.refused)}"
+    )
+    for order in orders:
+        owner = order["owner"]
+        assert isinstance(owner, User)
+        assert (await final_order(http, gateway_url, owner, str(order["id"]), timeout=60))["status"] in FINAL
+    listed = await assert_credit_matches_approved_orders(http, gateway_url, users)
+    # Orders whose 202 the client never saw (a 502 mid-restart) must be decided too, not PENDING.
+    assert {str(order["id"]) for order in orders} <= {order["id"] for order in listed}
+    assert not [order for order in listed if order["status"] not in FINAL], "orders left undecided"
+
+
+class Burst:
+    """Orders placed round-robin over the users by two clients, at a steady pace, until the restart
+    is over and 20 more have been accepted. While the service is away the gateway answers 503 (or
+    502 for a request cut off by the shutdown): like any client, try again."""
+
+    DEADLINE = 120.0
+    PACE = 0.02  # between one client's requests: a stream of orders, not a flood of retries
+    AFTER_RESTART = 20
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, users: list[User]) -> None:
+        self.http, self.url, self.users = http, url, users
+        self.accepted: list[dict[str, Any]] = []
+        self.refused: collections.Counter[int] = collections.Counter()
+        self.restarted_at: int | None = None
+
+    async def has_accepted(self, orders: int) -> bool:
+        return len(self.accepted) >= orders
+
+    def done(self) -> bool:
+        return self.restarted_at is not None and len(self.accepted) >= self.restarted_at + self.AFTER_RESTART
+
+    async def run(self) -> list[dict[str, Any]]:
+        give_up_at = time.monotonic() + self.DEADLINE
+        await asyncio.gather(*(self._client(give_up_at) for _ in range(2)))
+        return self.accepted
+
+    async def _client(self, give_up_at: float) -> None:
+        while not self.done():
+            assert time.monotonic() < give_up_at, (
+                f"{len(self.accepted)} orders accepted in {self.DEADLINE} s; refused: {dict(self.refused)}"
+            )
+            user = self.users[len(self.accepted) % len(self.users)]
+            body = {"items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 300 + len(self.accepted)}]}
+            async with self.http.post(f"{self.url}/api/orders", json=body, headers=user.headers) as response:
+                if response.status == 202:
+                    self.accepted.append({**(await response.json()), "owner": user})
+                else:
+                    assert response.status in {502, 503}, await response.text()
+                    self.refused[response.status] += 1
+            await asyncio.sleep(self.PACE)
+
+
+# --- checks through the API ---------------------------------------------------------------------
+
+
+async def all_orders(http: aiohttp.ClientSession, url: str, user: User) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        query = f"?limit=100&cursor={cursor}" if cursor else "?limit=100"
+        async with http.get(f"{url}/api/orders{query}", headers=user.headers) as response:
+            assert response.status == 200, await response.text()
+            page = await response.json()
+        found += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return found
+
+
+async def assert_credit_matches_approved_orders(
+    http: aiohttp.ClientSession, url: str, users: list[User]
+) -> list[dict[str, Any]]:
+    """I2 as a client can see it: each user's credit in use is the total of their approved orders,
+    once no order of theirs is pending any more. Returns every order of the users."""
+    listed: list[dict[str, Any]] = []
+    for user in users:
+
+        async def settled(user: User = user) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+            orders = await all_orders(http, url, user)
+            if any(order["status"] == "PENDING" for order in orders):
+                return None
+            account = await me(http, url, user)
+            approved = sum(order["total_cents"] for order in orders if order["status"] == "APPROVED")
+            return (orders, account) if account["credit_used_cents"] == approved else None
+
+        orders, account = await eventually(settled, timeout=60, interval=0.2, what=f"{user.email} settled")
+        assert account["credit_used_cents"] <= account["credit_limit_cents"]
+        listed += orders
+    return listed
