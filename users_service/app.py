@@ -6,7 +6,8 @@ from shared.service import create_service_app
 from users_service.config import UsersConfig
 from users_service.handlers import HANDLERS
 from users_service.passwords import PasswordHasher
-from users_service.routes import PASSWORD_HASHER, TOKEN_ISSUER, routes
+from users_service.routes import LOGIN_THROTTLE, PASSWORD_HASHER, TOKEN_ISSUER, routes
+from users_service.services import LoginThrottle
 from users_service.tokens import TokenIssuer
 
 
@@ -20,6 +21,9 @@ def create_app(config: UsersConfig) -> web.Application:
         issuer=config.jwt_issuer,
         audience=config.jwt_audience,
         ttl_seconds=config.jwt_ttl_seconds,
+    )
+    app[LOGIN_THROTTLE] = LoginThrottle(
+        max_failures=config.login_max_failures, window_seconds=config.login_lockout_seconds
     )
     app.router.add_routes(routes)
     return app

@@ -15,3 +15,14 @@ class UsersConfig(ServiceConfig):
         "JWT_PRIVATE_KEY_FILE", ".keys/jwt-private.pem", "Ed25519 private key (PEM) that signs tokens."
     )
     jwt_ttl_seconds: int = setting("JWT_TTL_SECONDS", 900, "Lifetime of an access token.")
+    login_max_failures: int = setting(
+        "LOGIN_MAX_FAILURES",
+        5,
+        "Failed sign-ins for one email within `LOGIN_LOCKOUT_SECONDS` before further attempts answer 429.",
+    )
+    login_lockout_seconds: int = setting(
+        "LOGIN_LOCKOUT_SECONDS",
+        900,
+        "Window counted from an email's first failed sign-in; once it is over the limit, sign-ins"
+        " wait until the window ends.",
+    )

@@ -89,3 +89,32 @@ async def change_credit_used(connection: Connection, user_id: uuid.UUID, change_
     await connection.execute(
         "UPDATE users SET credit_used_cents = credit_used_cents + $2 WHERE id = $1", user_id, change_cents
     )
+
+
+async def count_login_attempt(connection: Executor, email: str, *, window_seconds: int) -> tuple[int, int]:
+    """Count one sign-in attempt for `email`, atomically (concurrent attempts on any replica each
+    get their own number): return the attempts in the current window, this one included, and the
+    seconds left in that window. A window that has passed starts again at this attempt.
+    """
+    row = await connection.fetchrow(
+        """
+        INSERT INTO login_attempts AS seen (email, attempts, window_started_at)
+        VALUES ($1, 1, now())
+        ON CONFLICT (email) DO UPDATE SET
+            attempts = CASE WHEN seen.window_started_at > now() - $2::int * interval '1 second'
+                            THEN seen.attempts + 1 ELSE 1 END,
+            window_started_at = CASE WHEN seen.window_started_at > now() - $2::int * interval '1 second'
+                                     THEN seen.window_started_at ELSE now() END
+        RETURNING attempts,
+            ceil(extract(epoch FROM window_started_at + $2::int * interval '1 second' - now()))::int
+                AS seconds_left
+        """,
+        email,
+        window_seconds,
+    )
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
+    return row["attempts"], row["seconds_left"]
+
+
+async def forget_login_attempts(connection: Executor, email: str) -> None:
+    await connection.execute("DELETE FROM login_attempts WHERE email = $1", email)

@@ -2,7 +2,12 @@
 
     python -m users_service.keygen [--private PATH] [--public PATH]
 
-Run by `make dev` and by the compose file's one-shot `keygen` service. No key is ever committed.
+Run by `make dev` and by the compose file's one-shot `keygen` service. No key is ever committed,
+and this program never prints one: it names the files and the key id (`kid`) only.
+
+When `JWT_PUBLIC_KEY_FILE` lists several files (a key rotation), `--public` defaults to the first.
+To rotate: write a new pair to new paths, add the new public file to every verifier's list, point
+`JWT_PRIVATE_KEY_FILE` at the new private key, and drop the old public file one token lifetime later.
 """
 
 import argparse
@@ -19,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from shared.auth import key_files, key_id, load_public_key
 from users_service.config import UsersConfig
 
 
@@ -51,12 +57,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--private", type=Path, default=Path(defaults.jwt_private_key_file))
-    parser.add_argument("--public", type=Path, default=Path(defaults.jwt_public_key_file))
+    parser.add_argument("--public", type=Path, default=key_files(defaults.jwt_public_key_file)[0])
     arguments = parser.parse_args()
-    if ensure_keypair(arguments.private, arguments.public):
-        print(f"keygen: wrote a new key pair: {arguments.private} and {arguments.public}")
+    written = ensure_keypair(arguments.private, arguments.public)
+    kid = key_id(load_public_key(arguments.public))
+    if written:
+        print(f"keygen: wrote a new key pair (kid {kid}): {arguments.private} and {arguments.public}")
     else:
-        print(f"keygen: key pair already present: {arguments.private}")
+        print(f"keygen: key pair already present (kid {kid}): {arguments.private}")
 
 
 if __name__ == "__main__":

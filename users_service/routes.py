@@ -19,6 +19,7 @@ from users_service.tokens import TokenIssuer
 
 PASSWORD_HASHER = web.AppKey("password_hasher", PasswordHasher)
 TOKEN_ISSUER = web.AppKey("token_issuer", TokenIssuer)
+LOGIN_THROTTLE = web.AppKey("login_throttle", services.LoginThrottle)
 DEFAULT_CREDIT_LIMIT_CENTS = 100_000
 
 routes = web.RouteTableDef()
@@ -65,12 +66,22 @@ async def token(request: web.Request) -> web.Response:
             request.app[DB_POOL],
             request.app[PASSWORD_HASHER],
             issuer,
+            request.app[LOGIN_THROTTLE],
             email=body["email"],
             password=body["password"],
         )
     except services.InvalidCredentials:
         # The same answer for an unknown email and a wrong password: no account enumeration.
         raise unauthorized("The email or password is incorrect.") from None
+    except services.TooManySignIns as throttled:
+        # Whatever the password, and for unknown emails alike: the answer reveals nothing more.
+        seconds = throttled.retry_after_seconds
+        raise Problem(
+            429,
+            f"Too many failed sign-ins for this email; try again in {seconds} seconds.",
+            type="urn:eda-reference:problem:rate-limited",
+            headers={"Retry-After": str(seconds)},
+        ) from None
     return json_response(
         {"access_token": access_token, "token_type": "Bearer", "expires_in": issuer.ttl_seconds},
         headers={"Cache-Control": "no-store"},

@@ -1,5 +1,6 @@
 """users_service's logic: registration, sign-in and reading a user. No HTTP in here."""
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -18,6 +19,22 @@ class EmailTaken(Exception):
 
 class InvalidCredentials(Exception):
     pass
+
+
+class TooManySignIns(Exception):
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(f"too many sign-in attempts; retry after {retry_after_seconds} s")
+        self.retry_after_seconds = retry_after_seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginThrottle:
+    """Per account (email): after `max_failures` failed sign-ins within `window_seconds` of the
+    first, every attempt is refused, the right password included, until the window has passed.
+    """
+
+    max_failures: int
+    window_seconds: int
 
 
 def normalize_email(email: str) -> str:
@@ -54,12 +71,25 @@ async def register_user(
 
 
 async def sign_in(
-    pool: asyncpg.Pool, hasher: PasswordHasher, issuer: TokenIssuer, *, email: str, password: str
+    pool: asyncpg.Pool,
+    hasher: PasswordHasher,
+    issuer: TokenIssuer,
+    throttle: LoginThrottle,
+    *,
+    email: str,
+    password: str,
 ) -> str:
-    credentials = await db.fetch_credentials(pool, normalize_email(email))
+    email = normalize_email(email)
+    # The attempt is counted before the password is checked, not after it failed: concurrent
+    # guesses cannot all slip in under the limit while the (slow) hashes are being checked.
+    attempts, seconds_left = await db.count_login_attempt(pool, email, window_seconds=throttle.window_seconds)
+    if attempts > throttle.max_failures:
+        raise TooManySignIns(max(seconds_left, 1))
+    credentials = await db.fetch_credentials(pool, email)
     password_hash = credentials["password_hash"] if credentials else None
     if not await hasher.verify(password_hash, password) or credentials is None:
         raise InvalidCredentials
+    await db.forget_login_attempts(pool, email)
     return issuer.issue(credentials["id"])
 
 

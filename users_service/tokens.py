@@ -9,15 +9,20 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from shared.auth import ALGORITHM, TOKEN_TYPE
+from shared.auth import ALGORITHM, TOKEN_TYPE, key_id
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenIssuer:
-    private_key: Ed25519PrivateKey = dataclasses.field(repr=False)
+    private_key: Ed25519PrivateKey = dataclasses.field(repr=False)  # never in a repr, log or traceback
     issuer: str
     audience: str
     ttl_seconds: int
+    # The `kid` of every token: the thumbprint of the public half, which verifiers look keys up by.
+    key_id: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_id", key_id(self.private_key.public_key()))
 
     @classmethod
     def from_pem_file(
@@ -39,4 +44,9 @@ class TokenIssuer:
             "exp": now + self.ttl_seconds,
             "jti": uuid.uuid4().hex,
         }
-        return jwt.encode(claims, self.private_key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE})
+        return jwt.encode(
+            claims,
+            self.private_key,
+            algorithm=ALGORITHM,
+            headers={"typ": TOKEN_TYPE, "kid": self.key_id},
+        )
