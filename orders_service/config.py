@@ -1,6 +1,6 @@
 import dataclasses
 
-from shared.config import Secret, ServiceConfig, setting
+from shared.config import ConfigError, Secret, ServiceConfig, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11,3 +11,13 @@ class OrdersConfig(ServiceConfig):
         Secret("postgresql://orders_svc:orders_svc@127.0.0.1:5432/orders"),
         "orders_service's own database and role.",
     )
+    idempotency_key_ttl_seconds: int = setting(
+        "IDEMPOTENCY_KEY_TTL_SECONDS",
+        86400,
+        "Seconds an `Idempotency-Key` of POST /api/orders is remembered; after that it is a new key.",
+    )
+
+    def __post_init__(self) -> None:
+        # Zero would forget a key before its retry arrives: every retry would place another order.
+        if self.idempotency_key_ttl_seconds < 1:
+            raise ConfigError("IDEMPOTENCY_KEY_TTL_SECONDS must be at least 1")

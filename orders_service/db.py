@@ -113,3 +113,68 @@ async def set_status(
     )
     assert row is not None
     return row
+
+
+async def claim_idempotency_key(
+    connection: Connection,
+    *,
+    user_id: uuid.UUID,
+    key: str,
+    request_sha256: bytes,
+    order_id: uuid.UUID,
+    ttl: datetime.timedelta,
+) -> bool:
+    """Claim (user_id, key) for a new order; False if a live claim already holds it.
+
+    A claim held by a transaction still in flight makes this wait for it to end: then the claim is
+    either committed (False) or gone (True). An expired claim is taken over in the same statement,
+    so an expired key is a new key, whether or not the periodic delete has removed it yet.
+    """
+    claimed: bool | None = await connection.fetchval(
+        """
+        INSERT INTO idempotency_keys AS held (user_id, key, request_sha256, order_id)
+        VALUES ($1, $2, $3, $4)
+        ON CONFLICT (user_id, key) DO UPDATE
+            SET request_sha256 = EXCLUDED.request_sha256,
+                order_id = EXCLUDED.order_id,
+                placed_order = NULL,
+                created_at = now()
+            WHERE held.created_at < now() - $5::interval
+        RETURNING true
+        """,
+        user_id,
+        key,
+        request_sha256,
+        order_id,
+        ttl,
+    )
+    return bool(claimed)
+
+
+async def fetch_idempotency_key(
+    connection: Connection, user_id: uuid.UUID, key: str
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT request_sha256, order_id, placed_order FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+        user_id,
+        key,
+    )
+    return row
+
+
+async def record_placed_order(
+    connection: Connection, user_id: uuid.UUID, key: str, placed_order: str
+) -> None:
+    await connection.execute(
+        "UPDATE idempotency_keys SET placed_order = $3::jsonb WHERE user_id = $1 AND key = $2",
+        user_id,
+        key,
+        placed_order,
+    )
+
+
+async def delete_expired_idempotency_keys(connection: Executor, ttl: datetime.timedelta) -> int:
+    status: str = await connection.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - $1::interval", ttl
+    )
+    return int(status.rsplit(" ", 1)[1])  # "DELETE <count>"

@@ -3,6 +3,8 @@
 The OpenAPI middleware has already checked the token, the query and the body against the contract.
 """
 
+import datetime
+import re
 import uuid
 from typing import Any
 
@@ -16,6 +18,10 @@ from shared.problems import Problem, not_found, validation_problem
 from shared.service import DB_POOL, OUTBOX
 
 DEFAULT_PAGE_SIZE = 20
+IDEMPOTENCY_KEY_TTL = web.AppKey("idempotency_key_ttl", datetime.timedelta)
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+# Printable ASCII (space to tilde), taken verbatim: a key is an opaque token of the client's.
+_ACCEPTABLE_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 routes = web.RouteTableDef()
 
@@ -40,18 +46,49 @@ def _order_id(request: web.Request) -> uuid.UUID:
         raise not_found("order") from None
 
 
+def _idempotency_key(request: web.Request) -> services.IdempotencyKey | None:
+    """The request's Idempotency-Key, if it sent one. The contract documents the header, but the
+    OpenAPI middleware checks only query parameters and bodies, so it is checked here."""
+    values = request.headers.getall(IDEMPOTENCY_KEY_HEADER, [])
+    if not values:
+        return None
+    pointer = f"#/headers/{IDEMPOTENCY_KEY_HEADER}"
+    if len(values) > 1:
+        raise validation_problem([{"pointer": pointer, "detail": "must be sent at most once"}])
+    if not _ACCEPTABLE_IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise validation_problem(
+            [{"pointer": pointer, "detail": "must be 1 to 255 printable ASCII characters"}]
+        )
+    return services.IdempotencyKey(values[0], request.app[IDEMPOTENCY_KEY_TTL])
+
+
 @routes.post("/api/orders")
 async def place_order(request: web.Request) -> web.Response:
+    idempotency_key = _idempotency_key(request)
     items = [services.Item(**item) for item in request[VALIDATED_BODY]["items"]]
-    order = await services.place_order(
-        request.app[DB_POOL],
-        request.app[OUTBOX],
-        cause_of(request),
-        user_id=request[AUTHENTICATED_USER],
-        items=items,
-    )
+    try:
+        placed = await services.place_order(
+            request.app[DB_POOL],
+            request.app[OUTBOX],
+            cause_of(request),
+            user_id=request[AUTHENTICATED_USER],
+            items=items,
+            idempotency_key=idempotency_key,
+        )
+    except services.IdempotencyKeyReused:
+        raise Problem(
+            409,
+            "This Idempotency-Key has already placed an order with another request body; "
+            "use a new key for a new order.",
+            type="urn:eda-reference:problem:idempotency-key-reused",
+        ) from None
+    order = placed.order
+    headers = {"Location": f"/api/orders/{order['id']}"}
+    if placed.replayed:
+        # The first response again, as the idempotency-key draft has it: same status, same body.
+        headers["Idempotent-Replayed"] = "true"
     # 202: the order is accepted, and its outcome (APPROVED or REJECTED) is decided asynchronously.
-    return json_response(order_json(order), status=202, headers={"Location": f"/api/orders/{order['id']}"})
+    return json_response(order_json(order), status=202, headers=headers)
 
 
 @routes.get("/api/orders")

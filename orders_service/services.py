@@ -4,6 +4,7 @@ import base64
 import binascii
 import dataclasses
 import datetime
+import hashlib
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,7 @@ import orjson
 from orders_service import db, saga
 from shared.db import Executor
 from shared.events import Cause, OrderCreated
+from shared.http import dumps
 from shared.outbox import Outbox, unit_of_work
 
 
@@ -25,11 +27,32 @@ class InvalidCursor(ValueError):
     pass
 
 
+class IdempotencyKeyReused(Exception):
+    """The idempotency key has already placed an order, from another request body."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
     sku: str
     quantity: int
     unit_price_cents: int
+
+
+@dataclasses.dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's key for one placement: retries with it place nothing new until `ttl` has passed."""
+
+    value: str
+    ttl: datetime.timedelta
+
+
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """The order as placed; `replayed`: an earlier request with the same key placed it, and this is
+    the order as that request's response showed it (its current state may have moved on)."""
+
+    order: dict[str, Any]
+    replayed: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,20 +62,65 @@ class Page:
 
 
 async def place_order(
-    pool: asyncpg.Pool, outbox: Outbox, cause: Cause, *, user_id: uuid.UUID, items: Sequence[Item]
-) -> dict[str, Any]:
-    """Store the order as PENDING and, in the same transaction, the event that starts the saga."""
+    pool: asyncpg.Pool,
+    outbox: Outbox,
+    cause: Cause,
+    *,
+    user_id: uuid.UUID,
+    items: Sequence[Item],
+    idempotency_key: IdempotencyKey | None = None,
+) -> Placed:
+    """Store the order as PENDING and, in the same transaction, the event that starts the saga.
+
+    With an idempotency key, the key is claimed in that transaction too, before anything else: a
+    retry of a committed placement gets that placement back, and one with another body raises
+    IdempotencyKeyReused; a concurrent retry waits for the first to commit or roll back.
+    """
     total_cents = sum(item.quantity * item.unit_price_cents for item in items)
+    order_id = uuid.uuid4()
     async with unit_of_work(pool, outbox, cause) as work:
+        if idempotency_key is not None:
+            fingerprint = request_fingerprint(items)
+            while not await db.claim_idempotency_key(
+                work.connection,
+                user_id=user_id,
+                key=idempotency_key.value,
+                request_sha256=fingerprint,
+                order_id=order_id,
+                ttl=idempotency_key.ttl,
+            ):
+                held = await db.fetch_idempotency_key(work.connection, user_id, idempotency_key.value)
+                if held is None:
+                    continue  # it expired and was deleted between the two statements: claim it now
+                if held["request_sha256"] != fingerprint:
+                    raise IdempotencyKeyReused
+                return Placed(order=orjson.loads(held["placed_order"]), replayed=True)
         order = await db.insert_order(
             work.connection,
-            order_id=uuid.uuid4(),
+            order_id=order_id,
             user_id=user_id,
             total_cents=total_cents,
             items=[(item.sku, item.quantity, item.unit_price_cents) for item in items],
         )
         await work.emit(OrderCreated(order["id"], user_id, total_cents))
-    return {**dict(order), "items": [dataclasses.asdict(item) for item in items]}
+        placed = {**dict(order), "items": [dataclasses.asdict(item) for item in items]}
+        if idempotency_key is not None:
+            await db.record_placed_order(
+                work.connection, user_id, idempotency_key.value, dumps(placed).decode()
+            )
+    return Placed(order=placed, replayed=False)
+
+
+def request_fingerprint(items: Sequence[Item]) -> bytes:
+    """sha256 of the request body as canonical JSON (sorted keys, no spaces): equal bodies, equal
+    fingerprints, however the client spaced or ordered the fields."""
+    body = {"items": [dataclasses.asdict(item) for item in items]}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+async def delete_expired_idempotency_keys(pool: asyncpg.Pool, ttl: datetime.timedelta) -> int:
+    """Forget keys older than `ttl` (matching already ignores them; this keeps the table small)."""
+    return await db.delete_expired_idempotency_keys(pool, ttl)
 
 
 async def get_order(pool: asyncpg.Pool, *, user_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any]:

@@ -31,9 +31,13 @@ async def test_migrations_apply_once_even_when_two_replicas_start_together(
         )
         assert sorted(applied, key=len) == [
             [],
-            ["shared/001_outbox_and_inbox.sql", "orders_service/001_orders.sql"],
+            [
+                "shared/001_outbox_and_inbox.sql",
+                "orders_service/001_orders.sql",
+                "orders_service/002_idempotency_keys.sql",
+            ],
         ]
-        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 2
+        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 3
         assert await apply_migrations(first, MIGRATIONS) == []
     finally:
         await first.close()
