@@ -3,7 +3,8 @@
 Built at start from the services' own OpenAPI documents (never written by hand a second time):
 their paths are already the public ones, references into shared/contracts are copied in, so the
 result stands alone, and every proxied operation also documents what the gateway itself may
-answer (401 before the service is asked; 502, 503 or 504 when the service fails).
+answer: 401 before the service is asked; 414 or 431 for an oversized URL or headers; 429 for a
+client over its rate; 502, 503 or 504 when the service fails (or its circuit is open).
 """
 
 import copy
@@ -42,6 +43,20 @@ GATEWAY_HEALTH = {
 UPSTREAM_FAILURES = {
     status: {"$ref": "#/components/responses/UpstreamFailure"} for status in ("502", "503", "504")
 }
+# The gateway's own refusals at the edge (gateway/edge.py), before a service is asked.
+EDGE_REFUSALS = {
+    "414": {"$ref": "#/components/responses/UriTooLong"},
+    "429": {"$ref": "#/components/responses/TooManyRequests"},
+    "431": {"$ref": "#/components/responses/HeadersTooLarge"},
+}
+GATEWAY_RESPONSES = (
+    "UpstreamFailure",
+    "UriTooLong",
+    "TooManyRequests",
+    "HeadersTooLarge",
+    "Healthy",
+    "Ready",
+)
 
 
 def service_contract_path(service: str) -> Path:
@@ -72,6 +87,7 @@ def public_contract() -> dict[str, Any]:
                 continue  # each service's own health; the gateway publishes its own instead
             for operation in item.values():
                 if isinstance(operation, dict) and "responses" in operation:
+                    operation["responses"].update(copy.deepcopy(EDGE_REFUSALS))
                     operation["responses"].update(copy.deepcopy(UPSTREAM_FAILURES))
             contract["paths"][path] = item
         for kind, components in document.get("components", {}).items():
@@ -83,8 +99,8 @@ def public_contract() -> dict[str, Any]:
     contract["paths"].update(copy.deepcopy(GATEWAY_HEALTH))
     # What the gateway itself answers is described in the shared contract too.
     shared = yaml.safe_load(SHARED_HTTP_CONTRACT.read_text())["components"]
-    for kind, name in (("responses", "UpstreamFailure"), ("responses", "Healthy"), ("responses", "Ready")):
-        contract["components"].setdefault(kind, {}).setdefault(name, shared[kind][name])
+    for name in GATEWAY_RESPONSES:
+        contract["components"].setdefault("responses", {}).setdefault(name, shared["responses"][name])
     return contract
 
 

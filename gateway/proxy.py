@@ -4,8 +4,12 @@ Request bodies stream through when their length is declared; a chunked body is r
 and no further. Responses from our own services are small and bounded (pagination caps them), so
 they are read whole: the client then gets either the upstream's complete answer or a clean problem
 (502/503/504), never half of one.
+
+Each upstream has a circuit breaker (gateway/resilience.py); a read whose upstream refused the
+connection or answered 503 is retried a few times, a write never (it may have taken effect).
 """
 
+import asyncio
 import dataclasses
 
 import aiohttp
@@ -14,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from gateway.resilience import RETRYABLE_METHODS, CircuitBreaker, backoff_delay
 from shared.http import REQUEST_ID, REQUEST_ID_HEADER
 from shared.problems import Problem
 
@@ -33,12 +38,30 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | {
-    "host",
-    REQUEST_ID_HEADER.lower(),
-    "x-forwarded-for",
-    "x-forwarded-proto",
-}
+# Claims about who the caller is or where it connects from, which some server or proxy might trust
+# (OWASP API1/API2): only the gateway may make them, so whatever a client sends is dropped. The
+# services rely on the verified token alone; this keeps it so if one of them ever looks at these.
+# Every X-Forwarded-* header goes too (see _upstream_headers).
+IDENTITY_CLAIMS = frozenset(
+    {
+        "forwarded",
+        "x-user-id",
+        "x-user",
+        "x-authenticated-user",
+        "x-authenticated-userid",
+        "x-auth-user",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-remote-user",
+        "remote-user",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-url",
+        "x-rewrite-url",
+    }
+)
+NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | IDENTITY_CLAIMS | {"host", REQUEST_ID_HEADER.lower()}
 NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server", REQUEST_ID_HEADER.lower()}
 
 
@@ -46,36 +69,76 @@ NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server", REQ
 class Upstream:
     name: str
     base_url: URL
+    breaker: CircuitBreaker
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    retries: int  # after the first attempt
+    backoff: float  # seconds before the first retry
 
 
 async def forward(
-    request: web.Request, upstream: Upstream, session: aiohttp.ClientSession, *, max_body_bytes: int
+    request: web.Request,
+    upstream: Upstream,
+    session: aiohttp.ClientSession,
+    *,
+    max_body_bytes: int,
+    retry: RetryPolicy,
 ) -> web.Response:
     url = upstream.base_url.join(request.rel_url)
-    try:
-        async with session.request(
-            request.method,
-            url,
-            headers=_upstream_headers(request),
-            data=await _body(request, max_body_bytes),
-            allow_redirects=False,
-        ) as answer:
-            body = await answer.read()
-            return web.Response(status=answer.status, body=body, headers=_downstream_headers(answer))
-    except TimeoutError:
-        log.warning("upstream timed out", upstream=upstream.name)
-        raise Problem(504, f"{upstream.name} did not answer in time.", title="Upstream timeout") from None
-    except aiohttp.ClientConnectorError:
-        log.warning("upstream unreachable", upstream=upstream.name)
-        raise Problem(
-            503,
-            f"{upstream.name} is unavailable.",
-            title="Upstream unavailable",
-            headers={"Retry-After": "1"},
-        ) from None
-    except aiohttp.ClientError as error:
-        log.warning("upstream failed", upstream=upstream.name, error=type(error).__name__)
-        raise Problem(502, f"{upstream.name} gave no valid answer.", title="Bad gateway") from None
+    headers = _upstream_headers(request)
+    body = await _body(request, max_body_bytes)
+    retries = retry.retries if request.method in RETRYABLE_METHODS and body is None else 0
+    for attempt in range(retries + 1):
+        if attempt:
+            await asyncio.sleep(backoff_delay(attempt - 1, retry.backoff))
+            log.info("retrying upstream", upstream=upstream.name, attempt=attempt)
+        upstream.breaker.admit()  # an open circuit answers 503 here, before any call
+        try:
+            response = await _call(session, request.method, url, headers, body)
+        except aiohttp.ClientConnectorError:
+            upstream.breaker.failed()
+            log.warning("upstream unreachable", upstream=upstream.name)
+            if attempt < retries:
+                continue
+            raise Problem(
+                503,
+                f"{upstream.name} is unavailable.",
+                title="Upstream unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        except TimeoutError:
+            # Not retried: a slow upstream made slower by more calls helps no one.
+            upstream.breaker.failed()
+            log.warning("upstream timed out", upstream=upstream.name)
+            raise Problem(504, f"{upstream.name} did not answer in time.", title="Upstream timeout") from None
+        except aiohttp.ClientError as error:
+            upstream.breaker.failed()
+            log.warning("upstream failed", upstream=upstream.name, error=type(error).__name__)
+            raise Problem(502, f"{upstream.name} gave no valid answer.", title="Bad gateway") from None
+        except BaseException:
+            upstream.breaker.abandoned()  # cancelled (the client went away): no verdict on the upstream
+            raise
+        if response.status != 503:
+            upstream.breaker.succeeded()
+            return response
+        upstream.breaker.failed()
+        if attempt == retries:
+            return response  # the upstream's own 503 problem, as it said it
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: URL,
+    headers: CIMultiDict[str],
+    body: aiohttp.StreamReader | bytes | None,
+) -> web.Response:
+    async with session.request(method, url, headers=headers, data=body, allow_redirects=False) as answer:
+        content = await answer.read()
+        return web.Response(status=answer.status, body=content, headers=_downstream_headers(answer))
 
 
 async def _body(request: web.Request, max_body_bytes: int) -> aiohttp.StreamReader | bytes | None:
@@ -96,7 +159,9 @@ async def _body(request: web.Request, max_body_bytes: int) -> aiohttp.StreamRead
 
 def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
     headers = CIMultiDict(
-        (name, value) for name, value in request.headers.items() if name.lower() not in NOT_FORWARDED_UPSTREAM
+        (name, value)
+        for name, value in request.headers.items()
+        if name.lower() not in NOT_FORWARDED_UPSTREAM and not name.lower().startswith("x-forwarded-")
     )
     headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     # The gateway is the edge: it records who called, rather than trusting a client's claim.

@@ -55,6 +55,9 @@ def _convert(raw: str, target: Any, env: str) -> Any:
 class BaseConfig:
     """Settings every process has. Services subclass it and add or override fields."""
 
+    environment: str = setting(
+        "ENVIRONMENT", "development", "Anything but `development` refuses to start with default credentials."
+    )
     http_host: str = setting("HTTP_HOST", "127.0.0.1", "Interface the HTTP server binds to.")
     http_port: int = setting("HTTP_PORT", 8000, "Port the HTTP server listens on.")
     log_level: str = setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR.")
@@ -76,7 +79,22 @@ class BaseConfig:
             env = field.metadata["env"]
             if env in environ:
                 values[field.name] = _convert(environ[env], hints[field.name], env)
-        return cls(**values)
+        config = cls(**values)
+        config.refuse_default_secrets()
+        return config
+
+    def refuse_default_secrets(self) -> None:
+        """Outside local development, a secret left at its (well-known) default is a mistake."""
+        if self.environment == "development":
+            return
+        defaulted = [
+            field.metadata["env"]
+            for field in dataclasses.fields(self)
+            if isinstance(field.default, Secret) and getattr(self, field.name) == field.default
+        ]
+        if defaulted:
+            names = ", ".join(defaulted)
+            raise ConfigError(f"ENVIRONMENT={self.environment}: set {names}; their defaults are local-only")
 
     @classmethod
     def documented_settings(cls) -> list[tuple[str, str, str]]:
@@ -102,7 +120,10 @@ class TokenConfig(BaseConfig):
     """Settings of a process that verifies access tokens (all three do)."""
 
     jwt_public_key_file: str = setting(
-        "JWT_PUBLIC_KEY_FILE", ".keys/jwt-public.pem", "Ed25519 public key (PEM) that verifies tokens."
+        "JWT_PUBLIC_KEY_FILE",
+        ".keys/jwt-public.pem",
+        "Ed25519 public key (PEM) that verifies tokens; during a key rotation, several files"
+        " separated by commas (a token is checked with the key its `kid` names).",
     )
     jwt_issuer: str = setting("JWT_ISSUER", "eda-reference/users", "Expected `iss` of tokens.")
     jwt_audience: str = setting("JWT_AUDIENCE", "eda-reference", "Expected `aud` of tokens.")

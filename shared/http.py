@@ -1,16 +1,17 @@
 """HTTP plumbing every process uses: request ids, one access-log line per request, JSON bodies,
-problem responses for every failure, and the /healthz and /readyz endpoints."""
+problem responses for every failure, security headers on every response, and the /healthz and
+/readyz endpoints."""
 
 import asyncio
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
 from shared.db import TRANSIENT_ERRORS
@@ -24,6 +25,24 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # A client may name its own request id, but only as a short opaque token: anything else (control
 # characters, megabytes of text) would end up in every log line, so it is replaced.
 _ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# What every response says about itself (OWASP API8, security misconfiguration): never sniff a type,
+# never frame, never leak the URL as a referrer, and name no software versions an attacker could
+# look up. `Server` is set rather than removed because aiohttp adds its own when none is set.
+SERVER_NAME = "eda-reference"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Server": SERVER_NAME,
+}
+# An API response is data, never a page: it may load nothing and be framed by nobody. A handler
+# that serves a real page (the gateway's /docs) or a cacheable file sets its own values.
+API_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
+SECURITY_HEADER_DEFAULTS = {
+    "Content-Security-Policy": API_CONTENT_SECURITY_POLICY,
+    "Cache-Control": "no-store",
+}
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
@@ -67,6 +86,32 @@ async def read_json(request: web.Request) -> Any:
 def cause_of(request: web.Request) -> Cause:
     """The request as the cause of the events it leads to: it starts a story (the correlation id)."""
     return Cause(correlation_id=request[REQUEST_ID], causation_id=request[REQUEST_ID])
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The security headers on every response: answers, problems, files and redirects alike."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as http_error:  # only statuses under 400 get past the problem middleware
+        _add_security_headers(http_error.headers)
+        raise
+    _add_security_headers(response.headers)
+    return response
+
+
+def _add_security_headers(headers: MutableMapping[str, str]) -> None:
+    headers.update(SECURITY_HEADERS)
+    for name, value in SECURITY_HEADER_DEFAULTS.items():
+        headers.setdefault(name, value)
+
+
+def hide_server_version() -> None:
+    """Name no version even in the answers aiohttp's protocol layer gives before any middleware runs
+    (a request it cannot parse gets a plain 400 with aiohttp's default `Server: Python/x aiohttp/y`).
+    aiohttp offers no setting for it; the value is a module constant read when each answer is sent.
+    """
+    setattr(web_response, "SERVER_SOFTWARE", SERVER_NAME)  # noqa: B010 (not a re-exported name)
 
 
 @web.middleware
@@ -147,8 +192,9 @@ def _public_detail(http_error: web.HTTPException) -> str | None:
 
 
 def standard_middlewares() -> list[Any]:
-    """Outermost first: the request id must wrap the log line, which must see the final status."""
-    return [request_id_middleware, access_log_middleware, problem_middleware]
+    """Outermost first: the security headers go on every response, problems included; the request
+    id must wrap the log line, which must see the final status."""
+    return [security_headers_middleware, request_id_middleware, access_log_middleware, problem_middleware]
 
 
 def health_routes(checks: Mapping[str, ReadinessCheck], *, timeout: float = 2.0) -> list[web.RouteDef]:

@@ -10,9 +10,9 @@ stops taking messages and finishes the ones in hand, the relay stops, and the co
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -25,7 +25,7 @@ from shared.broker import check_broker, connect_broker
 from shared.config import BaseConfig, ServiceConfig
 from shared.consumer import Consumer, HandlerTable
 from shared.db import SHARED_MIGRATIONS, apply_migrations, check_database, create_pool
-from shared.http import health_routes, standard_middlewares
+from shared.http import health_routes, hide_server_version, standard_middlewares
 from shared.logging import configure_logging
 from shared.openapi import OpenApiSpec
 from shared.outbox import Outbox, OutboxRelay
@@ -143,11 +143,22 @@ def _messaging(
     return messaging
 
 
-def run(service: str, create_app: Callable[[ConfigT], web.Application], config: ConfigT) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, finish in-flight work, clean up."""
+def run(
+    service: str,
+    create_app: Callable[[ConfigT], web.Application],
+    config: ConfigT,
+    *,
+    server_limits: Mapping[str, Any] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting, finish in-flight work, clean up.
+
+    `server_limits` are aiohttp's parser limits (max_line_size, max_field_size, max_headers): the
+    gateway raises them so that its own, lower limits answer first, as problems.
+    """
     configure_logging(service=service, level=config.log_level, fmt=config.log_format)
     log.info("starting", config=config.masked())
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    hide_server_version()
     web.run_app(
         create_app(config),
         host=config.http_host,
@@ -156,5 +167,6 @@ def run(service: str, create_app: Callable[[ConfigT], web.Application], config: 
         access_log=None,
         print=None,
         handle_signals=True,
+        **dict(server_limits or {}),
     )
     log.info("stopped")

@@ -19,6 +19,10 @@ from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import assert_invariants_once_quiet
 from tests.support import TcpRelay, eventually
 
+# These tests drive bursts as fast as the stack answers, retrying a 503 at once: they test the saga
+# under faults, not the gateway's rate limit, which would otherwise (rightly) answer 429.
+UNTHROTTLED = {"RATE_LIMIT_PER_SECOND": "1000000", "RATE_LIMIT_BURST": "1000000"}
+
 
 @contextlib.asynccontextmanager
 async def broker_relay(stack: Stack) -> AsyncIterator[tuple[TcpRelay, str]]:
@@ -70,7 +74,7 @@ async def all_final(http: aiohttp.ClientSession, stack: Stack, orders: list[dict
 async def test_orders_service_killed_between_commit_and_publish(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
-    stack = await fresh_stack()
+    stack = await fresh_stack(gateway=UNTHROTTLED)
     user = await new_user(http, stack.url)
     async with broker_relay(stack) as (relay, relayed_url):
         await stack.restart("orders_service", RABBITMQ_URL=relayed_url)
@@ -99,7 +103,7 @@ async def test_orders_service_killed_between_commit_and_publish(
 async def test_orders_service_killed_between_consume_and_ack(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
-    stack = await fresh_stack()
+    stack = await fresh_stack(gateway=UNTHROTTLED)
     user = await new_user(http, stack.url)
     orders_dsn = stack.admin_dsn("orders_service")
     async with broker_relay(stack) as (relay, relayed_url):
@@ -133,7 +137,7 @@ async def test_orders_service_killed_between_consume_and_ack(
 async def test_rabbitmq_restarted_during_a_burst(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
-    stack = await fresh_stack()
+    stack = await fresh_stack(gateway=UNTHROTTLED)
     users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
     first = await burst(http, stack, users, 10)
     await rabbitmq("stop_app")
@@ -150,7 +154,7 @@ async def test_rabbitmq_restarted_during_a_burst(
 async def test_users_service_down_for_ten_seconds_during_a_burst(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
-    stack = await fresh_stack()
+    stack = await fresh_stack(gateway=UNTHROTTLED)
     users = [await new_user(http, stack.url, credit_limit_cents=4_000) for _ in range(2)]
     orders = await burst(http, stack, users, 5)
     assert await stack.users.stop() == 0
@@ -169,7 +173,7 @@ async def test_users_service_down_for_ten_seconds_during_a_burst(
 async def test_postgres_restarted_during_a_burst(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
-    stack = await fresh_stack()
+    stack = await fresh_stack(gateway=UNTHROTTLED)
     users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
     placing = asyncio.create_task(burst(http, stack, users, 60))
     await eventually(lambda: _at_least(stack, 10), what="10 orders placed before the restart")
@@ -199,7 +203,7 @@ async def restart_postgres() -> None:
 async def test_sigterm_drains_in_flight_messages(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
-    stack = await fresh_stack()
+    stack = await fresh_stack(gateway=UNTHROTTLED)
     users = [await new_user(http, stack.url, credit_limit_cents=50_000) for _ in range(4)]
     placing = asyncio.create_task(burst(http, stack, users, 40))
     await eventually(lambda: _at_least(stack, 10), what="10 orders placed before the SIGTERM")

@@ -16,6 +16,7 @@ import pytest
 from shared.openapi import OpenApiSpec
 from shared.service import BROKER, DB_POOL
 from tests.integration.conftest import Client
+from users_service.config import UsersConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TokenFor = Callable[[uuid.UUID], dict[str, str]]
@@ -60,6 +61,13 @@ async def cancel_rejected(client: Client, token_for: TokenFor) -> aiohttp.Client
     return await client.post(f"/api/orders/{order_id}/cancel", headers=auth)
 
 
+async def idempotency_key_reused(client: Client, token_for: TokenFor) -> aiohttp.ClientResponse:
+    headers = {**token_for(uuid.uuid4()), "Idempotency-Key": "order-1"}
+    await client.post("/api/orders", json=ORDER, headers=headers)
+    other = {"items": [{**ORDER["items"][0], "quantity": 2}]}
+    return await client.post("/api/orders", json=other, headers=headers)
+
+
 async def me_as_ada(client: Client, token_for: TokenFor) -> aiohttp.ClientResponse:
     return await client.get("/api/users/me", headers=token_for(uuid.UUID(await registered(client))))
 
@@ -72,6 +80,13 @@ async def ada_by_id(client: Client, token_for: TokenFor) -> aiohttp.ClientRespon
 async def token_for_ada(client: Client, _: TokenFor) -> aiohttp.ClientResponse:
     await registered(client)
     return await client.post("/api/auth/token", json={"email": ADA["email"], "password": ADA["password"]})
+
+
+async def throttled_sign_in(client: Client, _: TokenFor) -> aiohttp.ClientResponse:
+    wrong = {"email": "x@y.z", "password": "wrong"}
+    for _attempt in range(UsersConfig().login_max_failures):
+        await client.post("/api/auth/token", json=wrong)
+    return await client.post("/api/auth/token", json=wrong)
 
 
 async def email_taken(client: Client, _: TokenFor) -> aiohttp.ClientResponse:
@@ -135,6 +150,7 @@ SCENARIOS: dict[tuple[str, str, str, int], Scenario] = {
     ("users_service", "POST", "/api/auth/token", 422): posting(
         "/api/auth/token", b'{"email": "x@y.z"}', JSON
     ),
+    ("users_service", "POST", "/api/auth/token", 429): throttled_sign_in,
     ("users_service", "GET", "/api/users/me", 200): me_as_ada,
     ("users_service", "GET", "/api/users/me", 401): anonymous("GET", "/api/users/me"),
     ("users_service", "GET", "/api/users/me", 404): signed_in("GET", "/api/users/me"),
@@ -147,6 +163,7 @@ SCENARIOS: dict[tuple[str, str, str, int], Scenario] = {
     ("orders_service", "POST", "/api/orders", 202): signed_in("POST", "/api/orders", json=ORDER),
     ("orders_service", "POST", "/api/orders", 400): posting("/api/orders", b"{", JSON, signed=True),
     ("orders_service", "POST", "/api/orders", 401): anonymous("POST", "/api/orders"),
+    ("orders_service", "POST", "/api/orders", 409): idempotency_key_reused,
     ("orders_service", "POST", "/api/orders", 413): posting("/api/orders", HUGE, JSON, signed=True),
     ("orders_service", "POST", "/api/orders", 415): posting(
         "/api/orders", b"x", {"Content-Type": "text/csv"}, signed=True

@@ -64,3 +64,17 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
                 line.startswith(f"| `{name}` |") and f"| `{default}` |" in line
                 for line in readme.splitlines()
             ), f"{name} is documented without its default {default}"
+
+
+def test_outside_development_default_credentials_refuse_to_start() -> None:
+    with pytest.raises(ConfigError, match="set DATABASE_URL, RABBITMQ_URL"):
+        OrdersConfig.from_env({"ENVIRONMENT": "production"})
+    configured = OrdersConfig.from_env(
+        {
+            "ENVIRONMENT": "production",
+            "DATABASE_URL": "postgresql://orders_svc:s3cret@db/orders",
+            "RABBITMQ_URL": "amqp://orders:s3cret@mq/",
+        }
+    )
+    assert configured.environment == "production"
+    assert GatewayConfig.from_env({"ENVIRONMENT": "production"}).environment == "production"  # holds none
