@@ -38,6 +38,7 @@ BUILD_STANDINS = ROOT / "tests" / "compose" / "build-standins.sh"
 # The compose variable of each base image, and the stand-in build-standins.sh makes for it.
 IMAGE_VARIABLES = {"PYTHON_IMAGE": "python", "POSTGRES_IMAGE": "postgres", "RABBITMQ_IMAGE": "rabbitmq"}
 HEALTHY_DEADLINE = 240.0
+HEALTH_POLL_INTERVAL = 1.0  # between looks at `docker compose ps`, inside the deadline above
 PULL_DEADLINE = 600.0
 BUILD_DEADLINE = 1200.0
 DOWN_DEADLINE = 120.0
@@ -192,7 +193,7 @@ class Stack:
                 return time.monotonic() - started
             elapsed = time.monotonic() - started
             assert elapsed < HEALTHY_DEADLINE, f"not healthy within {HEALTHY_DEADLINE:.0f} s: {waiting}"
-            time.sleep(1)
+            time.sleep(HEALTH_POLL_INTERVAL)
 
     def services(self) -> set[str]:
         listed = run(self.compose("config", "--services"), timeout=30, capture=True).stdout
