@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from aiohttp import web
+
 from users_service.keygen import ensure_keypair
 
 T = TypeVar("T")
@@ -111,6 +113,19 @@ async def tcp_relay(target_host: str, target_port: int, listen_port: int) -> Asy
         yield
     finally:
         await relay.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve a test's own aiohttp app (a fake upstream) on a free local port; yield its URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 def free_port() -> int:

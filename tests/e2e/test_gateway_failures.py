@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_process, wait_ready
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, serving
 
 StartGateway = Callable[[str], Awaitable[ServiceProcess]]
 
@@ -28,12 +28,8 @@ async def slow_upstream() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/readyz", ready)
     app.router.add_route("*", "/{tail:.*}", hang)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from multidict import CIMultiDictProxy
 
 from tests.e2e.api import new_user
 from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_process
-from tests.support import KeyPair, eventually, free_port
+from tests.support import KeyPair, eventually, free_port, serving
 
 REGISTRATION = {"email": "a@example.com", "name": "A", "password": "12345678"}
 SECURITY_HEADERS = {
@@ -63,13 +63,8 @@ async def upstream() -> AsyncIterator[FakeUpstream]:
     app = web.Application()
     app.router.add_get("/readyz", ready)
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    await runner.cleanup()
+    async with serving(app) as fake.url:
+        yield fake
 
 
 StartGateway = Callable[..., Awaitable[ServiceProcess]]
