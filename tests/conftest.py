@@ -11,7 +11,9 @@ import asyncpg
 import pytest
 from yarl import URL
 
+from shared.auth import TokenVerifier
 from tests.support import KeyPair, make_key_pair
+from users_service.tokens import TokenIssuer
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -26,6 +28,21 @@ def dsn_for(database: str) -> str:
 @pytest.fixture(scope="session")
 def key_pair(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     return make_key_pair(tmp_path_factory.mktemp("keys"))
+
+
+ISSUER, AUDIENCE = "eda-reference/users", "eda-reference"  # the services' defaults
+
+
+@pytest.fixture
+def issuer(key_pair: KeyPair) -> TokenIssuer:
+    """Signs tokens as users_service does."""
+    return TokenIssuer.from_pem_file(key_pair.private, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60)
+
+
+@pytest.fixture
+def verifier(key_pair: KeyPair) -> TokenVerifier:
+    """Verifies tokens as every process does."""
+    return TokenVerifier.from_pem_file(key_pair.public, issuer=ISSUER, audience=AUDIENCE)
 
 
 CreateDatabase = Callable[[str], Awaitable[str]]

@@ -40,21 +40,22 @@ def held_to_contract(app: web.Application, violations: list[str]) -> web.Applica
 
 
 @pytest.fixture
-async def users_client(
-    create_database: CreateDatabase,
-    key_pair: KeyPair,
-    rabbitmq_url: str,
-    contract_violations: list[str],
-    aiohttp_client: AiohttpClient,
-) -> Client:
-    config = UsersConfig(
+async def users_config(create_database: CreateDatabase, key_pair: KeyPair, rabbitmq_url: str) -> UsersConfig:
+    """users_service's settings on a fresh database and vhost of the test's own."""
+    return UsersConfig(
         database_url=Secret(await create_database("users")),
         rabbitmq_url=Secret(rabbitmq_url),
         jwt_public_key_file=str(key_pair.public),
         jwt_private_key_file=str(key_pair.private),
         startup_timeout=5,
     )
-    return await aiohttp_client(held_to_contract(create_users_app(config), contract_violations))
+
+
+@pytest.fixture
+async def users_client(
+    users_config: UsersConfig, contract_violations: list[str], aiohttp_client: AiohttpClient
+) -> Client:
+    return await aiohttp_client(held_to_contract(create_users_app(users_config), contract_violations))
 
 
 @pytest.fixture
@@ -75,11 +76,8 @@ async def orders_client(
 
 
 @pytest.fixture
-def token_for(key_pair: KeyPair) -> Callable[[uuid.UUID], dict[str, str]]:
+def token_for(issuer: TokenIssuer) -> Callable[[uuid.UUID], dict[str, str]]:
     """Authorization headers for a user id, signed like users_service signs them."""
-    issuer = TokenIssuer.from_pem_file(
-        key_pair.private, issuer="eda-reference/users", audience="eda-reference", ttl_seconds=60
-    )
 
     def headers(user_id: uuid.UUID) -> dict[str, str]:
         return {"Authorization": f"Bearer {issuer.issue(user_id)}"}

@@ -2,6 +2,20 @@
 Postgres and RabbitMQ) and the end-to-end ones (processes, through the gateway), shared, not copied."""
 
 from tests.e2e.conftest import http, stack
-from tests.integration.conftest import contract_violations, orders_client, token_for, users_client
+from tests.integration.conftest import (
+    contract_violations,
+    orders_client,
+    token_for,
+    users_client,
+    users_config,
+)
 
-__all__ = ["contract_violations", "http", "orders_client", "stack", "token_for", "users_client"]
+__all__ = [
+    "contract_violations",
+    "http",
+    "orders_client",
+    "stack",
+    "token_for",
+    "users_client",
+    "users_config",
+]

@@ -10,11 +10,8 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from shared.config import Secret
 from shared.service import DB_POOL
-from tests.conftest import CreateDatabase
 from tests.integration.conftest import Client, held_to_contract
-from tests.support import KeyPair
 from users_service.app import create_app
 from users_service.config import UsersConfig
 
@@ -103,21 +100,10 @@ async def test_api4_concurrent_guesses_cannot_exceed_the_limit(users_client: Cli
 
 @pytest.fixture
 async def two_replicas(
-    create_database: CreateDatabase,
-    key_pair: KeyPair,
-    rabbitmq_url: str,
-    contract_violations: list[str],
-    aiohttp_client: AiohttpClient,
+    users_config: UsersConfig, contract_violations: list[str], aiohttp_client: AiohttpClient
 ) -> tuple[Client, Client]:
-    config = UsersConfig(
-        database_url=Secret(await create_database("users")),
-        rabbitmq_url=Secret(rabbitmq_url),
-        jwt_public_key_file=str(key_pair.public),
-        jwt_private_key_file=str(key_pair.private),
-        startup_timeout=5,
-    )
-    first = await aiohttp_client(held_to_contract(create_app(config), contract_violations))
-    second = await aiohttp_client(held_to_contract(create_app(config), contract_violations))
+    first = await aiohttp_client(held_to_contract(create_app(users_config), contract_violations))
+    second = await aiohttp_client(held_to_contract(create_app(users_config), contract_violations))
     return first, second
 
 

@@ -16,20 +16,9 @@ import pytest
 
 from shared.auth import TokenVerifier
 from shared.problems import Problem
+from tests.conftest import AUDIENCE, ISSUER
 from tests.support import KeyPair, make_key_pair
 from users_service.tokens import TokenIssuer
-
-ISSUER, AUDIENCE = "eda-reference/users", "eda-reference"
-
-
-@pytest.fixture
-def issuer(key_pair: KeyPair) -> TokenIssuer:
-    return TokenIssuer.from_pem_file(key_pair.private, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60)
-
-
-@pytest.fixture
-def verifier(key_pair: KeyPair) -> TokenVerifier:
-    return TokenVerifier.from_pem_file(key_pair.public, issuer=ISSUER, audience=AUDIENCE)
 
 
 def refused(verifier: TokenVerifier, token: str) -> str:
