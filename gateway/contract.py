@@ -39,6 +39,15 @@ GATEWAY_HEALTH = {
             },
         }
     },
+    "/metrics": {
+        "get": {
+            "operationId": "gatewayMetrics",
+            "tags": ["health"],
+            "summary": "Prometheus metrics of the gateway (requests by route, status and duration)",
+            "security": [],
+            "responses": {"200": {"$ref": "#/components/responses/Metrics"}},
+        }
+    },
 }
 UPSTREAM_FAILURES = {
     status: {"$ref": "#/components/responses/UpstreamFailure"} for status in ("502", "503", "504")
@@ -56,6 +65,7 @@ GATEWAY_RESPONSES = (
     "HeadersTooLarge",
     "Healthy",
     "Ready",
+    "Metrics",
 )
 
 

@@ -9,8 +9,10 @@ from aiohttp import web
 
 from orders_service import services
 from orders_service.config import OrdersConfig
-from orders_service.handlers import HANDLERS
+from orders_service.handlers import handler_table
+from orders_service.metrics import SAGA_METRICS, SagaMetrics
 from orders_service.routes import IDEMPOTENCY_KEY_TTL, routes
+from shared.metrics import METRICS
 from shared.service import DB_POOL, create_service_app
 
 log = structlog.get_logger("orders_service")
@@ -21,9 +23,16 @@ PRUNE_KEYS_EVERY_SECONDS = 600.0
 
 
 def create_app(config: OrdersConfig) -> web.Application:
+    # Made before the app, whose registry it joins: the handlers need it at start.
+    saga_metrics = SagaMetrics(registry=None)
     app = create_service_app(
-        config, service="orders_service", package_dir=Path(__file__).parent, handlers=HANDLERS
+        config,
+        service="orders_service",
+        package_dir=Path(__file__).parent,
+        handlers=handler_table(saga_metrics),
     )
+    app[METRICS].registry.register(saga_metrics.duration)
+    app[SAGA_METRICS] = saga_metrics
     app[IDEMPOTENCY_KEY_TTL] = datetime.timedelta(seconds=config.idempotency_key_ttl_seconds)
     app.cleanup_ctx.append(_expired_key_pruning(app[IDEMPOTENCY_KEY_TTL]))
     app.router.add_routes(routes)

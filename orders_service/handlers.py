@@ -4,9 +4,11 @@ Each runs inside the consumer's transaction (inbox, change, outbox together), ho
 row lock, so a credit answer and a concurrent cancel of the same order are taken one at a time.
 """
 
+import functools
 import uuid
 
 from orders_service import db, saga
+from orders_service.metrics import SagaMetrics
 from shared.consumer import HandlerTable
 from shared.events import CreditRejected, CreditReserved
 from shared.outbox import UnitOfWork
@@ -16,17 +18,16 @@ class UnknownOrder(Exception):
     """An answer about an order this service never stored: retried, then dead-lettered for a human."""
 
 
-async def on_credit_reserved(work: UnitOfWork, reserved: CreditReserved) -> None:
+async def on_credit_reserved(metrics: SagaMetrics, work: UnitOfWork, reserved: CreditReserved) -> None:
     status = await _lock(work, reserved.order_id)
-    await _store(
-        work, reserved.order_id, saga.on_credit_reserved(reserved.order_id, reserved.user_id, status)
-    )
+    transition = saga.on_credit_reserved(reserved.order_id, reserved.user_id, status)
+    await _store(metrics, work, status, reserved.order_id, transition)
 
 
-async def on_credit_rejected(work: UnitOfWork, rejected: CreditRejected) -> None:
+async def on_credit_rejected(metrics: SagaMetrics, work: UnitOfWork, rejected: CreditRejected) -> None:
     status = await _lock(work, rejected.order_id)
     transition = saga.on_credit_rejected(rejected.order_id, rejected.user_id, status, rejected.reason)
-    await _store(work, rejected.order_id, transition)
+    await _store(metrics, work, status, rejected.order_id, transition)
 
 
 async def _lock(work: UnitOfWork, order_id: uuid.UUID) -> saga.OrderStatus:
@@ -36,11 +37,23 @@ async def _lock(work: UnitOfWork, order_id: uuid.UUID) -> saga.OrderStatus:
     return saga.OrderStatus(status)
 
 
-async def _store(work: UnitOfWork, order_id: uuid.UUID, transition: saga.Transition | None) -> None:
+async def _store(
+    metrics: SagaMetrics,
+    work: UnitOfWork,
+    previous: saga.OrderStatus,
+    order_id: uuid.UUID,
+    transition: saga.Transition | None,
+) -> None:
     if transition is None:
         return
-    await db.set_status(work.connection, order_id, transition.status, transition.rejection_reason)
+    order = await db.set_status(work.connection, order_id, transition.status, transition.rejection_reason)
     await work.emit(transition.event)
+    metrics.transitioned(work, previous, order)
 
 
-HANDLERS: HandlerTable = {CreditReserved: on_credit_reserved, CreditRejected: on_credit_rejected}
+def handler_table(metrics: SagaMetrics) -> HandlerTable:
+    """What orders_service reacts to; the handlers time the saga with this app's `metrics`."""
+    return {
+        CreditReserved: functools.partial(on_credit_reserved, metrics),
+        CreditRejected: functools.partial(on_credit_rejected, metrics),
+    }

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from orders_service import saga, services
+from orders_service.metrics import SAGA_METRICS
 from shared.auth import AUTHENTICATED_USER
 from shared.http import cause_of, json_response
 from shared.openapi import VALIDATED_BODY, VALIDATED_QUERY
@@ -128,6 +129,7 @@ async def cancel_order(request: web.Request) -> web.Response:
         order, changed = await services.cancel_order(
             request.app[DB_POOL],
             request.app[OUTBOX],
+            request.app[SAGA_METRICS],
             cause_of(request),
             user_id=request[AUTHENTICATED_USER],
             order_id=_order_id(request),

@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from orders_service import db, saga
+from orders_service.metrics import SagaMetrics
 from shared.db import Executor
 from shared.events import Cause, OrderCreated
 from shared.http import dumps
@@ -143,7 +144,13 @@ async def list_orders(
 
 
 async def cancel_order(
-    pool: asyncpg.Pool, outbox: Outbox, cause: Cause, *, user_id: uuid.UUID, order_id: uuid.UUID
+    pool: asyncpg.Pool,
+    outbox: Outbox,
+    saga_metrics: SagaMetrics,
+    cause: Cause,
+    *,
+    user_id: uuid.UUID,
+    order_id: uuid.UUID,
 ) -> tuple[dict[str, Any], bool]:
     """Cancel an order; return it and whether this call changed it (False: it was already cancelled).
 
@@ -154,10 +161,12 @@ async def cancel_order(
         order = await db.fetch_order(work.connection, order_id, user_id, for_update=True)
         if order is None:
             raise OrderNotFound
-        transition = saga.cancel(order_id, user_id, saga.OrderStatus(order["status"]))
+        previous = saga.OrderStatus(order["status"])
+        transition = saga.cancel(order_id, user_id, previous)
         if transition is not None:
             order = await db.set_status(work.connection, order_id, transition.status)
             await work.emit(transition.event)
+            saga_metrics.transitioned(work, previous, order)
         return (await _with_items(work.connection, [order]))[0], transition is not None
 
 

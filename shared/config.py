@@ -69,6 +69,16 @@ class BaseConfig:
         "STARTUP_TIMEOUT", 60.0, "Seconds to keep retrying Postgres and RabbitMQ at start."
     )
     max_body_bytes: int = setting("MAX_BODY_BYTES", 65536, "Largest request body accepted (413 above).")
+    otel_exporter_otlp_endpoint: str = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "",
+        "OpenTelemetry collector (OTLP over HTTP, e.g. `http://jaeger:4318`) that traces go to;"
+        " empty: tracing is off and costs nothing.",
+    )
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return bool(self.otel_exporter_otlp_endpoint)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -87,14 +97,20 @@ class BaseConfig:
         """Outside local development, a secret left at its (well-known) default is a mistake."""
         if self.environment == "development":
             return
+        in_use = self.secrets_in_use()
         defaulted = [
             field.metadata["env"]
             for field in dataclasses.fields(self)
-            if isinstance(field.default, Secret) and getattr(self, field.name) == field.default
+            if field.name in in_use and getattr(self, field.name) == field.default
         ]
         if defaulted:
             names = ", ".join(defaulted)
             raise ConfigError(f"ENVIRONMENT={self.environment}: set {names}; their defaults are local-only")
+
+    def secrets_in_use(self) -> set[str]:
+        """The secret fields this process will really use: all of them, unless a subclass knows that
+        its settings leave one unused."""
+        return {field.name for field in dataclasses.fields(self) if isinstance(field.default, Secret)}
 
     @classmethod
     def documented_settings(cls) -> list[tuple[str, str, str]]:
@@ -130,13 +146,19 @@ class TokenConfig(BaseConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ServiceConfig(TokenConfig):
-    """Settings of a service that owns a database and talks to RabbitMQ."""
+class DatabaseConfig(BaseConfig):
+    """Settings of a process with a Postgres database of its own (all three have one)."""
 
     database_url: Secret = setting(
-        "DATABASE_URL", Secret("postgresql://localhost/postgres"), "The service's own database."
+        "DATABASE_URL", Secret("postgresql://localhost/postgres"), "The process's own database."
     )
     database_pool_size: int = setting("DATABASE_POOL_SIZE", 10, "Most connections in the pool.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig(TokenConfig, DatabaseConfig):
+    """Settings of a service that owns a database and talks to RabbitMQ."""
+
     rabbitmq_url: Secret = setting(
         "RABBITMQ_URL", Secret("amqp://guest:guest@127.0.0.1:5672/"), "The broker."
     )

@@ -27,7 +27,8 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from shared.db import TRANSIENT_ERRORS
-from shared.events import Envelope, Event, InvalidEvent
+from shared.events import EVENT_TYPES, Envelope, Event, InvalidEvent
+from shared.metrics import MessagingMetrics
 from shared.outbox import Outbox, UnitOfWork, unit_of_work
 from shared.topology import ConsumerQueues
 
@@ -53,8 +54,10 @@ class Consumer:
         channel: AbstractChannel,
         retry_delays_ms: tuple[int, ...],
         publish_timeout: float,
+        metrics: MessagingMetrics,
     ) -> None:
         self.queues = queues
+        self.metrics = metrics
         self.handlers = handlers
         self.pool = pool
         self.outbox = outbox
@@ -92,26 +95,32 @@ class Consumer:
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        try:
-            envelope = Envelope.from_json(message.body)
-            event = envelope.event()
-            handler = self.handlers.get(type(event))
-            if handler is None:
-                raise InvalidEvent(f"{self.queues.service} does not handle {envelope.type}")
-        except InvalidEvent as error:
-            await self._dead_letter(message, reason="invalid", error=str(error), fields={})
-            return
+        with self.outbox.tracing.consumer_span(_known_type(message.type), message.headers or {}):
+            fields = {"type": message.type or "unknown"}
+            try:
+                envelope = Envelope.from_json(message.body)
+                fields = envelope.log_fields()  # from here on, a dead letter is told with its story
+                event = envelope.event()
+                handler = self.handlers.get(type(event))
+                if handler is None:
+                    raise InvalidEvent(f"{self.queues.service} does not handle {envelope.type}")
+            except InvalidEvent as error:
+                await self._dead_letter(message, reason="invalid", error=str(error), fields=fields)
+                return
 
-        fields = envelope.log_fields()
-        try:
-            applied = await self._apply_until_database_answers(envelope, event, handler)
-        except _Abandoned:
-            return  # shutting down during a database outage: unacked, so it will be redelivered
-        except Exception as error:
-            await self._retry_or_dead_letter(message, error, fields)
-            return
-        log.info("consumed" if applied else "duplicate skipped", **fields)
-        await self._ack(message, fields)
+            # Bound for the whole handling, so that whatever a handler logs joins the same story.
+            with structlog.contextvars.bound_contextvars(correlation_id=envelope.correlationid):
+                try:
+                    applied = await self._apply_until_database_answers(envelope, event, handler)
+                except _Abandoned:
+                    return  # shutting down during a database outage: unacked, so it will be redelivered
+                except Exception as error:
+                    await self._retry_or_dead_letter(message, error, fields)
+                    return
+            if not applied:
+                self.metrics.duplicates.labels(envelope.type).inc()
+                log.info("duplicate skipped", **fields)
+            await self._ack(message, fields)
 
     async def _apply_until_database_answers(self, envelope: Envelope, event: Event, handler: Handler) -> bool:
         backoff = 0.1
@@ -140,8 +149,13 @@ class Consumer:
             )
             if not first_time:
                 return False
+            work.after_commit(lambda: self._consumed(envelope))
             await handler(work, event)
         return True
+
+    def _consumed(self, envelope: Envelope) -> None:
+        self.metrics.consumed.labels(envelope.type).inc()
+        log.info("consumed", **envelope.log_fields())
 
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, error: Exception, fields: dict[str, str]
@@ -156,6 +170,7 @@ class Consumer:
             message, self.queues.retry(delay_ms), {ATTEMPT_HEADER: attempt + 1}, fields
         )
         if published:
+            self.metrics.retried.labels(_known_type(fields["type"])).inc()
             log.warning(
                 "retry scheduled", attempt=attempt + 1, delay_ms=delay_ms, error=repr(error), **fields
             )
@@ -171,6 +186,7 @@ class Consumer:
             "x-original-routing-key": message.routing_key or "",
         }
         if await self._republish(message, self.queues.dead_letter, headers, fields):
+            self.metrics.dead_lettered.labels(_known_type(fields["type"])).inc()
             log.error("dead-lettered", reason=reason, error=error[:MAX_ERROR_TEXT], **fields)
             await self._ack(message, fields)
 
@@ -221,6 +237,12 @@ class Consumer:
             log.warning(
                 "ack lost with the channel; a redelivery will be skipped", error=repr(error), **fields
             )
+
+
+def _known_type(event_type: str | None) -> str:
+    """An event type fit to name a span or label a metric: a hostile or broken message must not
+    create a new time series for every type it makes up."""
+    return event_type if event_type in EVENT_TYPES else "unknown"
 
 
 class _Abandoned(Exception):

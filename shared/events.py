@@ -181,9 +181,12 @@ class Envelope:
     dataversion: int
     correlationid: str
     causationid: str
+    # The W3C trace context the event was written in (the CloudEvents distributed-tracing
+    # extension): the relay publishes later, so the context travels with the row. None when off.
+    traceparent: str | None = None
 
     @classmethod
-    def wrap(cls, event: Event, *, source: str, cause: Cause) -> "Envelope":
+    def wrap(cls, event: Event, *, source: str, cause: Cause, traceparent: str | None = None) -> "Envelope":
         return cls(
             id=uuid.uuid4(),
             source=source,
@@ -193,9 +196,11 @@ class Envelope:
             dataversion=event.DATAVERSION,
             correlationid=cause.correlation_id,
             causationid=cause.causation_id,
+            traceparent=traceparent,
         )
 
     def to_json(self) -> bytes:
+        tracing = {"traceparent": self.traceparent} if self.traceparent else {}
         return orjson.dumps(
             {
                 "specversion": SPEC_VERSION,
@@ -207,6 +212,7 @@ class Envelope:
                 "dataversion": self.dataversion,
                 "correlationid": self.correlationid,
                 "causationid": self.causationid,
+                **tracing,
                 "data": self.data,
             },
             option=orjson.OPT_UTC_Z,
@@ -238,6 +244,7 @@ class Envelope:
             dataversion=int(document["dataversion"]),  # 2.0 is an integer to JSON Schema too
             correlationid=document["correlationid"],
             causationid=document["causationid"],
+            traceparent=document.get("traceparent"),
         )
 
     def event(self) -> Event:

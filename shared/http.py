@@ -1,9 +1,10 @@
-"""HTTP plumbing every process uses: request ids, one access-log line per request, JSON bodies,
-problem responses for every failure, security headers on every response, and the /healthz and
-/readyz endpoints."""
+"""HTTP plumbing every process uses: request ids, one log line, one trace span and the metrics of
+each request, JSON bodies, problem responses for every failure, security headers on every response,
+and the /healthz and /readyz endpoints."""
 
 import asyncio
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
@@ -16,7 +17,9 @@ from aiohttp.typedefs import Handler
 
 from shared.db import TRANSIENT_ERRORS
 from shared.events import Cause
+from shared.metrics import Metrics
 from shared.problems import Problem
+from shared.tracing import Tracing, record_status
 
 log = structlog.get_logger("http")
 
@@ -46,6 +49,8 @@ SECURITY_HEADER_DEFAULTS = {
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+# Asked every few seconds by orchestrators and Prometheus: when they pass, they are not the story.
+QUIET_PATHS = HEALTH_PATHS | {"/metrics"}
 
 
 def _json_default(value: object) -> str:
@@ -116,11 +121,15 @@ def hide_server_version() -> None:
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Take the caller's X-Request-ID or make one; bind it to every log line; echo it back."""
+    """Take the caller's X-Request-ID or make one; bind it to every log line; echo it back.
+
+    The request id is the correlation id of everything the request leads to (events included).
+    A made-up one is short, because people read it in logs and type it into the flow page's filter:
+    64 random bits are plenty to tell requests apart."""
     offered = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = offered if _ACCEPTABLE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    request_id = offered if _ACCEPTABLE_REQUEST_ID.match(offered) else secrets.token_hex(8)
     request[REQUEST_ID] = request_id
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    with structlog.contextvars.bound_contextvars(correlation_id=request_id):
         try:
             response = await handler(request)
         except web.HTTPException as http_error:
@@ -130,28 +139,35 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         return response
 
 
-@web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One line per request: method, path, status and duration."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as http_error:
-        status = http_error.status
-        raise
-    finally:
-        # Orchestrators probe health every few seconds; a passing probe is not part of the story.
-        record = log.debug if request.path in HEALTH_PATHS and status < 400 else log.info
-        record(
-            "http request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-        )
+def observing_middleware(metrics: Metrics, tracing: Tracing, *, trust_incoming_traces: bool) -> Any:
+    """One log line, one trace span and the metrics of each request: method, route, status, duration."""
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        with tracing.server_span(request, trust_incoming=trust_incoming_traces) as span:
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as http_error:
+                status = http_error.status
+                raise
+            finally:
+                seconds = time.perf_counter() - started
+                record_status(span, status)
+                metrics.observe_request(request, status, seconds)
+                record = log.debug if request.path in QUIET_PATHS and status < 400 else log.info
+                record(
+                    "http request",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    ms=round(seconds * 1000, 1),
+                )
+
+    return observe
 
 
 @web.middleware
@@ -191,10 +207,16 @@ def _public_detail(http_error: web.HTTPException) -> str | None:
     return None
 
 
-def standard_middlewares() -> list[Any]:
+def standard_middlewares(metrics: Metrics, tracing: Tracing, *, edge: bool = False) -> list[Any]:
     """Outermost first: the security headers go on every response, problems included; the request
-    id must wrap the log line, which must see the final status."""
-    return [security_headers_middleware, request_id_middleware, access_log_middleware, problem_middleware]
+    id must wrap the log line, which must see the final status. At the `edge` (the gateway), a
+    client's trace context is not trusted: each request starts its own trace."""
+    return [
+        security_headers_middleware,
+        request_id_middleware,
+        observing_middleware(metrics, tracing, trust_incoming_traces=not edge),
+        problem_middleware,
+    ]
 
 
 def health_routes(checks: Mapping[str, ReadinessCheck], *, timeout: float = 2.0) -> list[web.RouteDef]:

@@ -11,8 +11,9 @@ every service shares); they are resolved from disk, relative to the document tha
 
 import dataclasses
 import functools
+import itertools
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,9 +194,10 @@ class OpenApiSpec:
             request[VALIDATED_QUERY] = _validated_query(request, operation.query)
             if operation.body is not None:
                 body = await read_json(request)
-                _raise_if_invalid(
+                schema_errors = (
                     entry for error in operation.body.iter_errors(body) for entry in _field_errors(error)
                 )
+                _raise_if_invalid(itertools.chain(schema_errors, _nul_characters(body, [])))
                 request[VALIDATED_BODY] = body
         return await handler(request)
 
@@ -250,6 +252,20 @@ def _field_errors(error: ValidationError) -> list[dict[str, str]]:
         unexpected = sorted(name for name in instance if name not in allowed)
         return [_entry([*path, name], "is not an accepted field") for name in unexpected]
     return [_entry(path, _describe(error))]
+
+
+def _nul_characters(document: Any, path: list[str]) -> Iterator[dict[str, str]]:
+    """Strings holding U+0000: valid JSON, but no Postgres text column can store one, so they are
+    refused here, as a field error, rather than failing in the database."""
+    if isinstance(document, str):
+        if "\x00" in document:
+            yield _entry(path, "must not contain the NUL character (U+0000)")
+    elif isinstance(document, dict):
+        for key, value in document.items():
+            yield from _nul_characters(value, [*path, str(key)])
+    elif isinstance(document, list):
+        for index, value in enumerate(document):
+            yield from _nul_characters(value, [*path, str(index)])
 
 
 def _describe(error: ValidationError) -> str:

@@ -13,15 +13,17 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import asyncpg
 import structlog
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractExchange, HeadersType
 
 from shared.db import TRANSIENT_ERRORS, Connection
 from shared.events import Cause, Envelope, Event, check_outgoing
+from shared.metrics import MessagingMetrics
+from shared.tracing import Tracing
 
 log = structlog.get_logger("outbox")
 
@@ -33,14 +35,17 @@ KEEP_PUBLISHED = "1 day"
 class Outbox:
     """Where a service writes the events it emits; the relay is woken after each commit."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, tracing: Tracing | None = None) -> None:
         self.source = source
+        self.tracing = tracing or Tracing(source, enabled=False)
         self.nudged = asyncio.Event()
 
     async def add(self, connection: Connection, event: Event, cause: Cause) -> Envelope:
         """Write the event in the caller's transaction. An event that breaks its contract raises
         ContractViolation: a bug, so the transaction rolls back rather than every consumer failing."""
-        envelope = Envelope.wrap(event, source=self.source, cause=cause)
+        envelope = Envelope.wrap(
+            event, source=self.source, cause=cause, traceparent=self.tracing.current_traceparent()
+        )
         body = envelope.to_json()
         check_outgoing(body)
         await connection.execute(
@@ -56,6 +61,19 @@ class Outbox:
         self.nudged.set()
 
 
+async def outbox_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
+    """How many rows wait to be published, and the age in seconds of the oldest (0 when none)."""
+    row = await pool.fetchrow(
+        """
+        SELECT count(*) AS waiting,
+               coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+        FROM outbox WHERE published_at IS NULL
+        """
+    )
+    assert row is not None
+    return row["waiting"], row["oldest_seconds"]
+
+
 @dataclasses.dataclass
 class UnitOfWork:
     """One transaction: the state changes made on `connection` and the events `emit`-ted in it."""
@@ -64,9 +82,15 @@ class UnitOfWork:
     outbox: Outbox
     cause: Cause
     emitted: list[Envelope] = dataclasses.field(default_factory=list)
+    committed: list[Callable[[], None]] = dataclasses.field(default_factory=list)
 
     async def emit(self, event: Event) -> None:
         self.emitted.append(await self.outbox.add(self.connection, event, self.cause))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transaction has committed, and never if it rolls back (for what
+        must count only what really happened, such as a metric)."""
+        self.committed.append(callback)
 
 
 @contextlib.asynccontextmanager
@@ -75,7 +99,10 @@ async def unit_of_work(pool: asyncpg.Pool, outbox: Outbox, cause: Cause) -> Asyn
         async with connection.transaction():
             work = UnitOfWork(connection=connection, outbox=outbox, cause=cause)
             yield work
-        # Committed: only now do the events exist, so only now is the relay woken and are they logged.
+        # Committed: only now has the change happened and do its events exist, so only now is it
+        # told (the callbacks first: the cause before the events it led to) and the relay woken.
+        for callback in work.committed:
+            callback()
         if work.emitted:
             outbox.nudge()
             for envelope in work.emitted:
@@ -95,10 +122,12 @@ class OutboxRelay:
         batch_size: int,
         poll_interval: float,
         publish_timeout: float,
+        metrics: MessagingMetrics,
     ) -> None:
         self.pool = pool
         self.outbox = outbox
         self.exchange = exchange
+        self.metrics = metrics
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
@@ -161,21 +190,32 @@ class OutboxRelay:
 
     async def _publish(self, row: asyncpg.Record) -> None:
         envelope = Envelope.from_json(row["body"].encode())
-        message = aio_pika.Message(
-            row["body"].encode(),
-            content_type=CLOUDEVENTS_JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(envelope.id),
-            type=row["event_type"],
-            correlation_id=envelope.correlationid,
+        headers: HeadersType = {}
+        with self.outbox.tracing.producer_span(
+            envelope.type, traceparent=envelope.traceparent, headers=headers
+        ):
+            message = aio_pika.Message(
+                row["body"].encode(),
+                headers=headers,  # the publish span's trace context, for the consumer's span
+                content_type=CLOUDEVENTS_JSON,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(envelope.id),
+                type=row["event_type"],
+                correlation_id=envelope.correlationid,
+            )
+            started = time.perf_counter()
+            # Mandatory: an event no queue would receive comes back as an error instead of vanishing.
+            # The timeout: a publish whose confirm never comes must not hold the relay forever.
+            await asyncio.wait_for(
+                self.exchange.publish(message, routing_key=row["event_type"], mandatory=True),
+                self.publish_timeout,
+            )
+        self.metrics.published.labels(envelope.type).inc()
+        log.info(
+            "published, confirmed",
+            confirm_ms=round((time.perf_counter() - started) * 1000, 1),
+            **envelope.log_fields(),
         )
-        # Mandatory: an event no queue would receive comes back as an error instead of vanishing.
-        # The timeout: a publish whose confirm never comes must not hold the relay forever.
-        await asyncio.wait_for(
-            self.exchange.publish(message, routing_key=row["event_type"], mandatory=True),
-            self.publish_timeout,
-        )
-        log.info("published and confirmed", **envelope.log_fields())
 
     async def _prune_now_and_then(self) -> None:
         if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS:

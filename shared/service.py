@@ -22,14 +22,16 @@ from aiohttp import web
 
 from shared.auth import TOKEN_VERIFIER, TokenVerifier
 from shared.broker import check_broker, connect_broker
-from shared.config import BaseConfig, ServiceConfig
+from shared.config import BaseConfig, DatabaseConfig, ServiceConfig
 from shared.consumer import Consumer, HandlerTable
 from shared.db import SHARED_MIGRATIONS, apply_migrations, check_database, create_pool
 from shared.http import health_routes, hide_server_version, standard_middlewares
 from shared.logging import configure_logging
+from shared.metrics import METRICS, MessagingMetrics, Metrics
 from shared.openapi import OpenApiSpec
-from shared.outbox import Outbox, OutboxRelay
+from shared.outbox import Outbox, OutboxRelay, outbox_backlog
 from shared.topology import CONSUMERS, declare_topology
+from shared.tracing import Tracing, configure_tracing
 
 log = structlog.get_logger("service")
 
@@ -37,6 +39,7 @@ CONTRACT = web.AppKey("contract", OpenApiSpec)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 BROKER = web.AppKey("broker", AbstractRobustConnection)
 OUTBOX = web.AppKey("outbox", Outbox)
+MESSAGING_METRICS = web.AppKey("messaging_metrics", MessagingMetrics)
 
 ConfigT = TypeVar("ConfigT", bound=BaseConfig)
 
@@ -44,19 +47,33 @@ ConfigT = TypeVar("ConfigT", bound=BaseConfig)
 def create_service_app(
     config: ServiceConfig, *, service: str, package_dir: Path, handlers: HandlerTable
 ) -> web.Application:
-    """The common skeleton: middlewares, contract enforcement, database, broker, events, health."""
+    """The common skeleton: middlewares, contract enforcement, database, broker, events, health,
+    metrics and tracing."""
     spec = OpenApiSpec.load(package_dir / "openapi.yaml")
+    metrics = Metrics()
+    tracing = Tracing(service, enabled=config.tracing_enabled)
     app = web.Application(
-        middlewares=[*standard_middlewares(), spec.middleware], client_max_size=config.max_body_bytes
+        middlewares=[*standard_middlewares(metrics, tracing), spec.middleware],
+        client_max_size=config.max_body_bytes,
     )
     app[CONTRACT] = spec
+    app[METRICS] = metrics
+    app[MESSAGING_METRICS] = MessagingMetrics(metrics.registry)
     app[TOKEN_VERIFIER] = TokenVerifier.from_pem_file(
         config.jwt_public_key_file, issuer=config.jwt_issuer, audience=config.jwt_audience
     )
-    app[OUTBOX] = Outbox(source=service)
-    app.cleanup_ctx.append(_database(config, [SHARED_MIGRATIONS, package_dir / "migrations"]))
+    app[OUTBOX] = Outbox(source=service, tracing=tracing)
+    app.cleanup_ctx.append(database(config, [SHARED_MIGRATIONS, package_dir / "migrations"]))
     app.cleanup_ctx.append(_broker(config))
     app.cleanup_ctx.append(_messaging(config, service, handlers))
+
+    async def outbox_gauges() -> None:
+        waiting, oldest_seconds = await outbox_backlog(app[DB_POOL])
+        app[MESSAGING_METRICS].outbox_unpublished.set(waiting)
+        app[MESSAGING_METRICS].outbox_lag.set(oldest_seconds)
+
+    metrics.refreshers.append(outbox_gauges)
+    app.router.add_routes(metrics.routes())
 
     async def postgres() -> None:
         await check_database(app[DB_POOL])
@@ -68,9 +85,11 @@ def create_service_app(
     return app
 
 
-def _database(
-    config: ServiceConfig, migrations: list[Path]
+def database(
+    config: DatabaseConfig, migrations: list[Path]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The process's pool, under DB_POOL, with its migrations applied first."""
+
     async def database(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(
             config.database_url.value,
@@ -115,6 +134,7 @@ def _messaging(
             batch_size=config.outbox_batch_size,
             poll_interval=config.outbox_poll_interval,
             publish_timeout=config.publish_timeout,
+            metrics=app[MESSAGING_METRICS],
         )
         relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
         consumer: Consumer | None = None
@@ -129,6 +149,7 @@ def _messaging(
                 channel=consuming,
                 retry_delays_ms=config.retry_delays,
                 publish_timeout=config.publish_timeout,
+                metrics=app[MESSAGING_METRICS],
             )
             await consumer.start()
         yield
@@ -156,7 +177,9 @@ def run(
     gateway raises them so that its own, lower limits answer first, as problems.
     """
     configure_logging(service=service, level=config.log_level, fmt=config.log_format)
-    log.info("starting", config=config.masked())
+    stop_tracing = configure_tracing(service, config.otel_exporter_otlp_endpoint)
+    log.info("starting", listen=f"{config.http_host}:{config.http_port}", environment=config.environment)
+    log.debug("configuration", **config.masked())
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     hide_server_version()
     web.run_app(
@@ -169,4 +192,5 @@ def run(
         handle_signals=True,
         **dict(server_limits or {}),
     )
+    stop_tracing()  # sends the spans still buffered
     log.info("stopped")

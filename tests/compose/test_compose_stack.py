@@ -132,7 +132,7 @@ async def test_a_request_id_is_in_the_logs_of_every_container_it_crossed(
 
     async def logged_by_both() -> bool:
         for service in ("gateway", "users_service"):
-            if f"request_id={chosen}" not in await docker_compose("logs", "--no-color", service):
+            if f"corr={chosen}" not in await docker_compose("logs", "--no-color", service):
                 return False
         return True
 

@@ -40,7 +40,7 @@ def test_the_gateway_keeps_its_contract(stack: Stack, signed_in: dict[str, str])
     for loaded in schema.get_all_operations():
         assert isinstance(loaded, Ok), loaded  # an operation schemathesis cannot read is a contract bug
         operations.append(loaded.ok())
-    assert len(operations) == 10  # every public operation is fuzzed, the health checks included
+    assert len(operations) == 11  # every public operation is fuzzed, health checks and metrics included
 
     for operation in operations:
 

@@ -160,6 +160,7 @@ SCENARIOS: dict[tuple[str, str, str, int], Scenario] = {
     ("users_service", "GET", "/healthz", 200): anonymous("GET", "/healthz"),
     ("users_service", "GET", "/readyz", 200): anonymous("GET", "/readyz"),
     ("users_service", "GET", "/readyz", 503): not_ready,
+    ("users_service", "GET", "/metrics", 200): anonymous("GET", "/metrics"),
     ("orders_service", "POST", "/api/orders", 202): signed_in("POST", "/api/orders", json=ORDER),
     ("orders_service", "POST", "/api/orders", 400): posting("/api/orders", b"{", JSON, signed=True),
     ("orders_service", "POST", "/api/orders", 401): anonymous("POST", "/api/orders"),
@@ -189,6 +190,7 @@ SCENARIOS: dict[tuple[str, str, str, int], Scenario] = {
     ("orders_service", "GET", "/healthz", 200): anonymous("GET", "/healthz"),
     ("orders_service", "GET", "/readyz", 200): anonymous("GET", "/readyz"),
     ("orders_service", "GET", "/readyz", 503): not_ready,
+    ("orders_service", "GET", "/metrics", 200): anonymous("GET", "/metrics"),
 }
 
 

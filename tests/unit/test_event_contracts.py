@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from prometheus_client import CollectorRegistry
 
 from shared import schemas
 from shared.consumer import Consumer
@@ -29,6 +30,7 @@ from shared.events import (
     OrderCancelled,
     check_outgoing,
 )
+from shared.metrics import MessagingMetrics
 from shared.outbox import Outbox
 from shared.topology import ORDERS
 from tests.unit.event_samples import CAUSE, sample_envelope, sample_event
@@ -444,6 +446,7 @@ async def test_the_consumer_dead_letters_a_message_that_breaks_its_contract_at_o
         channel=cast(AbstractChannel, channel),
         retry_delays_ms=(1000,),
         publish_timeout=1.0,
+        metrics=MessagingMetrics(CollectorRegistry()),
     )
     message = FakeMessage(_broken("users.credit.rejected", data_reason=5))
     await consumer._process(cast(AbstractIncomingMessage, message))

@@ -2,13 +2,15 @@
 consumer accepts both versions and hands its handler the same event, while producers emit version 1."""
 
 import dataclasses
+import functools
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from orders_service import saga
-from orders_service.handlers import HANDLERS, on_credit_rejected
+from orders_service.handlers import handler_table, on_credit_rejected
+from orders_service.metrics import SagaMetrics
 from shared.events import DECODERS, EVENT_TYPES, CreditRejected, Envelope, Event, InvalidEvent
 from shared.topology import CONSUMERS
 from tests.unit.event_samples import CAUSE
@@ -41,7 +43,8 @@ def test_version_1_and_version_2_reach_the_handler_as_the_same_event() -> None:
     from_v2 = Envelope.from_json(_received(2, V2_DATA)).event()
     assert from_v1 == from_v2 == CreditRejected(ORDER_ID, USER_ID, "insufficient_credit")
     # One handler, which never sees a version, and so decides the same for both.
-    assert HANDLERS[type(from_v1)] is HANDLERS[type(from_v2)] is on_credit_rejected
+    handlers = cast(dict[type, functools.partial[Any]], handler_table(SagaMetrics(registry=None)))
+    assert handlers[type(from_v1)].func is handlers[type(from_v2)].func is on_credit_rejected
     assert isinstance(from_v1, CreditRejected) and isinstance(from_v2, CreditRejected)
     decide = saga.on_credit_rejected
     assert decide(ORDER_ID, USER_ID, saga.OrderStatus.PENDING, from_v1.reason) == decide(
