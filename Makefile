@@ -9,7 +9,7 @@ PGUSER ?= postgres
 export PGHOST PGUSER
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay
+.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay demo demo-compose
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,7 +29,9 @@ keys: install ## create the token-signing key pair in .keys/, if missing
 	$(BIN)/python -m users_service.keygen
 
 dev: install databases keys ## run the gateway and both services locally (honcho, Procfile)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
+	@# Every line names its service and time itself, so honcho's own prefix would only repeat them;
+	@# honcho pipes the output, so the services are told to colour it when make runs on a terminal.
+	PATH="$(CURDIR)/$(BIN):$$PATH" FORCE_COLOR=$$([ -t 1 ] && echo 1) $(BIN)/honcho start --no-prefix
 
 lint: install ## ruff and mypy (strict) over the code and the tests
 	$(BIN)/ruff check .
@@ -49,6 +51,18 @@ dlq: install ## list a service's dead letters: make dlq SERVICE=users_service
 dlq-replay: install ## put dead letters back on the queue: make dlq-replay SERVICE=users_service [ID=event-id]
 	$(BIN)/python -m shared.dlq replay $(SERVICE) $(if $(ID),--id $(ID))
 
+demo: install ## a scripted tour of the system `make dev` runs: make demo [DEMO_ARGS=--help]
+	$(BIN)/python -m demo $(DEMO_ARGS)
+
+# AMQP is not published on the host, so against compose the demo runs inside the compose network, in
+# users_service's container: its image holds the demo, and its RABBITMQ_URL carries the broker
+# credentials compose gave it (.env included). The printed link uses the gateway's published port.
+demo-compose: ## the same tour against `docker compose up`, run inside the compose network
+	@published=$$(docker compose port gateway 8080) && [ -n "$$published" ] \
+		|| { echo "The compose stack is not running: start it with docker compose up --build" >&2; exit 1; }; \
+	docker compose exec -e GATEWAY_URL=http://gateway:8080 -e FLOW_URL=http://localhost:$${published##*:}/flow \
+		users_service python -m demo $(DEMO_ARGS)
+
 format: install ## let ruff fix what it can
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
@@ -62,3 +76,7 @@ lock: ## re-resolve the dependencies into requirements*.lock (after editing pypr
 
 clean: ## remove the virtual environment and caches (keeps .keys)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+.PHONY: bench
+bench: install ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
+	$(BIN)/python -m bench $(BENCH_ARGS)
