@@ -54,7 +54,7 @@ async def declare_topology(
     channel: AbstractChannel, *, retry_delays_ms: tuple[int, ...], delivery_limit: int
 ) -> AbstractExchange:
     exchange = await channel.declare_exchange(EXCHANGE, ExchangeType.TOPIC, durable=True)
-    # The tap (read by the gateway's flow page) also makes every event routable, so a publish that
+    # The tap (a sink; the flow page reads queues of its own) makes every event routable, so a publish that
     # the broker returns as unroutable means the topology is broken, never "nobody listens yet".
     tap = await channel.declare_queue(
         TAP_QUEUE,
