@@ -17,6 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractConnection
 from yarl import URL
 
+from shared.broker import connect_once
 from shared.dlq import DeadLetter, list_dead_letters, replay_dead_letters
 from shared.events import Cause, Envelope, OrderCreated
 from shared.outbox import CLOUDEVENTS_JSON
@@ -39,7 +40,7 @@ def poison_order_created(user_id: str, total_cents: int, *, story: str) -> Envel
 
 
 async def connect(rabbitmq_url: str) -> AbstractConnection:
-    return await aio_pika.connect(rabbitmq_url, timeout=CONNECT_TIMEOUT)
+    return await connect_once(rabbitmq_url, timeout=CONNECT_TIMEOUT)
 
 
 async def publish(connection: AbstractConnection, envelope: Envelope) -> None:

@@ -2,6 +2,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import swagger_ui_bundle
 from aiohttp import web
 from yarl import URL
@@ -9,11 +10,16 @@ from yarl import URL
 from gateway.config import GatewayConfig
 from gateway.contract import public_contract
 from gateway.edge import cors, rate_limits, size_limits
+from gateway.flow import FLOW_HUB, FlowHub, end_streams, flow_events, flow_tap, http_recorder
 from gateway.proxy import RetryPolicy, Upstream, forward
+from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.routes import ORDERS, ROUTES, USERS, Route
 from shared.auth import TokenVerifier
 from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewares
+from shared.metrics import METRICS, Metrics
+from shared.service import DB_POOL, database
+from shared.tracing import Tracing
 
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 READINESS_TIMEOUT = 2.0
@@ -25,24 +31,34 @@ DOCS_CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 DOCS_HEADERS = {"Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
+# The flow page is the gateway's own files only: no inline script or style (its script sets styles
+# through the DOM, which CSP allows), no eval, no other origin; it reads only its own event stream.
+FLOW_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+FLOW_HEADERS = {"Content-Security-Policy": FLOW_CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
+FLOW_FILES = {"flow.css": "text/css", "flow.js": "text/javascript", "flow.svg": "image/svg+xml"}
 
 
 def create_app(config: GatewayConfig) -> web.Application:
+    metrics = Metrics()
+    tracing = Tracing("gateway", enabled=config.tracing_enabled)
+    flow = FlowHub() if config.flow_enabled else None
     app = web.Application(
         middlewares=[
-            *standard_middlewares(),
+            *standard_middlewares(metrics, tracing, edge=True),
+            # Inside the problem middleware but outside the limits: refusals are part of the story.
+            *([http_recorder(flow)] if flow is not None else []),
             size_limits(
                 max_url_bytes=config.max_url_bytes,
                 max_header_bytes=config.max_header_bytes,
                 max_headers_total_bytes=config.max_headers_total_bytes,
             ),
-            rate_limits(
-                per_second=config.rate_limit_per_second,
-                burst=config.rate_limit_burst,
-                login_per_minute=config.login_rate_limit_per_minute,
-            ),
         ]
     )
+    if config.rate_limited:
+        shared_rate_limits(app, config)
     cors(app, config.cors_origins)
     verifier = TokenVerifier.from_pem_file(
         config.jwt_public_key_file, issuer=config.jwt_issuer, audience=config.jwt_audience
@@ -88,6 +104,8 @@ def create_app(config: GatewayConfig) -> web.Application:
                 request.app[UPSTREAM_SESSION],
                 max_body_bytes=config.max_body_bytes,
                 retry=retry,
+                tracing=tracing,
+                observer=flow,
             )
 
         return web.route(route.method, route.path, handler)
@@ -110,7 +128,47 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     app.router.add_routes(health_routes({name: upstream_ready(up) for name, up in upstreams.items()}))
     app.router.add_routes(documentation_routes())
+    if flow is not None:
+        app[FLOW_HUB] = flow
+        app.cleanup_ctx.append(
+            flow_tap(
+                config.rabbitmq_url.value,
+                startup_timeout=config.startup_timeout,
+                shutdown_timeout=config.shutdown_timeout,
+            )
+        )
+        app.on_shutdown.append(end_streams)
+        app.router.add_routes(flow_routes())
+    app[METRICS] = metrics
+    app.router.add_routes(metrics.routes())
     return app
+
+
+def shared_rate_limits(app: web.Application, config: GatewayConfig) -> None:
+    """Per-client limits kept in the gateway's own database, so that every replica enforces the same
+    ones (gateway/ratelimit.py): a general one, and a much stricter one on sign-in."""
+    app.cleanup_ctx.append(database(config, MIGRATIONS))
+    app.cleanup_ctx.append(bucket_housekeeping)
+
+    def pool() -> asyncpg.Pool:
+        return app[DB_POOL]
+
+    requests = SharedTokenBuckets(
+        pool,
+        name="requests",
+        rate=config.rate_limit_per_second,
+        burst=config.rate_limit_burst,
+        lease=config.rate_limit_lease,
+    )
+    # Exact (a lease of one): sign-in is where passwords are guessed.
+    logins = SharedTokenBuckets(
+        pool,
+        name="logins",
+        rate=config.login_rate_limit_per_minute / 60,
+        burst=config.login_rate_limit_per_minute,
+        lease=1,
+    )
+    app.middlewares.append(rate_limits(requests, logins, trusted_proxies=config.trusted_proxy_networks))
 
 
 def documentation_routes() -> list[web.AbstractRouteDef]:
@@ -131,4 +189,23 @@ def documentation_routes() -> list[web.AbstractRouteDef]:
         web.get("/docs", docs),
         web.get("/docs/docs.js", docs_script),
         web.static("/docs/swagger-ui", swagger_ui_bundle.swagger_ui_path),
+    ]
+
+
+def flow_routes() -> list[web.AbstractRouteDef]:
+    """/flow (the live sequence diagram), its files, and /flow/events (the stream it draws)."""
+
+    async def page(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "flow.html", headers=FLOW_HEADERS)
+
+    def asset(name: str, content_type: str) -> web.RouteDef:
+        async def serve(_: web.Request) -> web.FileResponse:
+            return web.FileResponse(STATIC / name, headers={**FLOW_HEADERS, "Content-Type": content_type})
+
+        return web.get(f"/flow/{name}", serve)
+
+    return [
+        web.get("/flow", page),
+        *(asset(name, content_type) for name, content_type in FLOW_FILES.items()),
+        web.get("/flow/events", flow_events),
     ]

@@ -1,10 +1,11 @@
 import dataclasses
+import ipaddress
 
-from shared.config import TokenConfig, setting
+from shared.config import ConfigError, DatabaseConfig, Secret, TokenConfig, setting
 
 
 @dataclasses.dataclass(frozen=True)
-class GatewayConfig(TokenConfig):
+class GatewayConfig(TokenConfig, DatabaseConfig):
     http_port: int = setting("HTTP_PORT", 8080, "Port the HTTP server listens on.")
     users_service_url: str = setting(
         "USERS_SERVICE_URL", "http://127.0.0.1:8001", "users_service's base URL."
@@ -41,11 +42,31 @@ class GatewayConfig(TokenConfig):
     max_headers_total_bytes: int = setting(
         "MAX_HEADERS_TOTAL_BYTES", 16384, "Most bytes of all request headers together (431 above)."
     )
+    database_url: Secret = setting(
+        "DATABASE_URL",
+        Secret("postgresql://gateway_svc:gateway_svc@127.0.0.1:5432/gateway"),
+        "The gateway's own database: the rate limits all its replicas share.",
+    )
     rate_limit_per_second: float = setting(
-        "RATE_LIMIT_PER_SECOND", 100.0, "Requests per second each client (IP address) may make (429 above)."
+        "RATE_LIMIT_PER_SECOND",
+        100.0,
+        "Requests per second each client (IP address) may make (429 above); 0 turns every limit off"
+        " (and the gateway then needs no database).",
     )
     rate_limit_burst: int = setting(
         "RATE_LIMIT_BURST", 200, "Requests a client may make at once before RATE_LIMIT_PER_SECOND applies."
+    )
+    rate_limit_lease: int = setting(
+        "RATE_LIMIT_LEASE",
+        10,
+        "Tokens a replica takes from a client's shared bucket at once: 1 database call per this many"
+        " requests, for at most as many requests over the limit per replica.",
+    )
+    trusted_proxies: str = setting(
+        "TRUSTED_PROXIES",
+        "",
+        "Comma-separated networks (10.0.0.0/8) of proxies in front of the gateway whose X-Forwarded-For"
+        " names the client for its rate limits; empty: the peer address is the client.",
     )
     login_rate_limit_per_minute: int = setting(
         "LOGIN_RATE_LIMIT_PER_MINUTE",
@@ -58,6 +79,51 @@ class GatewayConfig(TokenConfig):
         "Comma-separated origins (https://app.example.com) whose browser pages may call the API; "
         "empty: none (CORS off).",
     )
+    rabbitmq_url: Secret = setting(
+        "RABBITMQ_URL",
+        Secret("amqp://guest:guest@127.0.0.1:5672/"),
+        "The broker, where the flow page's tap reads every event (the API itself never uses it).",
+    )
+    flow_enabled: bool = setting(
+        "FLOW_ENABLED",
+        True,
+        "Serve the live flow page at /flow (every request and event, data included); development only.",
+    )
+
+    def __post_init__(self) -> None:
+        try:
+            _ = self.trusted_proxy_networks
+        except ValueError as error:  # refused at start, not at the first request
+            raise ConfigError(f"TRUSTED_PROXIES={self.trusted_proxies!r}: {error}") from None
+
+    def refuse_default_secrets(self) -> None:
+        # The flow page shows every event's data, and no sign-in guards it: outside development,
+        # anyone who reaches the gateway would read everyone's orders.
+        if self.environment != "development" and self.flow_enabled:
+            raise ConfigError(
+                f"ENVIRONMENT={self.environment}: set FLOW_ENABLED=false; the flow page shows every "
+                "event's data to anyone who reaches the gateway"
+            )
+        super().refuse_default_secrets()
+
+    def secrets_in_use(self) -> set[str]:
+        # Only the flow page connects to the broker, and only the rate limits to the database.
+        used = set()
+        if self.flow_enabled:
+            used.add("rabbitmq_url")
+        if self.rate_limited:
+            used.add("database_url")
+        return used
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rate_limit_per_second > 0
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(net.strip()) for net in self.trusted_proxies.split(",") if net.strip()
+        )
 
     @property
     def cors_origins(self) -> frozenset[str]:

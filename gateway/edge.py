@@ -5,14 +5,14 @@ Every refusal is a problem (problem+json, with the request id): these middleware
 standard problem middleware.
 """
 
-import dataclasses
+import ipaddress
 import math
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.ratelimit import SharedTokenBuckets
 from shared.http import HEALTH_PATHS
 from shared.problems import Problem
 
@@ -52,69 +52,49 @@ def size_limits(*, max_url_bytes: int, max_header_bytes: int, max_headers_total_
     return limit_sizes
 
 
-@dataclasses.dataclass
-class _Bucket:
-    tokens: float
-    updated: float
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class TokenBuckets:
-    """A token bucket per client: `burst` requests at once, refilled at `rate` per second.
-
-    Kept in this process's memory: each gateway replica counts on its own, so N replicas let a
-    client through N times as fast, and a restart forgets. Scaling out (another issue) moves the
-    buckets to shared storage (Redis, with the refill done in one atomic script).
-    """
-
-    MAX_CLIENTS = 100_000  # past this, buckets that have refilled completely are forgotten
-
-    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-
-    def take(self, client: str) -> float:
-        """Take one token for `client`: 0.0 if there was one, else the seconds until there is."""
-        now = self._clock()
-        bucket = self._buckets.get(client)
-        if bucket is None:
-            if len(self._buckets) >= self.MAX_CLIENTS:
-                self._forget_full(now)
-            bucket = self._buckets[client] = _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.rate
-
-    def _forget_full(self, now: float) -> None:
-        # A full bucket holds nothing worth remembering: a new one starts full too.
-        for client in [
-            client
-            for client, bucket in self._buckets.items()
-            if bucket.tokens + (now - bucket.updated) * self.rate >= self.burst
-        ]:
-            del self._buckets[client]
+def client_address(request: web.BaseRequest, trusted_proxies: Sequence[Network]) -> str:
+    """Who the client is, for its limits: the peer, unless the peer is a proxy we trust (a load
+    balancer or an ingress in front of the gateway). Then it is the rightmost X-Forwarded-For entry
+    that is not a trusted proxy: each proxy appends the address it saw, so the entries to the left
+    of the last trusted hop are whatever the client wrote, and can be forged."""
+    peer = request.remote or "unknown"
+    if not _trusted(peer, trusted_proxies):
+        return peer
+    hops = [
+        hop.strip() for header in request.headers.getall("X-Forwarded-For", []) for hop in header.split(",")
+    ]
+    for hop in reversed([hop for hop in hops if hop]):
+        if not _trusted(hop, trusted_proxies):
+            return hop
+    return peer
 
 
-def rate_limits(*, per_second: float, burst: int, login_per_minute: int) -> Middleware:
-    requests = TokenBuckets(rate=per_second, burst=burst)
-    # Sign-in is where passwords are guessed: a much stricter bucket, in addition to the general one.
-    # (users_service also limits failed sign-ins per account, which no change of address evades.)
-    logins = TokenBuckets(rate=login_per_minute / 60, burst=login_per_minute)
+def _trusted(address: str, trusted_proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted_proxies)
+
+
+def rate_limits(
+    requests: SharedTokenBuckets, logins: SharedTokenBuckets, *, trusted_proxies: Sequence[Network] = ()
+) -> Middleware:
+    """429 with Retry-After for a client over its limit: `requests` counts every request, `logins`
+    the sign-ins on top (users_service also limits failed sign-ins per account, which no change of
+    address evades)."""
 
     @web.middleware
     async def limit_rate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in HEALTH_PATHS:
             return await handler(request)  # an orchestrator's probes are never refused
-        # The gateway is the edge, so the peer address is the client. Behind a load balancer,
-        # take it from the balancer's X-Forwarded-For instead, trusting only the balancer's entry.
-        client = request.remote or "unknown"
-        wait = requests.take(client)
+        client = client_address(request, trusted_proxies)
+        wait = await requests.take(client)
         if not wait and (request.method, request.path) == LOGIN:
-            wait = logins.take(client)
+            wait = await logins.take(client)
         if wait:
             seconds = max(1, math.ceil(wait))
             raise Problem(

@@ -11,6 +11,8 @@ connection or answered 503 is retried a few times, a write never (it may have ta
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -21,6 +23,7 @@ from yarl import URL
 from gateway.resilience import RETRYABLE_METHODS, CircuitBreaker, backoff_delay
 from shared.http import REQUEST_ID, REQUEST_ID_HEADER
 from shared.problems import Problem
+from shared.tracing import Tracing
 
 log = structlog.get_logger("proxy")
 
@@ -61,7 +64,9 @@ IDENTITY_CLAIMS = frozenset(
         "x-rewrite-url",
     }
 )
-NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | IDENTITY_CLAIMS | {"host", REQUEST_ID_HEADER.lower()}
+# A client's trace context is not passed on: at the edge, each request starts its own trace.
+TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+NOT_FORWARDED_UPSTREAM = HOP_BY_HOP | IDENTITY_CLAIMS | TRACE_CONTEXT | {"host", REQUEST_ID_HEADER.lower()}
 NOT_FORWARDED_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server", REQUEST_ID_HEADER.lower()}
 
 
@@ -78,6 +83,16 @@ class RetryPolicy:
     backoff: float  # seconds before the first retry
 
 
+class CallObserver(Protocol):
+    """Sees each call to an upstream (the flow page's recorder, gateway/flow.py). It is handed the
+    call not yet started and returns what to await: the call itself when it records nothing, so
+    that an unobserved call costs nothing more."""
+
+    def observe(
+        self, request: web.Request, upstream: str, call: Awaitable[web.Response]
+    ) -> Awaitable[web.Response]: ...
+
+
 async def forward(
     request: web.Request,
     upstream: Upstream,
@@ -85,6 +100,8 @@ async def forward(
     *,
     max_body_bytes: int,
     retry: RetryPolicy,
+    tracing: Tracing,
+    observer: CallObserver | None = None,
 ) -> web.Response:
     url = upstream.base_url.join(request.rel_url)
     headers = _upstream_headers(request)
@@ -96,7 +113,12 @@ async def forward(
             log.info("retrying upstream", upstream=upstream.name, attempt=attempt)
         upstream.breaker.admit()  # an open circuit answers 503 here, before any call
         try:
-            response = await _call(session, request.method, url, headers, body)
+            with tracing.client_span(f"{request.method} {upstream.name}", headers) as span:
+                call: Awaitable[web.Response] = _call(session, request.method, url, headers, body)
+                if observer is not None:
+                    call = observer.observe(request, upstream.name, call)
+                response = await call
+                span.set_attribute("http.response.status_code", response.status)
         except aiohttp.ClientConnectorError:
             upstream.breaker.failed()
             log.warning("upstream unreachable", upstream=upstream.name)

@@ -1,15 +1,38 @@
 """RabbitMQ connection. aio-pika's robust connection reconnects by itself once it has connected,
 but its first connect fails at once when the broker is not up yet, so that one is retried here."""
 
+import asyncio
+from typing import TypeVar
+
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
 from shared.retry import retry_until_deadline
 
+ConnectionT = TypeVar("ConnectionT", bound=aio_pika.Connection)
+CONNECT_TIMEOUT = 5.0
+
+
+async def connected(connection: ConnectionT, *, timeout: float = CONNECT_TIMEOUT) -> ConnectionT:
+    """Connect `connection`, or close it if that fails. aio_pika.connect() would leave a failed (or
+    cancelled) attempt's half-made connection to the garbage collector, which may find it with no
+    event loop left to close it on."""
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        await asyncio.shield(connection.close())
+        raise
+    return connection
+
+
+async def connect_once(url: str, *, timeout: float = CONNECT_TIMEOUT) -> aio_pika.Connection:
+    """A plain connection, for a tool's short job: no reconnecting, no retry."""
+    return await connected(aio_pika.Connection(aio_pika.connection.make_url(url)), timeout=timeout)
+
 
 async def connect_broker(url: str, *, startup_timeout: float) -> AbstractRobustConnection:
     async def connect() -> AbstractRobustConnection:
-        return await aio_pika.connect_robust(url, timeout=5)
+        return await connected(aio_pika.RobustConnection(aio_pika.connection.make_url(url)))
 
     return await retry_until_deadline(connect, what="rabbitmq", deadline_seconds=startup_timeout)
 

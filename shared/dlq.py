@@ -21,6 +21,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from shared.broker import connect_once
 from shared.config import ServiceConfig
 from shared.events import Envelope, InvalidEvent
 from shared.topology import CONSUMERS, ConsumerQueues
@@ -78,7 +79,7 @@ async def _drain(channel: AbstractChannel, queues: ConsumerQueues) -> list[Abstr
 
 
 async def list_dead_letters(rabbitmq_url: str, service: str) -> list[DeadLetter]:
-    connection = await aio_pika.connect(rabbitmq_url)
+    connection = await connect_once(rabbitmq_url)
     async with connection:
         channel = await connection.channel()
         messages = await _drain(channel, CONSUMERS[service])
@@ -93,7 +94,7 @@ async def replay_dead_letters(
 ) -> list[DeadLetter]:
     """Move dead letters (all, or the one with `message_id`) back to the service's queue."""
     queues = CONSUMERS[service]
-    connection = await aio_pika.connect(rabbitmq_url)
+    connection = await connect_once(rabbitmq_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         replayed = []

@@ -22,3 +22,4 @@ SQL
 
 create_service_database "${USERS_DB_NAME:-users}" "${USERS_DB_USER:-users_svc}" "${USERS_DB_PASSWORD:-users_svc}"
 create_service_database "${ORDERS_DB_NAME:-orders}" "${ORDERS_DB_USER:-orders_svc}" "${ORDERS_DB_PASSWORD:-orders_svc}"
+create_service_database "${GATEWAY_DB_NAME:-gateway}" "${GATEWAY_DB_USER:-gateway_svc}" "${GATEWAY_DB_PASSWORD:-gateway_svc}"

@@ -94,6 +94,7 @@ class Stack:
     databases: dict[str, str]  # service name -> database name
     env: dict[str, dict[str, str]]  # service name -> its environment
     processes: dict[str, ServiceProcess]
+    replica_of: dict[str, str] = dataclasses.field(default_factory=dict)  # replica name -> service
 
     @property
     def url(self) -> str:
@@ -117,10 +118,18 @@ class Stack:
 
     async def start(self, name: str, **env_overrides: str) -> ServiceProcess:
         self.env[name] = {**self.env[name], **env_overrides}
-        process = await start_process(name, MODULES[name], self.env[name], self.log_dir)
+        module = MODULES[self.replica_of.get(name, name)]
+        process = await start_process(name, module, self.env[name], self.log_dir)
         self.processes[name] = process
         await wait_ready(process)
         return process
+
+    async def start_replica(self, service: str, name: str, **env_overrides: str) -> ServiceProcess:
+        """One more process of `service` under another name, on a port of its own but with the same
+        databases and vhost: it competes with the others for the same queues and outbox rows."""
+        self.replica_of[name] = service
+        self.env[name] = {**self.env[service], "HTTP_PORT": str(free_port())}
+        return await self.start(name, **env_overrides)
 
     async def restart(self, name: str, **env_overrides: str) -> ServiceProcess:
         assert await self.processes[name].stop() == 0
@@ -129,7 +138,11 @@ class Stack:
 
 async def create_service_databases(suffix: str) -> dict[str, str]:
     """Run the same script `make dev` and compose run, on databases of this test run's own."""
-    names = {"USERS_DB_NAME": f"e2e_users_{suffix}", "ORDERS_DB_NAME": f"e2e_orders_{suffix}"}
+    names = {
+        "USERS_DB_NAME": f"e2e_users_{suffix}",
+        "ORDERS_DB_NAME": f"e2e_orders_{suffix}",
+        "GATEWAY_DB_NAME": f"e2e_gateway_{suffix}",
+    }
     script = await asyncio.create_subprocess_exec(
         "bash",
         str(ROOT / "deploy" / "postgres" / "create-databases.sh"),
@@ -139,14 +152,21 @@ async def create_service_databases(suffix: str) -> dict[str, str]:
     )
     output, _ = await script.communicate()
     assert script.returncode == 0, output.decode()
-    return {"users_service": names["USERS_DB_NAME"], "orders_service": names["ORDERS_DB_NAME"]}
+    return {
+        "users_service": names["USERS_DB_NAME"],
+        "orders_service": names["ORDERS_DB_NAME"],
+        "gateway": names["GATEWAY_DB_NAME"],
+    }
 
 
-def gateway_env(port: int, keys: KeyPair, users_url: str, orders_url: str, **extra: str) -> dict[str, str]:
+def gateway_env(
+    port: int, keys: KeyPair, users_url: str, orders_url: str, database_url: str, **extra: str
+) -> dict[str, str]:
     return {
         "HTTP_PORT": str(port),
         "USERS_SERVICE_URL": users_url,
         "ORDERS_SERVICE_URL": orders_url,
+        "DATABASE_URL": database_url,
         "JWT_PUBLIC_KEY_FILE": str(keys.public),
         **extra,
     }
@@ -178,7 +198,12 @@ async def running_stack(
             },
             "gateway": {
                 **gateway_env(
-                    free_port(), key_pair, f"http://127.0.0.1:{users_port}", f"http://127.0.0.1:{orders_port}"
+                    free_port(),
+                    key_pair,
+                    f"http://127.0.0.1:{users_port}",
+                    f"http://127.0.0.1:{orders_port}",
+                    f"postgresql://gateway_svc:gateway_svc@127.0.0.1:5432/{databases['gateway']}",
+                    RABBITMQ_URL=rabbitmq_url,  # its flow page's tap, on the stack's own vhost
                 ),
                 **service_env.get("gateway", {}),
             },

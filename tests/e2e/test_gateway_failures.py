@@ -54,7 +54,14 @@ async def gateway_to(stack: Stack) -> AsyncIterator[StartGateway]:
     started: list[ServiceProcess] = []
 
     async def start(users_url: str) -> ServiceProcess:
-        env = gateway_env(free_port(), stack.keys, users_url, stack.orders.url, UPSTREAM_TIMEOUT="0.5")
+        env = gateway_env(
+            free_port(),
+            stack.keys,
+            users_url,
+            stack.orders.url,
+            stack.env["gateway"]["DATABASE_URL"],
+            UPSTREAM_TIMEOUT="0.5",
+        )
         gateway = await start_process(f"gateway-{len(started)}", "gateway", env, stack.log_dir)
         started.append(gateway)
         return gateway

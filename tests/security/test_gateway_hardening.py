@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from tests.conftest import CreateDatabase
 from tests.e2e.api import new_user
 from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_process
 from tests.support import KeyPair, eventually, free_port, serving
@@ -72,13 +73,15 @@ StartGateway = Callable[..., Awaitable[ServiceProcess]]
 
 @pytest.fixture
 async def gateway_before(
-    upstream: FakeUpstream, key_pair: KeyPair, tmp_path: Path
+    upstream: FakeUpstream, key_pair: KeyPair, tmp_path: Path, create_database: CreateDatabase
 ) -> AsyncIterator[StartGateway]:
-    """Start gateways whose users_service and orders_service are both the fake upstream."""
+    """Start gateways whose users_service and orders_service are both the fake upstream. They share
+    one database, as replicas of one gateway do."""
     started: list[ServiceProcess] = []
+    database_url = await create_database("gateway")
 
     async def start(**settings: str) -> ServiceProcess:
-        env = gateway_env(free_port(), key_pair, upstream.url, upstream.url, **settings)
+        env = gateway_env(free_port(), key_pair, upstream.url, upstream.url, database_url, **settings)
         gateway = await start_process(f"gateway-{len(started)}", "gateway", env, tmp_path)
         started.append(gateway)
         async with aiohttp.ClientSession() as http:
@@ -224,6 +227,22 @@ async def test_api4_rate_limit_answers_429_with_retry_after(
     assert len(upstream.received) == 5
     async with http.get(f"{gateway.url}/healthz") as response:
         assert response.status == 200  # probes are never limited
+
+
+async def test_api4_two_gateway_replicas_share_one_rate_limit(
+    gateway_before: StartGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    # Limits kept in each process's memory would let a client through once per replica.
+    limits = {"RATE_LIMIT_PER_SECOND": "0.01", "RATE_LIMIT_BURST": "6", "RATE_LIMIT_LEASE": "2"}
+    replicas = [await gateway_before(**limits), await gateway_before(**limits)]
+    statuses = []
+    for _ in range(6):
+        for gateway in replicas:
+            async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+                statuses.append(response.status)
+    assert statuses.count(201) == 6
+    assert statuses[-2:] == [429, 429]
+    assert len(upstream.received) == 6
 
 
 async def test_api4_sign_in_is_rate_limited_more_strictly(

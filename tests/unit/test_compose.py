@@ -24,6 +24,7 @@ import yaml
 from gateway.config import GatewayConfig
 from orders_service.config import OrdersConfig
 from shared.config import BaseConfig
+from tests.observability import OBSERVABILITY_SERVICES, PROFILE
 from users_service.config import UsersConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,8 +40,10 @@ APP_SERVICES: dict[str, type[BaseConfig]] = {
     "orders_service": OrdersConfig,
     "gateway": GatewayConfig,
 }
-LONG_RUNNING = ("postgres", "rabbitmq", *APP_SERVICES)
+LONG_RUNNING = ("postgres", "rabbitmq", *APP_SERVICES, *OBSERVABILITY_SERVICES)
 SERVICES_WITH_A_DATABASE = ("users_service", "orders_service")
+# The gateway too, for the flow page's tap on every event.
+SERVICES_WITH_A_BROKER = (*SERVICES_WITH_A_DATABASE, "gateway")
 # The gateway settings that name an upstream, and the compose service each must point at.
 UPSTREAM_SETTINGS = {"USERS_SERVICE_URL": "users_service", "ORDERS_SERVICE_URL": "orders_service"}
 # The key files each service reads, by the keygen option that writes the same file.
@@ -132,6 +135,11 @@ def service(compose: Compose, name: str) -> dict[str, Any]:
     found = compose["services"][name]
     assert isinstance(found, dict)
     return found
+
+
+def default_services(compose: Compose) -> set[str]:
+    """What a plain `docker compose up` starts: the services in no profile."""
+    return {name for name in compose["services"] if not service(compose, name).get("profiles")}
 
 
 def environment(compose: Compose, name: str) -> dict[str, str]:
@@ -319,7 +327,12 @@ def pip_installs(stage: list[Instruction]) -> list[list[str]]:
 
 
 def test_the_stack_has_exactly_the_expected_services(compose: Compose) -> None:
-    assert set(compose["services"]) == {"postgres", "rabbitmq", "keygen", *APP_SERVICES}
+    assert default_services(compose) == {"postgres", "rabbitmq", "keygen", *APP_SERVICES}
+    profiles = {
+        name: service(compose, name)["profiles"]
+        for name in set(compose["services"]) - default_services(compose)
+    }
+    assert profiles == {name: [PROFILE] for name in OBSERVABILITY_SERVICES}
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
@@ -346,7 +359,13 @@ def test_start_up_waits_for_health_and_for_the_key_pair(compose: Compose) -> Non
     expected = {
         "users_service": {"postgres": healthy, "rabbitmq": healthy, "keygen": generated},
         "orders_service": {"postgres": healthy, "rabbitmq": healthy, "keygen": generated},
-        "gateway": {"users_service": healthy, "orders_service": healthy, "keygen": generated},
+        "gateway": {
+            "postgres": healthy,  # for the rate limits its replicas share
+            "rabbitmq": healthy,  # for the flow page's tap
+            "users_service": healthy,
+            "orders_service": healthy,
+            "keygen": generated,
+        },
     }
     actual = {}
     for name in compose["services"]:
@@ -358,10 +377,11 @@ def test_start_up_waits_for_health_and_for_the_key_pair(compose: Compose) -> Non
     assert actual == expected
 
 
-def test_only_the_gateway_and_the_management_ui_are_published(compose: Compose) -> None:
+def test_only_the_gateway_and_the_management_ui_are_published_by_default(compose: Compose) -> None:
+    # The profile's UIs are checked in test_observability.py: on this machine only, every one.
     published = {
         name: {port.container_port for port in published_ports(compose, name)}
-        for name in compose["services"]
+        for name in default_services(compose)
         if published_ports(compose, name)
     }
     gateway = config_of(compose, "gateway")
@@ -505,7 +525,7 @@ def test_the_init_script_is_mounted_where_postgres_runs_it(compose: Compose) -> 
 
 
 @pytest.mark.parametrize("variables", ["defaults", "changed"])
-@pytest.mark.parametrize("name", SERVICES_WITH_A_DATABASE)
+@pytest.mark.parametrize("name", SERVICES_WITH_A_BROKER)
 def test_each_service_reaches_the_broker_service_with_its_credentials(name: str, variables: str) -> None:
     compose = compose_run_with(variables)
     broker = url(environment(compose, name)["RABBITMQ_URL"])

@@ -77,4 +77,21 @@ def test_outside_development_default_credentials_refuse_to_start() -> None:
         }
     )
     assert configured.environment == "production"
-    assert GatewayConfig.from_env({"ENVIRONMENT": "production"}).environment == "production"  # holds none
+
+
+def test_outside_development_the_gateway_refuses_the_flow_page_and_default_secrets_it_would_use() -> None:
+    production = {"ENVIRONMENT": "production"}
+    with pytest.raises(ConfigError, match="set FLOW_ENABLED=false"):
+        GatewayConfig.from_env(production)
+    with pytest.raises(ConfigError, match="set DATABASE_URL;"):
+        GatewayConfig.from_env({**production, "FLOW_ENABLED": "false"})
+    # Without the flow page it never connects to the broker, so RABBITMQ_URL may keep its default;
+    # without rate limits it never connects to its database.
+    without_limits = GatewayConfig.from_env(
+        {**production, "FLOW_ENABLED": "false", "RATE_LIMIT_PER_SECOND": "0"}
+    )
+    assert not without_limits.rate_limited
+    configured = GatewayConfig.from_env(
+        {**production, "FLOW_ENABLED": "false", "DATABASE_URL": "postgresql://gateway_svc:s3cret@db/gateway"}
+    )
+    assert configured.rate_limited and not configured.flow_enabled

@@ -1,0 +1,81 @@
+"""The harness's own arithmetic and parsers, without any server: percentiles, wrk's summary, HTTP
+framing in the open-loop generator, and the relay wake-up read from log lines."""
+
+import math
+
+import pytest
+
+from bench.openloop import response_length
+from bench.saga import relay_wake_delays
+from bench.stats import latency_percentiles, percentile, summarize
+from bench.wrk import parse
+
+WRK_OUTPUT = """\
+Running 10s test @ http://127.0.0.1:8080/api/orders/1
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    25.01ms    3.10ms  60.00ms   90.00%
+    Req/Sec     1.28k   100.00     1.40k    70.00%
+  12800 requests in 10.00s, 9.00MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 5
+Requests/sec:   1279.93
+Transfer/sec:      0.90MB
+"""
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    values = [float(value) for value in range(1, 1001)]
+    assert percentile(values, 0.5) == 500
+    assert percentile(values, 0.99) == 990
+    assert percentile(values, 0.999) == 999
+    assert math.isnan(percentile([], 0.5))
+    assert latency_percentiles([3.0, 1.0, 2.0])["max"] == 3.0
+
+
+def test_summaries_give_the_median_and_the_spread_and_leave_nan_rounds_out() -> None:
+    summary = summarize([3.0, 1.0, math.nan, 2.0, 10.0])
+    assert (summary["median"], summary["min"], summary["max"], summary["rounds"]) == (2.5, 1.0, 10.0, 4)
+    assert math.isnan(summarize([math.nan])["median"])
+
+
+def test_wrk_summary_is_read_with_its_errors() -> None:
+    result = parse(WRK_OUTPUT)
+    assert result.requests_per_second == pytest.approx(1279.93)
+    assert (result.requests, result.non_2xx, result.socket_errors) == (12800, 5, 3)
+    assert not result.clean
+    assert parse(
+        WRK_OUTPUT.replace("  Socket errors: connect 0, read 1, write 0, timeout 2\n", "").replace(
+            "  Non-2xx or 3xx responses: 5\n", ""
+        )
+    ).clean
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1", (41, 200)),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", None),
+        (b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", (67, 404)),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n", None),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", (27, 204)),
+        (b"HTTP/1.1 200 OK\r\nContent-", None),
+    ],
+)
+def test_the_generator_frames_responses(raw: bytes, expected: tuple[int, int] | None) -> None:
+    assert response_length(raw) == expected
+
+
+def test_relay_wake_is_read_from_the_services_log_lines() -> None:
+    lines = [
+        '{"event": "outbox written", "type": "orders.order.created", "order": "abc", '
+        '"timestamp": "2026-01-01T00:00:00.000000Z"}',
+        "not json: a traceback line",
+        '{"event": "published, confirmed", "type": "orders.order.created", "order": "abc", '
+        '"confirm_ms": 2.0, "timestamp": "2026-01-01T00:00:00.005000Z"}',
+        '{"event": "published, confirmed", "type": "orders.order.created", "order": "zzz", '
+        '"confirm_ms": 1.0, "timestamp": "2026-01-01T00:00:00.009000Z"}',
+    ]
+    [(event_type, delay)] = relay_wake_delays("\n".join(lines))
+    assert event_type == "orders.order.created"
+    assert delay == pytest.approx(3.0, abs=1e-3)  # published 5 ms after the commit, 2 ms of it confirming
