@@ -10,9 +10,11 @@ drop the old public key from the set.
 """
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,11 +60,29 @@ def key_files(paths: str | Path) -> list[Path]:
     return files
 
 
+# Verifying an Ed25519 signature is most of what a gateway request costs; a client sends the same
+# token for its whole lifetime. So a token that passed is remembered (bounded, oldest out first),
+# and on a later request only its time window is checked again. Safe because the token string holds
+# its signature, and this key set never changes while the process runs; nothing revokes a token
+# early here (were that added, this cache must learn of it).
+REMEMBERED_TOKENS = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verified:
+    user_id: uuid.UUID
+    not_before: float
+    expires: float
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenVerifier:
     keys: Mapping[str, Ed25519PublicKey]  # by kid; more than one while keys rotate
     issuer: str
     audience: str
+    _verified: "collections.OrderedDict[str, _Verified]" = dataclasses.field(
+        default_factory=collections.OrderedDict, compare=False, repr=False
+    )
 
     @classmethod
     def from_pem_file(cls, paths: str | Path, *, issuer: str, audience: str) -> "TokenVerifier":
@@ -78,6 +98,16 @@ class TokenVerifier:
 
     def user_id(self, token: str) -> uuid.UUID:
         """The verified subject of `token`, or a 401 problem saying (briefly) what is wrong."""
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            now = time.time()
+            if (
+                remembered.not_before - CLOCK_LEEWAY_SECONDS
+                <= now
+                < remembered.expires + CLOCK_LEEWAY_SECONDS
+            ):
+                return remembered.user_id
+            del self._verified[token]  # out of its window: verified again below, to say why
         try:
             header = jwt.get_unverified_header(token)
             if header.get("typ") != TOKEN_TYPE:
@@ -96,13 +126,17 @@ class TokenVerifier:
                 leeway=CLOCK_LEEWAY_SECONDS,
                 options={"require": REQUIRED_CLAIMS, "verify_nbf": True, "verify_exp": True},
             )
-            return uuid.UUID(claims["sub"])
+            user_id = uuid.UUID(claims["sub"])
         except jwt.ExpiredSignatureError:
             raise unauthorized("The token has expired.") from None
         except jwt.ImmatureSignatureError:
             raise unauthorized("The token is not valid yet.") from None
         except (jwt.InvalidTokenError, ValueError):
             raise unauthorized("The token is invalid.") from None
+        self._verified[token] = _Verified(user_id, float(claims["nbf"]), float(claims["exp"]))
+        if len(self._verified) > REMEMBERED_TOKENS:
+            self._verified.popitem(last=False)
+        return user_id
 
     def user_id_from_request(self, request: web.Request) -> uuid.UUID:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -142,7 +142,12 @@ def configure_logging(*, service: str, level: str = "INFO", fmt: str = "console"
         renderer = StoryRenderer(colours=use_colours(sys.stderr))
 
     structlog.configure(
-        processors=[*shared_processors, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # The level is checked first, so that a line below LOG_LEVEL costs nothing more.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared_processors,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -189,7 +189,7 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, row: asyncpg.Record) -> None:
-        envelope = Envelope.from_json(row["body"].encode())
+        envelope = Envelope.from_own_json(row["body"].encode())
         headers: HeadersType = {}
         with self.outbox.tracing.producer_span(
             envelope.type, traceparent=envelope.traceparent, headers=headers

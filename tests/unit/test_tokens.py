@@ -4,6 +4,7 @@ The attacks RFC 8725 names, each refused, are in tests/security/test_tokens_rfc8
 """
 
 import base64
+import datetime
 import sys
 import time
 import uuid
@@ -55,6 +56,46 @@ def test_clock_skew_within_the_leeway_is_tolerated(issuer: TokenIssuer, verifier
     now = int(time.time())
     assert verifier.user_id(signed(issuer, exp=now - 10))  # expired 10 s ago by the issuer's clock
     assert verifier.user_id(signed(issuer, nbf=now + 10, iat=now + 10))  # an issuer clock 10 s ahead
+
+
+def test_a_remembered_token_still_expires(
+    issuer: TokenIssuer, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    token = signed(issuer, exp=int(now) + 60)
+    assert verifier.user_id(token)  # verified once, and remembered
+    later = now + 60 + 31  # past exp and the leeway, on both clocks: ours and PyJWT's
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz: datetime.tzinfo | None = None) -> "Later":
+            return cls.fromtimestamp(later, tz)
+
+    monkeypatch.setattr("shared.auth.time.time", lambda: later)
+    monkeypatch.setattr("jwt.api_jwt.datetime", Later)
+    with pytest.raises(Problem, match="expired"):
+        verifier.user_id(token)
+
+
+def test_only_the_exact_token_that_passed_is_remembered(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
+    token = signed(issuer)
+    assert verifier.user_id(token)
+    header, claims, signature = token.split(".")
+    forged_claims = base64.urlsafe_b64encode(
+        jwt.utils.base64url_decode(claims).replace(b'"sub":"', b'"sub":"0')
+    ).rstrip(b"=")
+    with pytest.raises(Problem, match="invalid"):
+        verifier.user_id(f"{header}.{forged_claims.decode()}.{signature}")
+
+
+def test_what_is_remembered_is_bounded(
+    issuer: TokenIssuer, verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.auth.REMEMBERED_TOKENS", 2)
+    tokens = [signed(issuer) for _ in range(3)]
+    for token in tokens:
+        assert verifier.user_id(token)
+    assert list(verifier._verified) == tokens[1:]
 
 
 def test_a_key_set_is_read_from_comma_separated_files(tmp_path: Path, key_pair: KeyPair) -> None:
