@@ -1,0 +1,1 @@
+"""Load drivers and the side-by-side benchmark (`python -m bench`)."""

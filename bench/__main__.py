@@ -1,0 +1,67 @@
+"""`python -m bench`: the side-by-side benchmark (see bench/harness.py and the README's Benchmark)."""
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import structlog
+import uvloop
+
+from bench.harness import Settings, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="seconds, tiny load: proves the harness runs")
+    parser.add_argument("--rounds", type=int, help="rounds of every measurement (default 5; smoke 1)")
+    parser.add_argument("--duration", type=float, help="seconds measured per run (default 10; smoke 1)")
+    parser.add_argument("--output", type=Path, help="the JSON (default bench/results/latest.json)")
+    parser.add_argument("--chart", type=Path, help="the PNG (default docs/images/bench.png)")
+    parser.add_argument("--wrk-cpus", help="pin wrk with taskset -c (default: not pinned)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="also profile with py-spy, into DIR")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        metavar="SECONDS",
+        help="first wait, up to SECONDS, until other work leaves the CPUs idle (for published figures)",
+    )
+    arguments = parser.parse_args()
+    # The harness applies the services' migrations with shared.db, which logs each one: only warnings
+    # belong between the harness's own progress lines.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    settings = Settings.for_mode(
+        smoke=arguments.smoke,
+        rounds=arguments.rounds,
+        duration=arguments.duration,
+        wrk_cpus=arguments.wrk_cpus,
+        profile_dir=arguments.profile,
+        wait_quiet=arguments.wait_quiet,
+    )
+    # A smoke run never overwrites the published figures.
+    default_name = "smoke" if arguments.smoke else "latest"
+    output = arguments.output or ROOT / "bench" / "results" / f"{default_name}.json"
+    chart = arguments.chart or (
+        ROOT / "bench" / "results" / "smoke.png"
+        if arguments.smoke
+        else ROOT / "docs" / "images" / "bench.png"
+    )
+
+    async def main_task() -> None:
+        # SIGTERM as Ctrl-C: cancel, so that every `finally` removes what the run created.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await run(settings, output, chart)
+
+    try:
+        uvloop.run(main_task())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""R5: orders_service's outbox relay against a raw aio-pika publisher doing the same publishes.
+
+Both publish the same `orders.order.approved` envelopes to the events exchange, persistent,
+mandatory, with publisher confirms, a hundred at a time (the relay's batch size), into the same
+queues (only the events tap is bound to that type, so no consumer does work meanwhile).
+"""
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+import asyncpg
+
+from bench.stack import eventually
+from shared.events import Cause, Envelope, OrderApproved
+from shared.outbox import CLOUDEVENTS_JSON
+
+BATCH = 100
+
+
+def envelopes(count: int) -> list[Envelope]:
+    cause = Cause(correlation_id=str(uuid.uuid4()), causation_id=str(uuid.uuid4()))
+    return [
+        Envelope.wrap(OrderApproved(uuid.uuid4(), uuid.uuid4()), source="orders_service", cause=cause)
+        for _ in range(count)
+    ]
+
+
+async def relay_throughput(orders_dsn: str, count: int, timeout: float) -> dict[str, Any]:
+    """Commit `count` outbox rows at once and let the running relay publish them.
+
+    No nudge reaches the relay from outside its process, so it finds them at its next poll; the
+    rate is taken between the starts of its first and its last batch (each batch's published_at is
+    its transaction's start), which leaves the poll wait out.
+    """
+    rows = [(envelope.id, envelope.type, envelope.to_json().decode()) for envelope in envelopes(count)]
+    connection = await asyncpg.connect(orders_dsn)
+    try:
+        await connection.executemany(
+            "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)", rows
+        )
+        ids = [row[0] for row in rows]
+
+        async def published() -> bool:
+            waiting = await connection.fetchval(
+                "SELECT count(*) FROM outbox WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL", ids
+            )
+            return bool(waiting == 0)
+
+        await eventually(published, timeout=timeout, what="the relay published every row", interval=0.02)
+        batches = await connection.fetch(
+            """
+            SELECT published_at, count(*) AS rows FROM outbox WHERE event_id = ANY($1::uuid[])
+            GROUP BY published_at ORDER BY published_at
+            """,
+            ids,
+        )
+    finally:
+        await connection.close()
+    span = (batches[-1]["published_at"] - batches[0]["published_at"]).total_seconds()
+    before_last = count - batches[-1]["rows"]
+    return {
+        "events_per_second": before_last / span if span > 0 else float("nan"),
+        "events": count,
+        "batches": len(batches),
+    }
+
+
+async def raw_throughput(rabbitmq_url: str, count: int) -> dict[str, Any]:
+    connection = await aio_pika.connect(rabbitmq_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange("events")
+        bodies = [(envelope, envelope.to_json()) for envelope in envelopes(count)]
+        started = time.perf_counter()
+        for offset in range(0, count, BATCH):
+
+            async def publish(envelope: Envelope, body: bytes) -> None:
+                message = aio_pika.Message(
+                    body,
+                    headers={},
+                    content_type=CLOUDEVENTS_JSON,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    message_id=str(envelope.id),
+                    type=envelope.type,
+                    correlation_id=envelope.correlationid,
+                )
+                await asyncio.wait_for(
+                    exchange.publish(message, routing_key=envelope.type, mandatory=True), 10
+                )
+
+            await asyncio.gather(*(publish(*item) for item in bodies[offset : offset + BATCH]))
+        elapsed = time.perf_counter() - started
+    finally:
+        await connection.close()
+    return {"events_per_second": count / elapsed, "events": count}
