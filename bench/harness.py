@@ -292,7 +292,9 @@ class Benchmark:
         row: dict[str, Any] = {}
         for name in rotated(list(self.targets), turn):
             row[name] = await run_openloop(self.targets[name] + self.order_path, token, rate, self.settings)
-            if row[name]["errors"] or set(row[name]["statuses"]) != {"200"}:
+            # A connection a proxy closes under a request in flight costs that one request; more
+            # than one in a thousand means the rate or the setup is wrong, and the round is void.
+            if row[name]["errors"] > row[name]["completed"] / 1000 or set(row[name]["statuses"]) != {"200"}:
                 raise RuntimeError(f"R2 {name}: errors: {row[name]}")
         rounds.append(row)
         say(
