@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.broker import connect_once
 from shared.events import CreditReserved, Envelope, OrderCreated
 from shared.outbox import CLOUDEVENTS_JSON
 from shared.service import DB_POOL
@@ -39,6 +40,15 @@ def until(client: Client, check: Callable[[Samples], bool]) -> Callable[[], Awai
         return check(await scrape(client))
 
     return scraped
+
+
+async def publish(rabbitmq_url: str, event_type: str, *bodies: bytes) -> None:
+    """Messages on the events exchange, as a producer (a buggy one, for some bodies) would send them."""
+    async with await connect_once(rabbitmq_url) as connection:
+        exchange = await (await connection.channel()).get_exchange(EXCHANGE)
+        for body in bodies:
+            message = aio_pika.Message(body, type=event_type, content_type=CLOUDEVENTS_JSON)
+            await exchange.publish(message, routing_key=event_type)
 
 
 async def test_one_order_is_counted_at_every_step_of_its_saga(
@@ -90,13 +100,7 @@ async def test_duplicates_and_dead_letters_are_counted_by_type(
 ) -> None:
     event = OrderCreated(uuid.uuid4(), uuid.uuid4(), 100)
     body = Envelope.wrap(event, source="orders_service", cause=CAUSE).to_json()
-    connection = await aio_pika.connect(rabbitmq_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(EXCHANGE)
-        for payload in (body, body, b"{not json"):
-            message = aio_pika.Message(payload, type=OrderCreated.TYPE, content_type=CLOUDEVENTS_JSON)
-            await exchange.publish(message, routing_key=OrderCreated.TYPE)
+    await publish(rabbitmq_url, OrderCreated.TYPE, body, body, b"{not json")
 
     def all_three_counted(samples: Samples) -> bool:
         return (
@@ -114,12 +118,7 @@ async def test_a_failing_handler_is_counted_as_retried(orders_client: Client, ra
     # An answer about an order orders_service never stored: its handler fails, so it is retried.
     event = CreditReserved(uuid.uuid4(), uuid.uuid4(), 100)
     body = Envelope.wrap(event, source="users_service", cause=CAUSE).to_json()
-    connection = await aio_pika.connect(rabbitmq_url)
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(EXCHANGE)
-        message = aio_pika.Message(body, type=CreditReserved.TYPE, content_type=CLOUDEVENTS_JSON)
-        await exchange.publish(message, routing_key=CreditReserved.TYPE)
+    await publish(rabbitmq_url, CreditReserved.TYPE, body)
 
     def retried(samples: Samples) -> bool:
         return value(samples, "events_retried_total", type=CreditReserved.TYPE) >= 1

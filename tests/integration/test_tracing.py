@@ -8,7 +8,7 @@ in-memory exporter instead of an OTLP collector. Tracing is switched on per app 
 
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 import pytest
@@ -161,24 +161,41 @@ def scope_of(span: ReadableSpan) -> str:
     return span.instrumentation_scope.name if span.instrumentation_scope is not None else "?"
 
 
-@pytest.mark.usefixtures("database_spans")
-async def test_one_order_is_one_trace_from_the_gateway_through_both_services(
+OrderApproved = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture
+def an_order_approved(
     exporter: InMemorySpanExporter,
     create_database: CreateDatabase,
     key_pair: KeyPair,
     rabbitmq_url: str,
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
+) -> OrderApproved:
+    """`await an_order_approved(tracing=...)`: the three apps started, one order placed through the
+    gateway and approved, with only its spans in the exporter."""
+
+    async def run(*, tracing: bool) -> Stack:
+        exporter.clear()
+        stack = await start_stack(
+            tracing=tracing,
+            create_database=create_database,
+            key_pair=key_pair,
+            rabbitmq_url=rabbitmq_url,
+            aiohttp_server=aiohttp_server,
+        )
+        await place_an_order_and_wait_for_approval(stack, aiohttp_client)
+        return stack
+
+    return run
+
+
+@pytest.mark.usefixtures("database_spans")
+async def test_one_order_is_one_trace_from_the_gateway_through_both_services(
+    exporter: InMemorySpanExporter, an_order_approved: OrderApproved
 ) -> None:
-    exporter.clear()
-    stack = await start_stack(
-        tracing=True,
-        create_database=create_database,
-        key_pair=key_pair,
-        rabbitmq_url=rabbitmq_url,
-        aiohttp_server=aiohttp_server,
-    )
-    await place_an_order_and_wait_for_approval(stack, aiohttp_client)
+    await an_order_approved(tracing=True)
 
     expected = [
         ("gateway", SpanKind.SERVER, "POST /api/orders"),
@@ -226,22 +243,9 @@ async def test_one_order_is_one_trace_from_the_gateway_through_both_services(
 
 
 async def test_with_tracing_off_nothing_is_recorded_and_no_event_carries_a_trace(
-    exporter: InMemorySpanExporter,
-    create_database: CreateDatabase,
-    key_pair: KeyPair,
-    rabbitmq_url: str,
-    aiohttp_server: AiohttpServer,
-    aiohttp_client: AiohttpClient,
+    exporter: InMemorySpanExporter, an_order_approved: OrderApproved
 ) -> None:
-    exporter.clear()
-    stack = await start_stack(
-        tracing=False,
-        create_database=create_database,
-        key_pair=key_pair,
-        rabbitmq_url=rabbitmq_url,
-        aiohttp_server=aiohttp_server,
-    )
-    await place_an_order_and_wait_for_approval(stack, aiohttp_client)
+    stack = await an_order_approved(tracing=False)
 
     assert [span for span in exporter.get_finished_spans() if scope_of(span) in SERVICES] == []
     connection = await asyncpg.connect(stack.orders_database)
