@@ -38,9 +38,10 @@ from bench.saga import (
     saga_latency,
     saga_throughput,
 )
-from bench.stack import ADMIN_DSN, Stack, databases, eventually, free_port, register_customers, running_stack
+from bench.stack import Stack, databases, register_customers, running_stack
 from bench.stats import latency_percentiles, ratio, summarize
 from bench.wrk import run_wrk
+from tests.support import ADMIN_DSN, eventually, free_port
 
 PERCENTILES = ("p50", "p99", "p99.9")
 R4_SHARE_OF_R3 = 0.25

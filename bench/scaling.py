@@ -37,19 +37,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.relay import relay_throughput
 from bench.saga import FinalStates, final_states, post_order
-from bench.stack import (
-    ADMIN_DSN,
-    Customer,
-    Service,
-    databases,
-    eventually,
-    free_port,
-    isolated_vhost,
-    register_customers,
-)
+from bench.stack import Customer, Service, databases, isolated_vhost, register_customers
 from bench.stats import percentile
 from shared.events import Cause, Envelope, OrderCreated
 from shared.outbox import CLOUDEVENTS_JSON
+from tests.support import ADMIN_DSN, eventually, free_port
 from users_service.keygen import ensure_keypair
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -7,11 +7,9 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,39 +18,15 @@ import asyncpg
 from yarl import URL
 
 from gateway.config import GatewayConfig
+
+# The same local-infrastructure helpers as the tests: one place knows where the local Postgres and
+# RabbitMQ are and how to poll with a deadline.
+from tests.support import ADMIN_DSN, RABBITMQ_URL, drop_databases, dsn_for, eventually, free_port
 from users_service.keygen import ensure_keypair
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 STOP_DEADLINE = 20.0
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def dsn_for(database: str) -> str:
-    base, _, _ = ADMIN_DSN.rpartition("/")
-    return f"{base}/{database}"
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll `probe` until it returns something other than None or False; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(interval)
 
 
 async def create_database(name: str) -> str:
@@ -62,15 +36,6 @@ async def create_database(name: str) -> str:
     finally:
         await admin.close()
     return dsn_for(name)
-
-
-async def drop_databases(names: list[str]) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @contextlib.asynccontextmanager

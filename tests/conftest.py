@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,17 +11,8 @@ import pytest
 from yarl import URL
 
 from shared.auth import TokenVerifier
-from tests.support import KeyPair, make_key_pair
+from tests.support import ADMIN_DSN, RABBITMQ_URL, KeyPair, drop_databases, dsn_for, make_key_pair
 from users_service.tokens import TokenIssuer
-
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def dsn_for(database: str) -> str:
-    """The admin DSN, pointed at another database."""
-    base, _, _ = ADMIN_DSN.rpartition("/")
-    return f"{base}/{database}"
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +55,6 @@ async def create_database() -> AsyncIterator[CreateDatabase]:
 
     yield create
     await drop_databases(created)
-
-
-async def drop_databases(names: list[str]) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def rabbitmqctl(*arguments: str) -> None:

@@ -3,12 +3,14 @@
 import asyncio
 import contextlib
 import dataclasses
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 from aiohttp import web
 
 from users_service.keygen import ensure_keypair
@@ -126,6 +128,27 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+# The local Postgres (as its superuser) and RabbitMQ that the tests, and `make bench`, make their
+# throwaway databases and virtual hosts on.
+ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def dsn_for(database: str) -> str:
+    """The admin DSN, pointed at another database."""
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def drop_databases(names: list[str]) -> None:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        for name in names:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import drop_databases, dsn_for, isolated_vhost
-from tests.support import KeyPair, eventually, free_port
+from tests.conftest import isolated_vhost
+from tests.support import KeyPair, drop_databases, dsn_for, eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STOP_DEADLINE = 20.0

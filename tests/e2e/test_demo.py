@@ -14,10 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from shared.dlq import list_dead_letters
-from tests.conftest import RABBITMQ_URL
 from tests.e2e.conftest import ROOT, Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.support import serving
+from tests.support import RABBITMQ_URL, serving
 
 DEMO_DEADLINE = 90.0
 MONEY = r"\d+\.\d\d"

@@ -11,8 +11,8 @@ import structlog
 
 from shared.broker import check_broker, connect_broker
 from shared.db import SHARED_MIGRATIONS, apply_migrations, create_pool
-from tests.conftest import RABBITMQ_URL, CreateDatabase
-from tests.support import eventually, free_port, tcp_relay
+from tests.conftest import CreateDatabase
+from tests.support import RABBITMQ_URL, eventually, free_port, tcp_relay
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = [SHARED_MIGRATIONS, ROOT / "orders_service" / "migrations"]
