@@ -13,7 +13,7 @@ from shared.config import ServiceConfig
 
 DEFAULT_GATEWAY_URL = "http://localhost:8080"
 # The services' own default, so that `make demo` finds the broker `make dev` uses.
-DEFAULT_RABBITMQ_URL = ServiceConfig().rabbitmq_url.value
+DEFAULT_RABBITMQ_URL: str = ServiceConfig.default_of("RABBITMQ_URL")
 DEFAULT_TIMEOUT = 30.0
 # Narrower, and the outcome column wraps every few words.
 MIN_WIDTH = 100

@@ -8,10 +8,10 @@ from shared.config import ConfigError, DatabaseConfig, Secret, TokenConfig, sett
 class GatewayConfig(TokenConfig, DatabaseConfig):
     http_port: int = setting("HTTP_PORT", 8080, "Port the HTTP server listens on.")
     users_service_url: str = setting(
-        "USERS_SERVICE_URL", "http://127.0.0.1:8001", "users_service's base URL."
+        "USERS_SERVICE_URL", "http://127.0.0.1:8001", "users_service's base URL.", local=True
     )
     orders_service_url: str = setting(
-        "ORDERS_SERVICE_URL", "http://127.0.0.1:8002", "orders_service's base URL."
+        "ORDERS_SERVICE_URL", "http://127.0.0.1:8002", "orders_service's base URL.", local=True
     )
     upstream_timeout: float = setting(
         "UPSTREAM_TIMEOUT", 10.0, "Seconds an upstream call may take in all before the client gets 504."
@@ -46,6 +46,7 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
         "DATABASE_URL",
         Secret("postgresql://gateway_svc:gateway_svc@127.0.0.1:5432/gateway"),
         "The gateway's own database: the rate limits all its replicas share.",
+        local=True,
     )
     rate_limit_per_second: float = setting(
         "RATE_LIMIT_PER_SECOND",
@@ -83,6 +84,7 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
         "RABBITMQ_URL",
         Secret("amqp://guest:guest@127.0.0.1:5672/"),
         "The broker, where the flow page's tap reads every event (the API itself never uses it).",
+        local=True,
     )
     flow_enabled: bool = setting(
         "FLOW_ENABLED",
@@ -91,6 +93,7 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             _ = self.trusted_proxy_networks
         except ValueError as error:  # refused at start, not at the first request
@@ -106,14 +109,14 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
             )
         super().refuse_default_secrets()
 
-    def secrets_in_use(self) -> set[str]:
+    def unused_settings(self) -> set[str]:
         # Only the flow page connects to the broker, and only the rate limits to the database.
-        used = set()
-        if self.flow_enabled:
-            used.add("rabbitmq_url")
-        if self.rate_limited:
-            used.add("database_url")
-        return used
+        unused = set()
+        if not self.flow_enabled:
+            unused.add("rabbitmq_url")
+        if not self.rate_limited:
+            unused.add("database_url")
+        return unused
 
     @property
     def rate_limited(self) -> bool:

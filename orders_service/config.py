@@ -10,6 +10,7 @@ class OrdersConfig(ServiceConfig):
         "DATABASE_URL",
         Secret("postgresql://orders_svc:orders_svc@127.0.0.1:5432/orders"),
         "orders_service's own database and role.",
+        local=True,
     )
     idempotency_key_ttl_seconds: int = setting(
         "IDEMPOTENCY_KEY_TTL_SECONDS",
@@ -18,6 +19,7 @@ class OrdersConfig(ServiceConfig):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # Zero would forget a key before its retry arrives: every retry would place another order.
         if self.idempotency_key_ttl_seconds < 1:
             raise ConfigError("IDEMPOTENCY_KEY_TTL_SECONDS must be at least 1")

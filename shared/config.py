@@ -25,9 +25,13 @@ class Secret:
     __str__ = __repr__
 
 
-def setting(env: str, default: T, doc: str) -> T:
-    """A config field read from the environment variable `env`, falling back to `default`."""
-    field: T = dataclasses.field(default=default, metadata={"env": env, "doc": doc})
+def setting(env: str, default: T, doc: str, *, local: bool = False) -> T:
+    """A config field read from the environment variable `env`, falling back to `default`.
+
+    `local` marks a default that names something of the development set-up on this machine (`make
+    dev`'s database, its broker, the key files in .keys/, a neighbour's port): right for `make dev`,
+    and a thing that a test must never fall back on (tests/isolation.py)."""
+    field: T = dataclasses.field(default=default, metadata={"env": env, "doc": doc, "local": local})
     return field
 
 
@@ -76,6 +80,15 @@ class BaseConfig:
         " empty: tracing is off and costs nothing.",
     )
 
+    def __post_init__(self) -> None:
+        # Refused at start, with the variable's name, rather than failing later and obscurely.
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"HTTP_PORT={self.http_port} is not a TCP port")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{field.metadata['env']}={value} must not be negative")
+
     @property
     def tracing_enabled(self) -> bool:
         return bool(self.otel_exporter_otlp_endpoint)
@@ -107,10 +120,26 @@ class BaseConfig:
             names = ", ".join(defaulted)
             raise ConfigError(f"ENVIRONMENT={self.environment}: set {names}; their defaults are local-only")
 
+    def unused_settings(self) -> set[str]:
+        """The fields this process will not use, given its other settings: none, unless a subclass
+        knows better (the gateway without rate limits never opens its database)."""
+        return set()
+
     def secrets_in_use(self) -> set[str]:
-        """The secret fields this process will really use: all of them, unless a subclass knows that
-        its settings leave one unused."""
-        return {field.name for field in dataclasses.fields(self) if isinstance(field.default, Secret)}
+        """The secret fields this process will really use."""
+        return {
+            field.name
+            for field in dataclasses.fields(self)
+            if isinstance(field.default, Secret) and field.name not in self.unused_settings()
+        }
+
+    @classmethod
+    def default_of(cls, env: str) -> Any:
+        """The default of the setting read from `env`, without building a config."""
+        for field in dataclasses.fields(cls):
+            if field.metadata["env"] == env:
+                return field.default.value if isinstance(field.default, Secret) else field.default
+        raise KeyError(env)
 
     @classmethod
     def documented_settings(cls) -> list[tuple[str, str, str]]:
@@ -140,6 +169,7 @@ class TokenConfig(BaseConfig):
         ".keys/jwt-public.pem",
         "Ed25519 public key (PEM) that verifies tokens; during a key rotation, several files"
         " separated by commas (a token is checked with the key its `kid` names).",
+        local=True,
     )
     jwt_issuer: str = setting("JWT_ISSUER", "eda-reference/users", "Expected `iss` of tokens.")
     jwt_audience: str = setting("JWT_AUDIENCE", "eda-reference", "Expected `aud` of tokens.")
@@ -150,7 +180,7 @@ class DatabaseConfig(BaseConfig):
     """Settings of a process with a Postgres database of its own (all three have one)."""
 
     database_url: Secret = setting(
-        "DATABASE_URL", Secret("postgresql://localhost/postgres"), "The process's own database."
+        "DATABASE_URL", Secret("postgresql://localhost/postgres"), "The process's own database.", local=True
     )
     database_pool_size: int = setting("DATABASE_POOL_SIZE", 10, "Most connections in the pool.")
 
@@ -160,7 +190,7 @@ class ServiceConfig(TokenConfig, DatabaseConfig):
     """Settings of a service that owns a database and talks to RabbitMQ."""
 
     rabbitmq_url: Secret = setting(
-        "RABBITMQ_URL", Secret("amqp://guest:guest@127.0.0.1:5672/"), "The broker."
+        "RABBITMQ_URL", Secret("amqp://guest:guest@127.0.0.1:5672/"), "The broker.", local=True
     )
     consumer_prefetch: int = setting(
         "CONSUMER_PREFETCH", 16, "Most unacknowledged messages a consumer holds at once."

@@ -10,9 +10,13 @@ class UsersConfig(ServiceConfig):
         "DATABASE_URL",
         Secret("postgresql://users_svc:users_svc@127.0.0.1:5432/users"),
         "users_service's own database and role.",
+        local=True,
     )
     jwt_private_key_file: str = setting(
-        "JWT_PRIVATE_KEY_FILE", ".keys/jwt-private.pem", "Ed25519 private key (PEM) that signs tokens."
+        "JWT_PRIVATE_KEY_FILE",
+        ".keys/jwt-private.pem",
+        "Ed25519 private key (PEM) that signs tokens.",
+        local=True,
     )
     jwt_ttl_seconds: int = setting("JWT_TTL_SECONDS", 900, "Lifetime of an access token.")
     login_max_failures: int = setting(
