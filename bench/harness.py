@@ -38,10 +38,11 @@ from bench.saga import (
     saga_latency,
     saga_throughput,
 )
-from bench.stack import Stack, databases, register_customers, running_stack
+from bench.stack import Stack, bench_servers, bench_stack, databases, register_customers
 from bench.stats import latency_percentiles, ratio, summarize
 from bench.wrk import run_wrk
-from tests.support import ADMIN_DSN, eventually, free_port
+from devstack.ports import free_port
+from devstack.waiting import eventually
 
 PERCENTILES = ("p50", "p99", "p99.9")
 R4_SHARE_OF_R3 = 0.25
@@ -175,7 +176,11 @@ class Benchmark:
         self.order_path = ""
 
     def process_ids(self) -> dict[str, list[int]]:
-        found = {service.name: [service.pid] for service in self.stack.services if service.pid is not None}
+        found = {
+            service.name: [service.pid]
+            for service in self.stack.processes.values()
+            if service.pid is not None
+        }
         return {**found, "nginx": self.nginx.pids()}
 
     @property
@@ -307,7 +312,10 @@ class Benchmark:
 
     async def r3_r4(self) -> tuple[dict[str, Any], dict[str, Any]]:
         settings = self.settings
-        async with databases("raw_orders", "raw_users") as dsns, raw_saga(dsns, settings.customers) as raw:
+        async with (
+            databases(self.stack.servers, "raw_orders", "raw_users") as dsns,
+            raw_saga(dsns, settings.customers) as raw,
+        ):
             saga_rounds: list[dict[str, Any]] = []
             raw_rounds: list[dict[str, Any]] = []
             async with self.memory.phase("R3"):
@@ -441,7 +449,9 @@ class Benchmark:
         row: dict[str, float] = {}
         for name in rotated(["relay", "raw"], turn):
             if name == "relay":
-                result = await relay_throughput(self.stack.databases["orders"], settings.relay_events, 120)
+                result = await relay_throughput(
+                    self.stack.admin_dsn("orders_service"), settings.relay_events, 120
+                )
             else:
                 result = await raw_throughput(self.stack.rabbitmq_url, settings.relay_events)
             row[name] = result["events_per_second"]
@@ -457,7 +467,7 @@ class Benchmark:
         offsets = {}
         for service in (self.stack.users, self.stack.orders):
             offsets[service.name] = service.log_size()
-            await self.stack.restart(service, LOG_LEVEL="INFO")
+            await self.stack.restart(service.name, LOG_LEVEL="INFO")
         await saga_latency(
             self.session,
             self.stack.orders.url,
@@ -569,14 +579,11 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
     if settings.wait_quiet > 0:
         await wait_for_quiet_machine(settings.wait_quiet)
     started = time.monotonic()
-    say("machine")
-    machine = await machine_info(ADMIN_DSN, nginx_binary, wrk_binary)
     work_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     results: dict[str, Any] = {
         "schema": 1,
         "mode": "smoke" if settings.smoke else "full",
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine,
         "settings": {
             key: str(value) if isinstance(value, Path) else value
             for key, value in dataclasses.asdict(settings).items()
@@ -584,8 +591,13 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
     }
     try:
         async with contextlib.AsyncExitStack() as exits:
+            say("starting Postgres and RabbitMQ")
+            servers = await exits.enter_async_context(bench_servers())
+            say(servers.describe())
+            say("machine")
+            results["machine"] = await machine_info(servers, nginx_binary, wrk_binary)
             say("starting users_service, orders_service and the gateway")
-            stack = await exits.enter_async_context(running_stack(work_dir, jwt_ttl_seconds=4 * 3600))
+            stack = await exits.enter_async_context(bench_stack(servers, work_dir, jwt_ttl_seconds=4 * 3600))
             nginx = await exits.enter_async_context(
                 running_nginx(nginx_binary, work_dir / "nginx", free_port(), f"127.0.0.1:{stack.orders.port}")
             )

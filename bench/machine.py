@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from devstack.servers import Servers
+
 PAGE_MB = 1024 * 1024
 
 
@@ -56,8 +58,8 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float:
     return 1 - (idle_after - idle_before) / total if total else 0.0
 
 
-async def machine_info(admin_dsn: str, nginx: str, wrk: str) -> dict[str, Any]:
-    connection = await asyncpg.connect(admin_dsn)
+async def machine_info(servers: Servers, nginx: str, wrk: str) -> dict[str, Any]:
+    connection = await asyncpg.connect(servers.postgres.admin_dsn)
     try:
         postgres = await connection.fetchval("SHOW server_version")
         synchronous_commit = await connection.fetchval("SHOW synchronous_commit")
@@ -79,7 +81,8 @@ async def machine_info(admin_dsn: str, nginx: str, wrk: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "postgres": postgres,
         "postgres_synchronous_commit": synchronous_commit,
-        "rabbitmq": _first_line(["rabbitmqctl", "-q", "version"]),
+        "rabbitmq": servers.rabbitmq.version,
+        "servers": servers.choice.describe(),
         "nginx": _first_line([nginx, "-v"]).removeprefix("nginx version: nginx/"),
         "wrk": _first_line([wrk, "-v"]).split(" [")[0].removeprefix("wrk "),
         "packages": packages,

@@ -13,9 +13,9 @@ from typing import Any
 import aio_pika
 import asyncpg
 
+from devstack.waiting import eventually
 from shared.events import Cause, Envelope, OrderApproved
 from shared.outbox import CLOUDEVENTS_JSON
-from tests.support import eventually
 
 BATCH = 100
 

@@ -37,12 +37,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.relay import relay_throughput
 from bench.saga import FinalStates, final_states, post_order
-from bench.stack import Customer, Service, databases, isolated_vhost, register_customers
+from bench.stack import Customer, bench_servers, databases, register_customers
 from bench.stats import percentile
+from devstack.keys import make_key_pair
+from devstack.ports import free_port
+from devstack.processes import ServiceProcess, service_process
+from devstack.servers import Servers
+from devstack.waiting import eventually
 from shared.events import Cause, Envelope, OrderCreated
 from shared.outbox import CLOUDEVENTS_JSON
-from tests.support import ADMIN_DSN, eventually, free_port
-from users_service.keygen import ensure_keypair
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("saga", "relay", "consumer", "broker", "postgres")
@@ -74,13 +77,14 @@ class Settings:
 class System:
     """Databases, a vhost, and whatever replicas of the two services a scenario starts on them."""
 
+    servers: Servers
     work_dir: Path
     rabbitmq_url: str
     databases: dict[str, str]  # "users" / "orders" -> admin DSN
-    services: list[Service] = dataclasses.field(default_factory=list)
+    services: list[ServiceProcess] = dataclasses.field(default_factory=list)
 
-    def replica(self, module: str) -> Service:
-        index = sum(1 for service in self.services if service.name == module) + 1
+    def replica(self, module: str) -> ServiceProcess:
+        index = sum(1 for service in self.services if service.module == module) + 1
         private, public = self.work_dir / "jwt-private.pem", self.work_dir / "jwt-public.pem"
         env = {
             "HTTP_PORT": str(free_port()),
@@ -92,11 +96,11 @@ class System:
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "json",
         }
-        service = Service(module, env, self.work_dir / f"{module}-{index}.log")
+        service = service_process(f"{module}-{index}", module, env, self.work_dir)
         self.services.append(service)
         return service
 
-    async def start(self, module: str, count: int) -> list[Service]:
+    async def start(self, module: str, count: int) -> list[ServiceProcess]:
         started = [self.replica(module) for _ in range(count)]
         # At once: their migrations queue on an advisory lock, and the rest of the start overlaps.
         await asyncio.gather(*(service.start() for service in started))
@@ -104,12 +108,15 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def system() -> AsyncIterator[System]:
+async def system(servers: Servers) -> AsyncIterator[System]:
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as work:
         work_dir = Path(work)
-        ensure_keypair(work_dir / "jwt-private.pem", work_dir / "jwt-public.pem")
-        async with isolated_vhost() as rabbitmq_url, databases("users", "orders") as dsns:
-            running = System(work_dir, rabbitmq_url, dsns)
+        make_key_pair(work_dir)
+        async with (
+            servers.rabbitmq.vhost("bench") as rabbitmq_url,
+            databases(servers, "users", "orders") as dsns,
+        ):
+            running = System(servers, work_dir, rabbitmq_url, dsns)
             try:
                 yield running
             finally:
@@ -134,11 +141,11 @@ def total_cpu_seconds(pids: list[int]) -> float:
     return sum(seconds for pid in pids if (seconds := cpu_seconds(pid)) is not None)
 
 
-def pids_of(services: list[Service]) -> list[int]:
+def pids_of(services: list[ServiceProcess]) -> list[int]:
     return [pid for service in services if (pid := service.pid) is not None]
 
 
-def cpu_groups(**services: list[Service]) -> dict[str, Callable[[], list[int]]]:
+def cpu_groups(**services: list[ServiceProcess]) -> dict[str, Callable[[], list[int]]]:
     """The processes whose CPU a scenario reports: its services, the servers, and this one."""
     groups: dict[str, Callable[[], list[int]]] = {
         name: functools.partial(pids_of, replicas) for name, replicas in services.items()
@@ -227,13 +234,14 @@ class DatabaseWatch:
     ]
     PLACED = "SELECT count(*) FROM orders WHERE created_at >= $1 AND created_at < $2"
 
-    def __init__(self, dsns: dict[str, str]) -> None:
+    def __init__(self, admin_dsn: str, dsns: dict[str, str]) -> None:
+        self.admin_dsn = admin_dsn
         self.dsns = dsns  # "users" / "orders" -> DSN
         self.names = [dsn.rsplit("/", 1)[1] for dsn in dsns.values()]
         self._before: asyncpg.Record | None = None
 
     async def _read(self) -> asyncpg.Record:
-        admin = await asyncpg.connect(ADMIN_DSN)
+        admin = await asyncpg.connect(self.admin_dsn)
         try:
             row = await admin.fetchrow(
                 """
@@ -283,9 +291,9 @@ async def bytes_per_row(dsn: str, table: str) -> float:
     return size
 
 
-async def connections() -> dict[str, int]:
+async def connections(admin_dsn: str) -> dict[str, int]:
     """Connections each database holds now, from pg_stat_activity."""
-    admin = await asyncpg.connect(ADMIN_DSN)
+    admin = await asyncpg.connect(admin_dsn)
     try:
         rows = await admin.fetch("SELECT datname, count(*) AS n FROM pg_stat_activity GROUP BY datname")
     finally:
@@ -293,7 +301,7 @@ async def connections() -> dict[str, int]:
     return {row["datname"]: row["n"] for row in rows if row["datname"]}
 
 
-async def counters(http: aiohttp.ClientSession, service: Service, family: str) -> float:
+async def counters(http: aiohttp.ClientSession, service: ServiceProcess, family: str) -> float:
     """A counter's total over its labels, from the replica's /metrics."""
     async with http.get(f"{service.url}/metrics") as response:
         text = await response.text()
@@ -309,18 +317,18 @@ async def counters(http: aiohttp.ClientSession, service: Service, family: str) -
 # --- the scenarios --------------------------------------------------------------------------------
 
 
-async def saga(settings: Settings, replicas: int) -> dict[str, float]:
-    async with system() as running, aiohttp.ClientSession() as http:
+async def saga(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
+    async with system(servers) as running, aiohttp.ClientSession() as http:
         users = await running.start("users_service", replicas)
         orders = await running.start("orders_service", replicas)
         customers = await register_customers(http, users[0].url, settings.customers)
         watch = CpuWatch(cpu_groups(users_service=users, orders_service=orders))
-        written = DatabaseWatch(running.databases)
+        written = DatabaseWatch(running.servers.postgres.admin_dsn, running.databases)
         async with final_states(running.rabbitmq_url) as final:
             result = await _closed_loop(
                 http, [service.url for service in orders], customers, final, settings, watch, written
             )
-            held = await connections()
+            held = await connections(running.servers.postgres.admin_dsn)
         for name, dsn in running.databases.items():
             result[f"connections {name}"] = held.get(dsn.rsplit("/", 1)[1], 0)
         result["outbox bytes/row"] = await bytes_per_row(running.databases["orders"], "outbox")
@@ -398,9 +406,9 @@ async def _closed_loop(
     }
 
 
-async def relay(settings: Settings, replicas: int) -> dict[str, float]:
+async def relay(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
     """orders_service alone: rows of an event only the tap queue takes, so no consumer competes."""
-    async with system() as running, aiohttp.ClientSession() as http:
+    async with system(servers) as running, aiohttp.ClientSession() as http:
         orders = await running.start("orders_service", replicas)
         before = total_cpu_seconds(pids_of(orders))
         measured = await relay_throughput(running.databases["orders"], settings.relay_events, timeout=120)
@@ -415,10 +423,10 @@ async def relay(settings: Settings, replicas: int) -> dict[str, float]:
         return result
 
 
-async def consumer(settings: Settings, replicas: int) -> dict[str, float]:
+async def consumer(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
     """Fill users_service's queue while no consumer runs, then start the replicas and time the
     inbox filling up, from the moment all of them were ready (the last to start is late)."""
-    async with system() as running, aiohttp.ClientSession() as http:
+    async with system(servers) as running, aiohttp.ClientSession() as http:
         (seed,) = await running.start("users_service", 1)  # declares the queues, registers the users
         customers = await register_customers(http, seed.url, settings.customers)
         await seed.stop()
@@ -492,12 +500,12 @@ def _message(body: bytes, event_type: str) -> aio_pika.Message:
     )
 
 
-async def broker(settings: Settings, replicas: int) -> dict[str, float]:
+async def broker(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
     """One quorum queue, published to with confirms 200 at a time, then drained with prefetch 200.
 
     `replicas` queues side by side, each with its own connection: one more queue, one more Raft
     log, as a partitioned queue would add."""
-    async with isolated_vhost() as rabbitmq_url:
+    async with servers.rabbitmq.vhost("bench") as rabbitmq_url:
         rates = await asyncio.gather(
             *(_one_queue(rabbitmq_url, f"bench.q{n}", settings.broker_messages) for n in range(replicas))
         )
@@ -548,14 +556,14 @@ async def _one_queue(rabbitmq_url: str, name: str, count: int) -> tuple[float, f
     return published, delivered
 
 
-async def postgres(settings: Settings, replicas: int) -> dict[str, float]:
+async def postgres(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
     """pgbench's simple-update transactions (three statements and one commit), with 1 client and
     with `--pgbench-clients`; `replicas` is not used: Postgres is one server either way."""
     del replicas
     pgbench = shutil.which("pgbench")
     if pgbench is None:
         return {}
-    async with databases("pgbench") as dsns:
+    async with databases(servers, "pgbench") as dsns:
         dsn = dsns["pgbench"]
         await _run(pgbench, "-i", "-q", "-s", "10", dsn)
         result = {}
@@ -605,13 +613,15 @@ def _cell(value: float | None) -> str:
 async def run(settings: Settings) -> None:
     measure = {"saga": saga, "relay": relay, "consumer": consumer, "broker": broker, "postgres": postgres}
     load_before = os.getloadavg()[0]
-    for scenario in settings.scenarios:
-        counts = (1,) if scenario == "postgres" else settings.replicas
-        rows: dict[int, dict[str, float]] = {}
-        for replicas in counts:
-            print(f"{scenario}, {replicas} replica(s)...", file=sys.stderr, flush=True)
-            rows[replicas] = await measure[scenario](settings, replicas)
-        print(table(scenario, rows), end="\n\n", flush=True)
+    async with bench_servers() as servers:
+        print(servers.describe(), file=sys.stderr, flush=True)
+        for scenario in settings.scenarios:
+            counts = (1,) if scenario == "postgres" else settings.replicas
+            rows: dict[int, dict[str, float]] = {}
+            for replicas in counts:
+                print(f"{scenario}, {replicas} replica(s)...", file=sys.stderr, flush=True)
+                rows[replicas] = await measure[scenario](servers, settings, replicas)
+            print(table(scenario, rows), end="\n\n", flush=True)
     print(
         f"{os.cpu_count()} CPUs; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
         " (other work on the machine shares it)",

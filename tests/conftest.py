@@ -1,18 +1,75 @@
-"""Fixtures every kind of test may use: real Postgres, real RabbitMQ, a signing key pair."""
+"""Fixtures every kind of test may use: the run's own Postgres and RabbitMQ, a signing key pair.
+
+The servers are the suite's own (devstack/servers.py says how they are chosen, and the first lines
+of the run say which): containers or private instances, started once for the session and removed at
+the end. Servers of yours are used only when you name them, and then the tests that would restart,
+kill or pause them are skipped. Nothing the suite runs may fall back on this machine's development
+set-up (tests/isolation.py).
+"""
 
 import asyncio
-import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
-from yarl import URL
 
+from devstack.keys import KeyPair, make_key_pair
+from devstack.servers import Choice, NoServers, Servers, choose, started
 from shared.auth import TokenVerifier
-from tests.support import ADMIN_DSN, RABBITMQ_URL, KeyPair, drop_databases, dsn_for, make_key_pair
+from tests import isolation
 from users_service.tokens import TokenIssuer
+
+TESTS = Path(__file__).resolve().parent
+SERVER_CHOICE = pytest.StashKey[Choice | NoServers]()
+# Markers every test of a folder carries, so that `-m` selects by what a test needs.
+FOLDER_MARKERS = {"e2e": "e2e", "abuse": "e2e", "bench": "bench"}
+_session_patch = pytest.MonkeyPatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    isolation.isolate(_session_patch)
+    try:
+        config.stash[SERVER_CHOICE] = asyncio.run(choose())
+    except NoServers as reason:
+        config.stash[SERVER_CHOICE] = reason
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session_patch.undo()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    choice = config.stash[SERVER_CHOICE]
+    if isinstance(choice, NoServers):
+        return f"servers: none ({choice}); the tests that need them will fail"
+    return f"servers: {choice.describe()}; override with DEVSTACK_SERVERS (devstack/servers.py)"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder])
+        if "fault_servers" in getattr(item, "fixturenames", ()):
+            item.add_marker("faults")
+
+
+@pytest.fixture(scope="session")
+async def servers(pytestconfig: pytest.Config) -> AsyncIterator[Servers]:
+    """The run's Postgres and RabbitMQ, started once, removed at the end of the session."""
+    choice = pytestconfig.stash[SERVER_CHOICE]
+    if isinstance(choice, NoServers):
+        raise choice
+    async with started(choice) as running:
+        yield running
+
+
+@pytest.fixture
+def fault_servers(servers: Servers) -> Servers:
+    """The servers, for a test that restarts, kills or pauses them: never servers of yours."""
+    if not servers.can_inject_faults:
+        pytest.skip("the servers are yours (DEVSTACK_SERVERS=external): this test would restart them")
+    return servers
 
 
 @pytest.fixture(scope="session")
@@ -39,51 +96,26 @@ CreateDatabase = Callable[[str], Awaitable[str]]
 
 
 @pytest.fixture
-async def create_database() -> AsyncIterator[CreateDatabase]:
-    """Make empty databases that are dropped after the test; each call returns a DSN."""
+async def create_database(servers: Servers) -> AsyncIterator[CreateDatabase]:
+    """Make empty databases that are dropped after the test; each call returns a superuser's DSN."""
     created: list[str] = []
 
     async def create(prefix: str) -> str:
-        name = f"test_{prefix}_{uuid.uuid4().hex[:10]}"
-        admin = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        created.append(name)
-        return dsn_for(name)
+        dsn = await servers.postgres.create_database(f"test_{prefix}")
+        created.append(dsn.rpartition("/")[2])
+        return dsn
 
     yield create
-    await drop_databases(created)
-
-
-async def rabbitmqctl(*arguments: str) -> None:
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    output, _ = await process.communicate()
-    assert process.returncode == 0, f"rabbitmqctl {' '.join(arguments)}: {output.decode()}"
-
-
-@contextlib.asynccontextmanager
-async def isolated_vhost() -> AsyncIterator[str]:
-    """A RabbitMQ virtual host of the test's own: its queues see no other test's events."""
-    base = URL(RABBITMQ_URL)
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    await rabbitmqctl("add_vhost", name)
-    try:
-        await rabbitmqctl("set_permissions", "-p", name, base.user or "guest", ".*", ".*", ".*")
-        yield f"{str(base).rstrip('/')}/{name}"
-    finally:
-        await rabbitmqctl("delete_vhost", name)
+    await servers.postgres.drop_databases(created)
 
 
 @pytest.fixture
-async def rabbitmq_url() -> AsyncIterator[str]:
-    async with isolated_vhost() as url:
+async def rabbitmq_url(servers: Servers) -> AsyncIterator[str]:
+    """A RabbitMQ virtual host of the test's own: its queues see no other test's events."""
+    async with servers.rabbitmq.vhost() as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+    return TESTS.parent

@@ -1,47 +1,18 @@
-"""Helpers for tests: waiting on a condition with a deadline, key pairs, a TCP relay."""
+"""Helpers for tests: a TCP relay to make network faults with, and a test's own fake upstream."""
 
 import asyncio
 import contextlib
-import dataclasses
-import os
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
-import asyncpg
 from aiohttp import web
+from yarl import URL
 
-from users_service.keygen import ensure_keypair
-
-T = TypeVar("T")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll `probe` until it returns something other than None or False; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {what or probe}")
-        await asyncio.sleep(interval)
+from devstack.ports import free_port
 
 
-@dataclasses.dataclass(frozen=True)
-class KeyPair:
-    private: Path
-    public: Path
-
-
-def make_key_pair(directory: Path) -> KeyPair:
-    pair = KeyPair(private=directory / "jwt-private.pem", public=directory / "jwt-public.pem")
-    ensure_keypair(pair.private, pair.public)
-    return pair
+def with_port(url: str, port: int) -> str:
+    """`url` with another port: a service pointed at a relay instead of the server behind it."""
+    return str(URL(url).with_port(port))
 
 
 class TcpRelay:
@@ -128,31 +99,3 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
-
-
-# The local Postgres (as its superuser) and RabbitMQ that the tests, and `make bench`, make their
-# throwaway databases and virtual hosts on.
-ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def dsn_for(database: str) -> str:
-    """The admin DSN, pointed at another database."""
-    base, _, _ = ADMIN_DSN.rpartition("/")
-    return f"{base}/{database}"
-
-
-async def drop_databases(names: list[str]) -> None:
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        for name in names:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port

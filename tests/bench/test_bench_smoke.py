@@ -5,6 +5,7 @@ numbers of the right kind and order. The full run (`make bench`) is not part of 
 """
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import orjson
 import pytest
 
 from bench.machine import find_tool
+from devstack.servers import Servers
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_DEADLINE = 300.0
@@ -38,8 +40,18 @@ def ordered(percentiles: dict[str, Any]) -> None:
     assert medians == sorted(medians), percentiles
 
 
+def the_suites_servers(servers: Servers) -> dict[str, str]:
+    """The benchmark's servers, named as servers of yours would be: the suite's own, already running."""
+    return {
+        "DEVSTACK_SERVERS": "external",
+        "DEVSTACK_POSTGRES_DSN": servers.postgres.admin_dsn,
+        "DEVSTACK_RABBITMQ_URL": servers.rabbitmq.url(),
+        "DEVSTACK_RABBITMQ_MANAGEMENT_URL": servers.rabbitmq.management.base_url,
+    }
+
+
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def smoke(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     missing = [tool for tool in ("nginx", "wrk") if find_tool(tool) is None]
     if missing:
         pytest.fail(
@@ -52,6 +64,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--output", str(output), "--chart", str(chart)],
         cwd=ROOT,
+        env={**os.environ, **the_suites_servers(servers)},
         capture_output=True,
         text=True,
         timeout=SMOKE_DEADLINE,

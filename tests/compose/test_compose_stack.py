@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devstack.waiting import eventually
 from tests.compose.conftest import PROJECT, containers, docker_compose
 from tests.e2e.api import FINAL, User, final_order, me, new_user, place_order
-from tests.support import eventually
 
 LONG_RUNNING = ("postgres", "rabbitmq", "users_service", "orders_service", "gateway")
 APPLICATION = ("users_service", "orders_service", "gateway")

@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import eventually
+from devstack.waiting import eventually
 
 PASSWORD = "correct-horse-battery"
 FINAL = {"APPROVED", "REJECTED", "CANCELLED"}

@@ -16,10 +16,10 @@ import aio_pika
 import asyncpg
 import orjson
 
+from devstack.waiting import eventually
 from shared.config import ServiceConfig
 from shared.topology import CONSUMERS
 from tests.e2e.conftest import Stack
-from tests.support import eventually
 
 
 @dataclasses.dataclass(frozen=True)

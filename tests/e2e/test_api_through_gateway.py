@@ -6,8 +6,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devstack.waiting import eventually
 from tests.e2e.conftest import Stack
-from tests.support import eventually
 
 PASSWORD = "correct-horse-battery"
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
+from devstack.processes import ROOT
 from shared.dlq import list_dead_letters
-from tests.e2e.conftest import ROOT, Stack
+from tests.e2e.conftest import Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.support import RABBITMQ_URL, serving
+from tests.support import serving
 
 DEMO_DEADLINE = 90.0
 MONEY = r"\d+\.\d\d"
@@ -164,10 +165,10 @@ def gateway_that_rejects_every_order() -> web.Application:
     return app
 
 
-async def test_an_outcome_other_than_the_expected_one_fails_the_demo() -> None:
+async def test_an_outcome_other_than_the_expected_one_fails_the_demo(rabbitmq_url: str) -> None:
     async with serving(gateway_that_rejects_every_order()) as url:
         code, out, err = await run_demo(
-            "--gateway-url", url, "--rabbitmq-url", RABBITMQ_URL, "--timeout", "5"
+            "--gateway-url", url, "--rabbitmq-url", rabbitmq_url, "--timeout", "5"
         )
     assert code == 1, out
     [failed] = [row for row in table_rows(out) if row[3].startswith("FAILED")]

@@ -9,13 +9,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from devstack.waiting import eventually
 from shared.dlq import DeadLetter, list_dead_letters
 from shared.events import Cause, CreditRejected, Envelope, OrderCreated
 from tests.e2e.api import final_order, get_order, me, new_user, place_order
 from tests.e2e.conftest import Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet
 from tests.e2e.test_saga import publish_raw
-from tests.support import eventually
 
 CAUSE = Cause("event-versions-test", "event-versions-test")
 

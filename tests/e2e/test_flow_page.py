@@ -16,9 +16,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
+from devstack.ports import free_port
 from tests.e2e.api import final_order, new_user, place_order
-from tests.e2e.conftest import ServiceProcess, Stack, start_process, wait_ready
-from tests.support import free_port
+from tests.e2e.conftest import ServiceProcess, Stack, start_gateway
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
@@ -41,8 +43,7 @@ async def browser() -> AsyncIterator[Browser]:
 async def flow_gateway(stack: Stack, tmp_path: Path) -> AsyncIterator[ServiceProcess]:
     # The stack's gateway's settings, on another port, its tap on the stack's own virtual host.
     env = {**stack.env["gateway"], "HTTP_PORT": str(free_port()), "RABBITMQ_URL": stack.rabbitmq_url}
-    gateway = await start_process("gateway-flow", "gateway", env, tmp_path)
-    await wait_ready(gateway)
+    gateway = await start_gateway("gateway-flow", env, tmp_path)
     yield gateway
     assert await gateway.stop() == 0
 
@@ -153,9 +154,8 @@ async def test_the_gateway_serves_the_api_while_the_broker_is_unreachable(
     # Nothing listens there: the tap keeps trying in the background, and nothing else waits for it.
     nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
     env = {**stack.env["gateway"], "HTTP_PORT": str(free_port()), "RABBITMQ_URL": nowhere}
-    gateway = await start_process("gateway-without-broker", "gateway", env, tmp_path)
+    gateway = await start_gateway("gateway-without-broker", env, tmp_path)  # /readyz does not ask RabbitMQ
     try:
-        await wait_ready(gateway)  # /readyz does not ask RabbitMQ
         await new_user(http, gateway.url)
         async with http.get(f"{gateway.url}/flow/events") as stream, asyncio.timeout(10):
             lines = [await stream.content.readline() for _ in range(4)]

@@ -7,8 +7,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_process, wait_ready
-from tests.support import eventually, free_port, serving
+from devstack.ports import free_port
+from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_gateway
+from tests.support import serving
 
 StartGateway = Callable[[str], Awaitable[ServiceProcess]]
 
@@ -62,27 +63,14 @@ async def gateway_to(stack: Stack) -> AsyncIterator[StartGateway]:
             stack.env["gateway"]["DATABASE_URL"],
             UPSTREAM_TIMEOUT="0.5",
         )
-        gateway = await start_process(f"gateway-{len(started)}", "gateway", env, stack.log_dir)
+        # Up, not ready: its users_service upstream is dead, slow or broken on purpose.
+        gateway = await start_gateway(f"gateway-{len(started)}", env, stack.log_dir, ready_path="/healthz")
         started.append(gateway)
         return gateway
 
     yield start
     for gateway in started:
         assert await gateway.stop() == 0
-
-
-async def until_serving(gateway: ServiceProcess) -> None:
-    """The gateway is up (healthz) even though an upstream is not (so readyz may say 503)."""
-    async with aiohttp.ClientSession() as http:
-
-        async def serving() -> bool:
-            try:
-                async with http.get(f"{gateway.url}/healthz") as response:
-                    return response.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(serving, timeout=30, what="gateway serving")
 
 
 REGISTRATION = {"email": "a@example.com", "name": "A", "password": "12345678"}
@@ -92,7 +80,6 @@ async def test_a_dead_upstream_is_503_and_readiness_says_which(
     gateway_to: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(f"http://127.0.0.1:{free_port()}")
-    await until_serving(gateway)
     async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
         assert response.status == 503
         assert response.content_type == "application/problem+json"
@@ -106,7 +93,7 @@ async def test_a_slow_upstream_is_504(
     gateway_to: StartGateway, slow_upstream: str, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(slow_upstream)
-    await wait_ready(gateway)
+    await gateway.wait_ready()
     async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
         assert response.status == 504
         problem = await response.json()
@@ -118,7 +105,6 @@ async def test_a_broken_upstream_is_502(
     gateway_to: StartGateway, broken_upstream: str, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(broken_upstream)
-    await until_serving(gateway)
     async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
         assert response.status == 502
         assert response.content_type == "application/problem+json"

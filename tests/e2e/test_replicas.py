@@ -21,12 +21,12 @@ from typing import Any
 
 import aiohttp
 
+from devstack.waiting import eventually
 from shared.topology import ORDERS, USERS
 from tests.e2e.api import User, new_user
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import SystemState, assert_invariants_once_quiet
 from tests.e2e.test_saga_faults import UNTHROTTLED
-from tests.support import eventually
 
 USER_COUNT = 10
 CREDIT_LIMIT_CENTS = 6_000

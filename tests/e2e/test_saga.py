@@ -8,13 +8,13 @@ import aio_pika
 import aiohttp
 import asyncpg
 
+from devstack.waiting import eventually
 from shared.dlq import list_dead_letters, replay_dead_letters
 from shared.events import Cause, CreditReserved, Envelope
 from shared.topology import EXCHANGE
 from tests.e2e.api import final_order, me, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.support import eventually
 
 FAST_RETRIES = {"RETRY_DELAYS_MS": "100,200"}
 

@@ -1,23 +1,27 @@
 """The saga under faults, each bounded in time and ending with a drain and the invariant checker.
 
-These tests restart the machine's RabbitMQ and Postgres (as root, like CI) and kill services with
-SIGKILL at chosen moments. A chosen moment is made with a TCP relay between a service and the
-broker that the test freezes: no hook in the code under test.
+These tests restart the run's own RabbitMQ and Postgres (never servers of yours: with those they are
+skipped) and kill services with SIGKILL at chosen moments. A chosen moment is made with a TCP relay
+between a service and the broker that the test freezes: no hook in the code under test.
 """
 
 import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 
+from devstack.servers import Servers
+from devstack.waiting import eventually
 from tests.e2e.api import FINAL, User, final_order, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.support import TcpRelay, eventually
+from tests.support import TcpRelay, with_port
+
+pytestmark = pytest.mark.faults
 
 # These tests drive bursts as fast as the stack answers, retrying a 503 at once: they test the saga
 # under faults, not the gateway's rate limit, which would otherwise (rightly) answer 429.
@@ -26,10 +30,11 @@ UNTHROTTLED = {"RATE_LIMIT_PER_SECOND": "1000000", "RATE_LIMIT_BURST": "1000000"
 
 @contextlib.asynccontextmanager
 async def broker_relay(stack: Stack) -> AsyncIterator[tuple[TcpRelay, str]]:
-    relay = TcpRelay("127.0.0.1", 5672)
+    broker = stack.servers.rabbitmq
+    relay = TcpRelay(broker.host, broker.amqp_port)
     await relay.start()
     try:
-        yield relay, stack.rabbitmq_url.replace(":5672/", f":{relay.port}/")
+        yield relay, with_port(stack.rabbitmq_url, relay.port)
     finally:
         relay.sever()
         await relay.close()
@@ -135,16 +140,16 @@ async def test_orders_service_killed_between_consume_and_ack(
 
 
 async def test_rabbitmq_restarted_during_a_burst(
-    fresh_stack: StackFactory, http: aiohttp.ClientSession
+    fault_servers: Servers, fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
     users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
     first = await burst(http, stack, users, 10)
-    await rabbitmq("stop_app")
+    await fault_servers.rabbitmq.stop_app()
     try:
         during = await burst(http, stack, users, 10)  # accepted: the outbox holds their events
     finally:
-        await rabbitmq("start_app")
+        await fault_servers.rabbitmq.start_app()
     after = await burst(http, stack, users, 10)
     assert len(first) == len(during) == len(after) == 10
     await all_final(http, stack, [*first, *during, *after])
@@ -171,13 +176,13 @@ async def test_users_service_down_for_ten_seconds_during_a_burst(
 
 
 async def test_postgres_restarted_during_a_burst(
-    fresh_stack: StackFactory, http: aiohttp.ClientSession
+    fault_servers: Servers, fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
     users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
     placing = asyncio.create_task(burst(http, stack, users, 60))
     await eventually(lambda: _at_least(stack, 10), what="10 orders placed before the restart")
-    await restart_postgres()
+    await fault_servers.postgres.restart()
     orders = await placing
     await all_final(http, stack, orders)
     await assert_invariants_once_quiet(stack)
@@ -185,19 +190,6 @@ async def test_postgres_restarted_during_a_burst(
 
 async def _at_least(stack: Stack, orders: int) -> bool:
     return await count(stack.admin_dsn("orders_service"), "SELECT count(*) FROM orders") >= orders
-
-
-async def rabbitmq(command: str) -> None:
-    process = await asyncio.create_subprocess_exec("rabbitmqctl", "-q", command)
-    assert await process.wait() == 0, f"rabbitmqctl {command} failed"
-
-
-async def restart_postgres() -> None:
-    version = sorted(Path("/etc/postgresql").iterdir(), key=lambda p: float(p.name))[-1].name
-    process = await asyncio.create_subprocess_exec(
-        "pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"
-    )
-    assert await process.wait() == 0, "pg_ctlcluster restart failed"
 
 
 async def test_sigterm_drains_in_flight_messages(

@@ -14,12 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
+from devstack.keys import KeyPair
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
 from tests.conftest import CreateDatabase
 from tests.contract import response_checker
-from tests.support import KeyPair
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 from users_service.tokens import TokenIssuer

@@ -23,6 +23,9 @@ import pytest
 import yaml
 from pytest_aiohttp import AiohttpClient
 
+from devstack.keys import KeyPair
+from devstack.ports import free_port
+from devstack.waiting import eventually
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewayConfig
 from orders_service.app import create_app as create_orders_app
@@ -44,7 +47,6 @@ from tests.observability import (
     series_used_by_dashboards,
     without_grafana_variables,
 )
-from tests.support import KeyPair, eventually, free_port
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 
@@ -78,6 +80,7 @@ async def processes(
             "ORDERS_SERVICE_URL": f"http://{orders.host}:{orders.port}",
             "JWT_PUBLIC_KEY_FILE": str(key_pair.public),
             "RABBITMQ_URL": rabbitmq_url,
+            "DATABASE_URL": await create_database("gateway"),
             "STARTUP_TIMEOUT": "5",
         }
     )

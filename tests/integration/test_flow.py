@@ -22,6 +22,10 @@ from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from yarl import URL
 
+from devstack.keys import KeyPair
+from devstack.ports import free_port
+from devstack.servers import Servers
+from devstack.waiting import eventually
 from gateway.app import FLOW_CONTENT_SECURITY_POLICY
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewayConfig
@@ -29,7 +33,7 @@ from gateway.flow import FLOW_HUB, FLOW_TAP, SUBSCRIBER_QUEUE, FlowRecord, Kind
 from shared.config import ConfigError, Secret
 from shared.topology import EXCHANGE
 from tests.integration.conftest import Client
-from tests.support import KeyPair, TcpRelay, eventually
+from tests.support import TcpRelay, with_port
 
 PASSWORD = "correct-horse-battery"
 GatewayFactory = Callable[..., Awaitable[Client]]
@@ -39,7 +43,7 @@ GatewayFactory = Callable[..., Awaitable[Client]]
 def lone_config(key_pair: KeyPair, rabbitmq_url: str) -> GatewayConfig:
     """A gateway with no service behind it (for what concerns the gateway alone), its flow tap on
     the test's own vhost."""
-    nowhere = f"http://127.0.0.1:{unused_port()}"
+    nowhere = f"http://127.0.0.1:{free_port()}"
     return GatewayConfig(
         users_service_url=nowhere,
         orders_service_url=nowhere,
@@ -289,7 +293,7 @@ async def test_a_message_that_is_no_valid_event_is_drawn_with_the_reason_it_will
 
 
 async def test_every_gateway_has_a_bounded_exclusive_tap_queue_of_its_own(
-    gateway_with: GatewayFactory, rabbitmq_url: str
+    gateway_with: GatewayFactory, servers: Servers, rabbitmq_url: str
 ) -> None:
     first, second = await gateway_with(), await gateway_with()
     async with flow_stream(first) as one, flow_stream(second) as other:
@@ -299,7 +303,7 @@ async def test_every_gateway_has_a_bounded_exclusive_tap_queue_of_its_own(
         for stream in (one, other):
             await stream.until(functools.partial(has_events, stream, order_id), what="the events, on each")
         assert not other.find(path="/api/orders"), "HTTP calls are the gateway's own"
-    queues = await list_queues(rabbitmq_url)
+    queues = await list_queues(servers, rabbitmq_url)
     taps = {queues[app[FLOW_TAP].queue_name] for app in (first.app, second.app)}
     assert taps == {("classic", "true", "true", "false", "1000", "drop-head")}
 
@@ -351,12 +355,12 @@ async def test_streams_end_at_shutdown_without_holding_it_up(
 
 
 async def test_the_tap_comes_back_after_the_broker_connection_is_lost(
-    gateway_with: GatewayFactory, rabbitmq_url: str
+    gateway_with: GatewayFactory, servers: Servers, rabbitmq_url: str
 ) -> None:
-    relay = TcpRelay("127.0.0.1", URL(rabbitmq_url).port or 5672)
+    relay = TcpRelay(servers.rabbitmq.host, servers.rabbitmq.amqp_port)
     await relay.start()
     try:
-        relayed = rabbitmq_url.replace(f":{URL(rabbitmq_url).port or 5672}/", f":{relay.port}/")
+        relayed = with_port(rabbitmq_url, relay.port)
         gateway = await gateway_with(rabbitmq_url=Secret(relayed))
         async with flow_stream(gateway) as stream:
             await stream.tap_connected()
@@ -377,7 +381,7 @@ async def test_the_tap_comes_back_after_the_broker_connection_is_lost(
 
 
 async def test_with_flow_disabled_there_is_no_page_no_stream_and_no_queue(
-    lone_config: GatewayConfig, aiohttp_client: AiohttpClient, rabbitmq_url: str
+    lone_config: GatewayConfig, aiohttp_client: AiohttpClient, servers: Servers, rabbitmq_url: str
 ) -> None:
     gateway = await aiohttp_client(create_gateway_app(dataclasses.replace(lone_config, flow_enabled=False)))
     for path in ("/flow", "/flow/flow.js", "/flow/flow.css", "/flow/events"):
@@ -385,7 +389,7 @@ async def test_with_flow_disabled_there_is_no_page_no_stream_and_no_queue(
             assert response.status == 404, path
             assert response.content_type == "application/problem+json"
     assert FLOW_HUB not in gateway.app and FLOW_TAP not in gateway.app
-    assert await list_queues(rabbitmq_url) == {}
+    assert await list_queues(servers, rabbitmq_url) == {}
     async with gateway.get("/healthz") as response:
         assert response.status == 200
 
@@ -428,31 +432,16 @@ def test_outside_development_the_gateway_refuses_to_start_with_the_flow_page() -
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def unused_port() -> int:
-    """A port nothing listens on (bound, then let go; nothing else on this machine takes it so soon)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def _true(value: bool) -> bool:
     return value
 
 
-async def list_queues(rabbitmq_url: str) -> dict[str, tuple[str, ...]]:
+async def list_queues(servers: Servers, rabbitmq_url: str) -> dict[str, tuple[str, ...]]:
     """name -> (type, exclusive, auto_delete, durable, x-max-length, x-overflow) of the vhost's queues."""
     vhost = URL(rabbitmq_url).path.lstrip("/") or "/"
-    process = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", "--formatter", "json", "list_queues", "-p", vhost,
-        "name", "type", "exclusive", "auto_delete", "durable", "arguments",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    output, _ = await process.communicate()
-    assert process.returncode == 0
     queues: dict[str, tuple[str, ...]] = {}
-    for queue in orjson.loads(output or b"[]"):
-        arguments = {name: value for name, _, value in queue["arguments"]}  # [name, AMQP type, value]
+    for queue in await servers.rabbitmq.management.queues(vhost):
+        arguments = queue["arguments"]
         queues[queue["name"]] = (
             queue["type"],
             _flag(queue["exclusive"]),

@@ -6,13 +6,13 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.waiting import eventually
 from shared.broker import connect_once
 from shared.events import CreditReserved, Envelope, OrderCreated
 from shared.outbox import CLOUDEVENTS_JSON
 from shared.service import DB_POOL
 from shared.topology import EXCHANGE
 from tests.integration.conftest import Client
-from tests.support import eventually
 from tests.unit.event_samples import CAUSE
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from devstack.waiting import eventually
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, forget_full_buckets
 from shared.db import apply_migrations
 from tests.conftest import CreateDatabase
-from tests.support import eventually
 
 NEVER_REFILLS = 1e-6  # tokens per second: within a test, a bucket only empties
 

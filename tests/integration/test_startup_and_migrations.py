@@ -9,10 +9,13 @@ import asyncpg
 import pytest
 import structlog
 
+from devstack.ports import free_port
+from devstack.servers import Servers
+from devstack.waiting import eventually
 from shared.broker import check_broker, connect_broker
 from shared.db import SHARED_MIGRATIONS, apply_migrations, create_pool
 from tests.conftest import CreateDatabase
-from tests.support import RABBITMQ_URL, eventually, free_port, tcp_relay
+from tests.support import tcp_relay, with_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = [SHARED_MIGRATIONS, ROOT / "orders_service" / "migrations"]
@@ -61,27 +64,26 @@ async def test_a_failing_migration_leaves_nothing_behind(
         await pool.close()
 
 
-async def test_postgres_that_comes_up_late_is_waited_for(create_database: CreateDatabase) -> None:
+async def test_postgres_that_comes_up_late_is_waited_for(
+    servers: Servers, create_database: CreateDatabase
+) -> None:
     dsn = await create_database("late")
     port = free_port()
-    late_dsn = dsn.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
     with structlog.testing.capture_logs() as logs:
-        connecting = asyncio.create_task(create_pool(late_dsn, max_size=1, startup_timeout=20))
+        connecting = asyncio.create_task(create_pool(with_port(dsn, port), max_size=1, startup_timeout=20))
         await _until_logged(logs, "postgres")
-        async with tcp_relay("127.0.0.1", 5432, port):
+        async with tcp_relay(servers.postgres.host, servers.postgres.port, port):
             pool = await connecting
             assert await pool.fetchval("SELECT 1") == 1
             await pool.close()
 
 
-async def test_rabbitmq_that_comes_up_late_is_waited_for() -> None:
+async def test_rabbitmq_that_comes_up_late_is_waited_for(servers: Servers, rabbitmq_url: str) -> None:
     port = free_port()
     with structlog.testing.capture_logs() as logs:
-        connecting = asyncio.create_task(
-            connect_broker(RABBITMQ_URL.replace(":5672", f":{port}"), startup_timeout=20)
-        )
+        connecting = asyncio.create_task(connect_broker(with_port(rabbitmq_url, port), startup_timeout=20))
         await _until_logged(logs, "rabbitmq")
-        async with tcp_relay("127.0.0.1", 5672, port):
+        async with tcp_relay(servers.rabbitmq.host, servers.rabbitmq.amqp_port, port):
             connection = await connecting
             await check_broker(connection)
             await connection.close()

@@ -22,13 +22,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from devstack.keys import KeyPair
+from devstack.waiting import eventually
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewayConfig
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
 from tests.conftest import CreateDatabase
-from tests.support import KeyPair, eventually
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 

@@ -4,9 +4,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from devstack.keys import KeyPair
 from shared.service import DB_POOL
 from tests.integration.conftest import Client
-from tests.support import KeyPair
 from users_service.tokens import TokenIssuer
 
 ADA = {

@@ -5,7 +5,6 @@ reached a service, the gateway runs in front of a fake upstream that records eve
 """
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,10 +14,12 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from devstack.keys import KeyPair
+from devstack.ports import free_port
 from tests.conftest import CreateDatabase
 from tests.e2e.api import new_user
-from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_process
-from tests.support import KeyPair, eventually, free_port, serving
+from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_gateway
+from tests.support import serving
 
 REGISTRATION = {"email": "a@example.com", "name": "A", "password": "12345678"}
 SECURITY_HEADERS = {
@@ -82,18 +83,8 @@ async def gateway_before(
 
     async def start(**settings: str) -> ServiceProcess:
         env = gateway_env(free_port(), key_pair, upstream.url, upstream.url, database_url, **settings)
-        gateway = await start_process(f"gateway-{len(started)}", "gateway", env, tmp_path)
+        gateway = await start_gateway(f"gateway-{len(started)}", env, tmp_path, ready_path="/healthz")
         started.append(gateway)
-        async with aiohttp.ClientSession() as http:
-
-            async def serving() -> bool:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"{gateway.url}/healthz") as response:
-                        return response.status == 200
-                assert gateway.process.returncode is None, gateway.log_text()
-                return False
-
-            await eventually(serving, timeout=30, what="gateway serving")
         return gateway
 
     yield start

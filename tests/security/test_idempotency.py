@@ -16,13 +16,13 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from devstack.waiting import eventually
 from orders_service import services
 from orders_service.config import OrdersConfig
 from orders_service.routes import IDEMPOTENCY_KEY_TTL
 from shared.config import ConfigError
 from shared.service import DB_POOL
 from tests.integration.conftest import Client
-from tests.support import eventually
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]
 BOOK: dict[str, Any] = {"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}

@@ -14,10 +14,10 @@ from pathlib import Path
 import jwt
 import pytest
 
+from devstack.keys import KeyPair, make_key_pair
 from shared.auth import TokenVerifier
 from shared.problems import Problem
 from tests.conftest import AUDIENCE, ISSUER
-from tests.support import KeyPair, make_key_pair
 from users_service.tokens import TokenIssuer
 
 

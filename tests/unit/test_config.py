@@ -1,4 +1,5 @@
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -6,9 +7,18 @@ import pytest
 from gateway.config import GatewayConfig
 from orders_service.config import OrdersConfig
 from shared.config import ConfigError, Secret
+from tests.isolation import development_defaults_allowed
 from users_service.config import UsersConfig
 
 
+@pytest.fixture
+def development_defaults() -> Iterator[None]:
+    """These tests are about the defaults themselves, which every other test must name instead."""
+    with development_defaults_allowed():
+        yield
+
+
+@pytest.mark.usefixtures("development_defaults")
 def test_defaults_are_the_local_development_setup() -> None:
     config = UsersConfig.from_env({})
     assert config.http_port == 8001
@@ -66,6 +76,7 @@ def test_the_readme_documents_every_setting_with_its_default() -> None:
             ), f"{name} is documented without its default {default}"
 
 
+@pytest.mark.usefixtures("development_defaults")
 def test_outside_development_default_credentials_refuse_to_start() -> None:
     with pytest.raises(ConfigError, match="set DATABASE_URL, RABBITMQ_URL"):
         OrdersConfig.from_env({"ENVIRONMENT": "production"})
@@ -79,6 +90,7 @@ def test_outside_development_default_credentials_refuse_to_start() -> None:
     assert configured.environment == "production"
 
 
+@pytest.mark.usefixtures("development_defaults")
 def test_outside_development_the_gateway_refuses_the_flow_page_and_default_secrets_it_would_use() -> None:
     production = {"ENVIRONMENT": "production"}
     with pytest.raises(ConfigError, match="set FLOW_ENABLED=false"):

@@ -7,13 +7,13 @@ from aiohttp import web
 from openapi_spec_validator import validate
 from openapi_spec_validator.readers import read_from_filename
 
+from devstack.keys import KeyPair
 from gateway.contract import public_contract
 from gateway.routes import ROUTES
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.service import CONTRACT
 from tests.contract import undocumented_routes, unserved_operations
-from tests.support import KeyPair
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 

@@ -14,9 +14,11 @@ from demo.cli import DEFAULT_GATEWAY_URL, DEFAULT_RABBITMQ_URL, START_HINT, main
 from demo.poison import broker_address, poison_order_created
 from demo.scenario import Settings, money, run
 from demo.steps import DemoFailed
+from devstack.ports import free_port
 from shared.config import ServiceConfig
 from shared.events import Envelope, InvalidEvent, OrderCreated
-from tests.support import free_port, serving
+from tests.isolation import development_defaults_allowed
+from tests.support import serving
 from tests.unit.test_compose import ROOT, environment, load_compose
 
 USER_ID = "6522f16f-da95-4120-bdef-8c3b76329545"
@@ -33,7 +35,9 @@ def test_money_is_shown_in_units_with_two_decimals(cents: int, shown: str) -> No
 def test_settings_default_to_make_dev_and_the_flow_page_to_the_gateway() -> None:
     settings = parse_settings([], {})
     assert settings.gateway_url == DEFAULT_GATEWAY_URL
-    assert settings.rabbitmq_url == DEFAULT_RABBITMQ_URL == ServiceConfig.from_env({}).rabbitmq_url.value
+    with development_defaults_allowed():
+        make_dev_broker = ServiceConfig.from_env({}).rabbitmq_url.value
+    assert settings.rabbitmq_url == DEFAULT_RABBITMQ_URL == make_dev_broker
     assert settings.flow_url == f"{DEFAULT_GATEWAY_URL}/flow"
 
 

@@ -15,10 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from devstack.keys import KeyPair, make_key_pair
 from shared.auth import TokenVerifier, key_files, key_id, load_public_key
 from shared.problems import Problem
 from tests.conftest import AUDIENCE, ISSUER
-from tests.support import KeyPair, make_key_pair
 from users_service import keygen
 from users_service.tokens import TokenIssuer
 
