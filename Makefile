@@ -7,20 +7,31 @@ SERVICE ?= users_service
 PGHOST ?= 127.0.0.1
 PGUSER ?= postgres
 export PGHOST PGUSER
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links \
+	--strip-extras $(LOCK_ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay demo demo-compose
+.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay demo demo-compose \
+	bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# Everything but the benchmark's extra: what `make dev`, `make demo` and the quick tests need.
 $(BIN)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
-install: $(BIN)/.installed ## create .venv with the locked dependencies
+# The benchmark's extra on top (matplotlib, py-spy): for `make bench`, for mypy, which checks bench/
+# too, and so for `make test`, which also runs the benchmark's smoke test. Its lock is resolved within
+# the dev lock's pins, so that installing it adds packages and changes none.
+$(BIN)/.bench-installed: requirements-bench.lock $(BIN)/.installed
+	$(BIN)/pip install --quiet --require-hashes -r requirements-bench.lock
+	@touch $@
+
+install: $(BIN)/.installed ## create .venv with the locked dependencies (lint, test and bench add the benchmark's)
 
 databases: ## create each service's database and role in the local Postgres, if missing
 	POSTGRES_USER=$(PGUSER) bash deploy/postgres/create-databases.sh
@@ -33,7 +44,7 @@ dev: install databases keys ## run the gateway and both services locally (honcho
 	@# honcho pipes the output, so the services are told to colour it when make runs on a terminal.
 	PATH="$(CURDIR)/$(BIN):$$PATH" FORCE_COLOR=$$([ -t 1 ] && echo 1) $(BIN)/honcho start --no-prefix
 
-lint: install ## ruff and mypy (strict) over the code and the tests
+lint: $(BIN)/.bench-installed ## ruff and mypy (strict) over the code and the tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -67,16 +78,17 @@ format: install ## let ruff fix what it can
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The dev lock is resolved first; the production lock (the image's) and the benchmark's are resolved
+# within its pins, so the three never disagree about a version. pip-compile keeps each file's existing
+# pins where they still fit: nothing is upgraded unless asked (make lock LOCK_ARGS="--upgrade-package X").
 lock: ## re-resolve the dependencies into requirements*.lock (after editing pyproject.toml)
 	$(BIN)/pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
-		-o requirements.lock pyproject.toml
-	$(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
-		--extra dev -o requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) --constraint requirements-dev.lock -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --constraint requirements-dev.lock --extra bench -o requirements-bench.lock pyproject.toml
 
 clean: ## remove the virtual environment and caches (keeps .keys)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
-.PHONY: bench
-bench: install ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
+bench: $(BIN)/.bench-installed ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
 	$(BIN)/python -m bench $(BENCH_ARGS)
