@@ -1,6 +1,7 @@
 # Every command a user or CI needs. `make help` lists them.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The Python that makes .venv: 3.11 or newer (make PYTHON=python3.12 ... to choose another).
 PYTHON ?= python3
 SERVICE ?= users_service
 # The local Postgres that `make dev` creates the services' databases in (as its superuser).
@@ -9,6 +10,8 @@ PGUSER ?= postgres
 export PGHOST PGUSER
 PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links \
 	--strip-extras $(LOCK_ARGS)
+# What was asked of make, for the commands its messages suggest.
+GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay demo demo-compose \
@@ -17,9 +20,26 @@ PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# The virtual environment itself, made only by a Python that can: 3.11 or newer, with its ensurepip
+# (which Debian and Ubuntu package apart, in pythonX.Y-venv). A venv without bin/pip, as Debian's
+# `python3 -m venv` leaves one when ensurepip is missing, is made again from scratch (--clear).
+$(BIN)/pip:
+	@version=$$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) || { \
+		echo "eda-reference needs Python 3.11 or newer, and there is no $(PYTHON) here. Install one" \
+			"(sudo apt-get install python3 python3-venv), or run: make PYTHON=python3.12 $(GOALS)" >&2; \
+		exit 1; }; \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "eda-reference needs Python 3.11 or newer; $(PYTHON) is $$version. Install a newer one," \
+			"or run: make PYTHON=python3.12 $(GOALS)" >&2; \
+		exit 1; }; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+		echo "$(PYTHON) ($$version) cannot make a virtual environment: its ensurepip module is missing." \
+			"Install it: sudo apt-get install python$${version%.*}-venv" >&2; \
+		exit 1; }
+	$(PYTHON) -m venv $(if $(wildcard $(VENV)/pyvenv.cfg),--clear) $(VENV)
+
 # Everything but the benchmark's extra: what `make dev`, `make demo` and the quick tests need.
-$(BIN)/.installed: requirements-dev.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+$(BIN)/.installed: requirements-dev.lock pyproject.toml | $(BIN)/pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
@@ -81,7 +101,7 @@ format: install ## let ruff fix what it can
 # The dev lock is resolved first; the production lock (the image's) and the benchmark's are resolved
 # within its pins, so the three never disagree about a version. pip-compile keeps each file's existing
 # pins where they still fit: nothing is upgraded unless asked (make lock LOCK_ARGS="--upgrade-package X").
-lock: ## re-resolve the dependencies into requirements*.lock (after editing pyproject.toml)
+lock: | $(BIN)/pip ## re-resolve the dependencies into requirements*.lock (after editing pyproject.toml)
 	$(BIN)/pip install --quiet pip-tools
 	$(PIP_COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
 	$(PIP_COMPILE) --constraint requirements-dev.lock -o requirements.lock pyproject.toml
