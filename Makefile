@@ -4,9 +4,14 @@ BIN := $(VENV)/bin
 # The Python that makes .venv: 3.11 or newer (make PYTHON=python3.12 ... to choose another).
 PYTHON ?= python3
 SERVICE ?= users_service
-# The local Postgres that `make dev` creates the services' databases in (as its superuser).
+# The local Postgres that `make databases` (so also `make dev`) creates the services' databases in, as
+# its superuser. The default, TCP to 127.0.0.1, needs no password where local connections are trusted.
+# A stock Debian or Ubuntu asks for one there, and lets only the postgres OS user in through the Unix
+# socket (peer authentication): then give the password (PGPASSWORD=... make dev), or go through the
+# socket as that user: make dev PGHOST= PGSUDO="sudo -u postgres" (an empty PGHOST means the socket).
 PGHOST ?= 127.0.0.1
 PGUSER ?= postgres
+PGSUDO ?=
 export PGHOST PGUSER
 PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links \
 	--strip-extras $(LOCK_ARGS)
@@ -53,8 +58,8 @@ $(BIN)/.bench-installed: requirements-bench.lock $(BIN)/.installed
 
 install: $(BIN)/.installed ## create .venv with the locked dependencies (lint, test and bench add the benchmark's)
 
-databases: ## create each service's database and role in the local Postgres, if missing
-	POSTGRES_USER=$(PGUSER) bash deploy/postgres/create-databases.sh
+databases: ## create each service's database and role in the local Postgres, if missing (see PGHOST above)
+	@PGSUDO='$(PGSUDO)' MAKE_GOAL='$(or $(MAKECMDGOALS),databases)' bash deploy/postgres/create-local-databases.sh
 
 keys: install ## create the token-signing key pair in .keys/, if missing
 	$(BIN)/python -m users_service.keygen
