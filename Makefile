@@ -19,8 +19,8 @@ PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url 
 GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay demo demo-compose \
-	bench
+.PHONY: help install dev databases keys test test-quick test-compose lint format lock clean dlq dlq-replay \
+	demo demo-compose bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,10 @@ lint: $(BIN)/.bench-installed ## ruff and mypy (strict) over the code and the te
 
 test: lint ## the whole suite: unit, integration and end-to-end, on real Postgres and RabbitMQ
 	$(BIN)/pytest
+
+# The markers are declared in pyproject.toml; what is left runs in-process, each test in seconds.
+test-quick: install ## the edit-test loop: no lint, no processes, faults, browser or benchmark [PYTEST_ARGS=-x]
+	$(BIN)/pytest -m "not e2e and not faults and not browser and not bench" $(PYTEST_ARGS)
 
 test-compose: install ## the stack in containers (docker compose), tested end to end, then removed
 	bash tests/compose/setup-docker.sh
