@@ -1,29 +1,65 @@
 # Every command a user or CI needs. `make help` lists them.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The Python that makes .venv: 3.11 or newer (make PYTHON=python3.12 ... to choose another).
 PYTHON ?= python3
 SERVICE ?= users_service
-# The local Postgres that `make dev` creates the services' databases in (as its superuser).
+# The local Postgres that `make databases` (so also `make dev`) creates the services' databases in, as
+# its superuser. The default, TCP to 127.0.0.1, needs no password where local connections are trusted.
+# A stock Debian or Ubuntu asks for one there, and lets only the postgres OS user in through the Unix
+# socket (peer authentication): then give the password (PGPASSWORD=... make dev), or go through the
+# socket as that user: make dev PGHOST= PGSUDO="sudo -u postgres" (an empty PGHOST means the socket).
 PGHOST ?= 127.0.0.1
 PGUSER ?= postgres
+PGSUDO ?=
 export PGHOST PGUSER
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links \
+	--strip-extras $(LOCK_ARGS)
+# What was asked of make, for the commands its messages suggest.
+GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test test-compose lint format lock clean dlq dlq-replay demo demo-compose
+.PHONY: help install dev databases keys test test-quick test-compose lint format lock clean dlq dlq-replay \
+	demo demo-compose bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: requirements-dev.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# The virtual environment itself, made only by a Python that can: 3.11 or newer, with its ensurepip
+# (which Debian and Ubuntu package apart, in pythonX.Y-venv). A venv without bin/pip, as Debian's
+# `python3 -m venv` leaves one when ensurepip is missing, is made again from scratch (--clear).
+$(BIN)/pip:
+	@version=$$($(PYTHON) -c 'import platform; print(platform.python_version())' 2>/dev/null) || { \
+		echo "eda-reference needs Python 3.11 or newer, and there is no $(PYTHON) here. Install one" \
+			"(sudo apt-get install python3 python3-venv), or run: make PYTHON=python3.12 $(GOALS)" >&2; \
+		exit 1; }; \
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "eda-reference needs Python 3.11 or newer; $(PYTHON) is $$version. Install a newer one," \
+			"or run: make PYTHON=python3.12 $(GOALS)" >&2; \
+		exit 1; }; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+		echo "$(PYTHON) ($$version) cannot make a virtual environment: its ensurepip module is missing." \
+			"Install it: sudo apt-get install python$${version%.*}-venv" >&2; \
+		exit 1; }
+	$(PYTHON) -m venv $(if $(wildcard $(VENV)/pyvenv.cfg),--clear) $(VENV)
+
+# Everything but the benchmark's extra: what `make dev`, `make demo` and the quick tests need.
+$(BIN)/.installed: requirements-dev.lock pyproject.toml | $(BIN)/pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
-install: $(BIN)/.installed ## create .venv with the locked dependencies
+# The benchmark's extra on top (matplotlib, py-spy): for `make bench`, for mypy, which checks bench/
+# too, and so for `make test`, which also runs the benchmark's smoke test. Its lock is resolved within
+# the dev lock's pins, so that installing it adds packages and changes none.
+$(BIN)/.bench-installed: requirements-bench.lock $(BIN)/.installed
+	$(BIN)/pip install --quiet --require-hashes -r requirements-bench.lock
+	@touch $@
 
-databases: ## create each service's database and role in the local Postgres, if missing
-	POSTGRES_USER=$(PGUSER) bash deploy/postgres/create-databases.sh
+install: $(BIN)/.installed ## create .venv with the locked dependencies (lint, test and bench add the benchmark's)
+
+databases: ## create each service's database and role in the local Postgres, if missing (see PGHOST above)
+	@PGSUDO='$(PGSUDO)' MAKE_GOAL='$(or $(MAKECMDGOALS),databases)' bash deploy/postgres/create-local-databases.sh
 
 keys: install ## create the token-signing key pair in .keys/, if missing
 	$(BIN)/python -m users_service.keygen
@@ -33,13 +69,17 @@ dev: install databases keys ## run the gateway and both services locally (honcho
 	@# honcho pipes the output, so the services are told to colour it when make runs on a terminal.
 	PATH="$(CURDIR)/$(BIN):$$PATH" FORCE_COLOR=$$([ -t 1 ] && echo 1) $(BIN)/honcho start --no-prefix
 
-lint: install ## ruff and mypy (strict) over the code and the tests
+lint: $(BIN)/.bench-installed ## ruff and mypy (strict) over the code and the tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: lint ## the whole suite: unit, integration and end-to-end, on real Postgres and RabbitMQ
 	$(BIN)/pytest
+
+# The markers are declared in pyproject.toml; what is left runs in-process, each test in seconds.
+test-quick: install ## the edit-test loop: no lint, no processes, faults, browser or benchmark [PYTEST_ARGS=-x]
+	$(BIN)/pytest -m "not e2e and not faults and not browser and not bench" $(PYTEST_ARGS)
 
 test-compose: install ## the stack in containers (docker compose), tested end to end, then removed
 	bash tests/compose/setup-docker.sh
@@ -67,16 +107,17 @@ format: install ## let ruff fix what it can
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-lock: ## re-resolve the dependencies into requirements*.lock (after editing pyproject.toml)
+# The dev lock is resolved first; the production lock (the image's) and the benchmark's are resolved
+# within its pins, so the three never disagree about a version. pip-compile keeps each file's existing
+# pins where they still fit: nothing is upgraded unless asked (make lock LOCK_ARGS="--upgrade-package X").
+lock: | $(BIN)/pip ## re-resolve the dependencies into requirements*.lock (after editing pyproject.toml)
 	$(BIN)/pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
-		-o requirements.lock pyproject.toml
-	$(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras \
-		--extra dev -o requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
+	$(PIP_COMPILE) --constraint requirements-dev.lock -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --constraint requirements-dev.lock --extra bench -o requirements-bench.lock pyproject.toml
 
 clean: ## remove the virtual environment and caches (keeps .keys)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
-.PHONY: bench
-bench: install ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
+bench: $(BIN)/.bench-installed ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
 	$(BIN)/python -m bench $(BENCH_ARGS)
