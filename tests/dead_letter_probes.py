@@ -2,22 +2,24 @@
 the local suite against this machine's (RabbitMQ 3), tests/compose/ inside the compose network
 against the stack's (RabbitMQ 4). Each prints what it saw as one JSON object; the tests judge it.
 
-    python tests/dead_letter_probes.py list SERVICE [--letters N] [--listings N]
-    python tests/dead_letter_probes.py crash-loop SERVICE
+    python tests/dead_letter_probes.py list SERVICE [--letters N] [--listings N] [--vhost NAME]
+    python tests/dead_letter_probes.py crash-loop SERVICE [--vhost NAME]
 
-It imports only what the application image holds (shared/, aio-pika, the standard library), so that
-tests/compose/ can run it in a container of the stack, given on standard input (`python - list
-users_service`). It reads RABBITMQ_URL, RETRY_DELAYS_MS and DELIVERY_LIMIT as the services do, and
-declares the topology as they do (a no-op where they have).
+It imports only what the application image holds (shared/, aio-pika and its yarl, the standard
+library), so that tests/compose/ can run it in a container of the stack, given on standard input
+(`python - list users_service`). It reads RABBITMQ_URL, RETRY_DELAYS_MS and DELIVERY_LIMIT as the
+services do (--vhost replaces RABBITMQ_URL's), and declares the topology as they do (a no-op where
+they have).
 
 list: puts LETTERS dead letters of its own in SERVICE's dead-letter queue, lists the dead letters
 LISTINGS times with the code `make dlq` runs (`python -m shared.dlq list SERVICE`), and reports which
 of its letters each listing showed.
 
 crash-loop: puts one message of its own on SERVICE's queue, which must be empty and have no consumer
-(stop the service first), then hands it to one consumer process after another, each of which is
-killed (SIGKILL) while it holds the message, until no consumer receives it any more. It reports
-every delivery, and how the dead-letter listing describes the message afterwards.
+(in a vhost of the probe's own, or with the service stopped), then hands it to one consumer process
+after another, each of which is killed (SIGKILL) while it holds the message, until no consumer
+receives it any more. It reports every delivery, and how the dead-letter listing describes the
+message afterwards.
 """
 
 import argparse
@@ -35,6 +37,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aio_pika
+from yarl import URL
 
 from shared import dlq
 from shared.broker import broker_version, connect_once
@@ -221,8 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", choices=sorted(CONSUMERS))
     parser.add_argument("--letters", type=int, default=3)
     parser.add_argument("--listings", type=int, default=25)
+    parser.add_argument("--vhost", help="the virtual host to probe in, instead of RABBITMQ_URL's")
     arguments = parser.parse_args(argv)
     config = ServiceConfig.from_env()
+    if arguments.vhost is not None:
+        # Through the environment, so that `make dlq`'s own code (which reads it) lists there too.
+        os.environ["RABBITMQ_URL"] = str(URL(config.rabbitmq_url.value).with_path(f"/{arguments.vhost}"))
+        config = ServiceConfig.from_env()
     if arguments.probe == "list":
         report = list_repeatedly(config, arguments.service, arguments.letters, arguments.listings)
     else:
