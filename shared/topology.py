@@ -56,10 +56,11 @@ def dead_letter_queue_arguments(version: tuple[int, ...]) -> dict[str, Any]:
     """A dead-letter queue keeps every letter until a person replays it: it has no delivery limit.
 
     Nothing consumes it but `python -m shared.dlq`, which lists the letters by taking each one and
-    giving it back (nack with requeue). RabbitMQ 4 gives every quorum queue a delivery limit of 20
-    unless told otherwise, and 4.0 to 4.2 count each such return towards it; past the limit a
-    message is dropped (a dead-letter queue has nowhere to send it on), so listing the letters 20
-    times would lose them all. RabbitMQ 4 reads a limit of -1 as "none". RabbitMQ 3 sets no limit by
+    giving it back (nack with requeue), and a person looking in the management UI. RabbitMQ 4 gives
+    every quorum queue a delivery limit of 20 unless told otherwise; 4.0 to 4.2 count every return
+    towards it (4.3 and later only failed ones: a consumer gone, a reject), and past the limit a
+    message is dropped, since a dead-letter queue has nowhere to send it on: listing the letters 21
+    times lost them all. RabbitMQ 4 reads a limit of -1 as "none". RabbitMQ 3 sets no limit by
     itself, and reads -1 as a limit below zero that drops a message at its first return: there, the
     argument is left out. (The services' own queues keep their limit: it is what moves a message
     that crashes its consumer every time to these dead letters.)

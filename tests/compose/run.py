@@ -85,8 +85,8 @@ def official_images() -> dict[str, str]:
 
 
 def major(image: str) -> str:
-    """The major version an image's tag starts with: "17" for postgres:17.11-trixie and for
-    eda-standin/postgres:17-trixie, "4" for rabbitmq:4.3.6-management."""
+    """The major version an image's tag starts with: "17" for postgres:17.12-trixie and for
+    eda-standin/postgres:17-trixie, "4" for rabbitmq:4.4.1-management."""
     tag = image.rpartition("/")[2].partition(":")[2]
     found = re.match(r"\d+", tag)
     assert found, f"{image}: its tag names no version"

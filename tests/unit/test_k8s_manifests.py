@@ -544,13 +544,13 @@ def test_dev_runs_one_of_everything_from_the_local_image() -> None:
 
 # --- the versions of Postgres and RabbitMQ ------------------------------------------------------
 
-# How many parts of its version pin a release of each: PostgreSQL 17.11, RabbitMQ 4.3.6. A tag with
+# How many parts of its version pin a release of each: PostgreSQL 17.12, RabbitMQ 4.4.1. A tag with
 # fewer (postgres:17, rabbitmq:4-management, latest) moves by itself whenever a new one is pushed.
 PINNED_VERSION_PARTS = {"postgres": 2, "rabbitmq": 3}
 
 
 def image_version(image: str) -> tuple[int, ...]:
-    """The version an image's tag starts with: (17, 11) for postgres:17.11-trixie."""
+    """The version an image's tag starts with: (17, 12) for postgres:17.12-trixie."""
     tag = image.rpartition("/")[2].partition(":")[2]
     found = re.match(r"\d+(?:\.\d+)*", tag)
     assert found, f"{image}: its tag names no version"
