@@ -120,7 +120,7 @@ build_standin() {
     DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$base" --label "$LABEL=$inputs" -t "$tag" \
         "standins/$name" >"$log" 2>&1 || { tail -40 "$log" >&2; rm -f "$log"; exit 1; }
     rm -f "$log"
-    [ -z "$previous" ] || replaced+=("$previous")
+    [ -z "$previous" ] || [ "$previous" = "$(id_of "$tag")" ] || replaced+=("$previous")
     say "$tag built in $((SECONDS - started)) s ($inputs)"
 }
 
