@@ -2,10 +2,11 @@
 but its first connect fails at once when the broker is not up yet, so that one is retried here."""
 
 import asyncio
+import re
 from typing import TypeVar
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared.retry import retry_until_deadline
 
@@ -42,3 +43,14 @@ async def check_broker(connection: AbstractRobustConnection) -> None:
     transport = connection.transport
     if connection.is_closed or transport is None or transport.connection.is_closed:
         raise ConnectionError("not connected to RabbitMQ")
+
+
+async def broker_version(channel: AbstractChannel) -> tuple[int, ...]:
+    """The version the broker announced when the channel's connection opened: (4, 0, 5) for
+    RabbitMQ 4.0.5; () if it announced none that reads as one."""
+    underlay = await channel.get_underlay_channel()
+    announced = underlay.connection.server_properties.get("version", "")
+    if isinstance(announced, bytes):
+        announced = announced.decode(errors="replace")
+    found = re.match(r"\d+(?:\.\d+)*", str(announced))
+    return tuple(int(part) for part in found[0].split(".")) if found else ()

@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.compose.run import COMPOSE_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_URL = os.environ.get("COMPOSE_GATEWAY_URL", "")
 PROJECT = os.environ.get("COMPOSE_PROJECT_NAME", "")
@@ -30,13 +32,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def docker(*arguments: str, timeout: float = 120.0) -> str:
-    """Run the Docker CLI; return its standard output, or fail with everything it said."""
+async def docker(*arguments: str, timeout: float = 120.0, stdin: bytes | None = None) -> str:
+    """Run the Docker CLI (given `stdin`, if any); return its standard output, or fail with
+    everything it said."""
     process = await asyncio.create_subprocess_exec(
-        "docker", *arguments, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        "docker",
+        *arguments,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
-        output, errors = await asyncio.wait_for(process.communicate(), timeout)
+        output, errors = await asyncio.wait_for(process.communicate(stdin), timeout)
     except TimeoutError:
         process.kill()
         await process.wait()
@@ -45,9 +53,11 @@ async def docker(*arguments: str, timeout: float = 120.0) -> str:
     return output.decode(errors="replace")
 
 
-async def docker_compose(*arguments: str, timeout: float = 120.0) -> str:
-    """`docker compose` on the stack under test."""
-    return await docker("compose", "--project-name", PROJECT, *arguments, timeout=timeout)
+async def docker_compose(*arguments: str, timeout: float = 120.0, stdin: bytes | None = None) -> str:
+    """`docker compose` on the stack under test, with the options every run uses (no `.env`)."""
+    return await docker(
+        "compose", *COMPOSE_OPTIONS, "--project-name", PROJECT, *arguments, timeout=timeout, stdin=stdin
+    )
 
 
 async def containers() -> dict[str, dict[str, Any]]:

@@ -5,16 +5,20 @@ end to end through the gateway's published port, and then removed with its volum
 
 1. Picks the base images. The official ones that docker-compose.yml names by default are used when
    they are here or can be pulled; for each one that cannot be had (no registry access), a local
-   stand-in is built (tests/compose/build-standins.sh) and passed through the compose file's own
-   variable: PYTHON_IMAGE, POSTGRES_IMAGE or RABBITMQ_IMAGE. A variable already set is left alone.
+   stand-in is built (tests/compose/build-standins.sh: Python 3.11 from Debian 12, PostgreSQL 17 and
+   RabbitMQ 4.0 from Debian 13) and passed through the compose file's own variable: PYTHON_IMAGE,
+   POSTGRES_IMAGE or RABBITMQ_IMAGE. A stand-in must be of the major the compose file ships (the run
+   stops if one drifts). A variable already set in the environment is left alone.
    COMPOSE_TEST_IMAGES=official or =standin forces one kind for all three.
 2. Has compose check the file with the profile `observability` on too (that profile's services are
    not started), builds the application image from deploy/Dockerfile and starts the stack under a
    project name of its own, with the gateway and the management UI on free ports, so that it never
-   meets a stack a developer runs.
+   meets a stack a developer runs. A developer's own `.env` beside the compose file is not read (see
+   COMPOSE_OPTIONS): the stack is the compose file's defaults and what this run sets, on every machine.
 3. Waits, with a deadline, until every long-running service is healthy and the key generator has
    exited cleanly, and prints how long that took.
-4. Runs tests/compose/ (the end-to-end tests, and a restart of orders_service mid-burst) against it.
+4. Runs tests/compose/ (the end-to-end tests, a restart of each service mid-burst, and the dead
+   letters under RabbitMQ 4's delivery limit) against it.
 5. Always tears the stack down with `docker compose down -v`; on failure it prints the logs first.
 """
 
@@ -46,6 +50,12 @@ DOWN_DEADLINE = 120.0
 ONE_SHOT_SERVICES = {"keygen"}
 # Jaeger, Prometheus and Grafana: started only on request, and not by this run (see main).
 OBSERVABILITY_PROFILE = "observability"
+# Given to every `docker compose` this run and its tests make. Compose reads a `.env` file beside the
+# compose file by itself, and a developer's (copied from .env.example to change a password, a port or
+# an image) would change what is tested, or break it (COMPOSE_FILE, COMPOSE_PROFILES and the image
+# variables may be set there too). An explicit, empty env file replaces it: what runs is the compose
+# file's defaults and what this run sets in the environment.
+COMPOSE_OPTIONS = ("--env-file", os.devnull)
 # Each run's project is named after the driver's process, so that a stack left by a run that was
 # killed (its restart policy brings it back with the engine) can be told apart and removed.
 PROJECT_PREFIX = "eda-compose-test-"
@@ -74,6 +84,15 @@ def official_images() -> dict[str, str]:
     return found
 
 
+def major(image: str) -> str:
+    """The major version an image's tag starts with: "17" for postgres:17.12-trixie and for
+    eda-standin/postgres:17-trixie, "4" for rabbitmq:4.4.1-management."""
+    tag = image.rpartition("/")[2].partition(":")[2]
+    found = re.match(r"\d+", tag)
+    assert found, f"{image}: its tag names no version"
+    return found[0]
+
+
 def can_have(image: str) -> tuple[bool, str]:
     """Whether the image is here already or can be pulled now, and why not."""
     if run(["docker", "image", "inspect", image], timeout=30, check=False, capture=True).returncode == 0:
@@ -94,7 +113,8 @@ def choose_images() -> dict[str, str]:
     assert mode in {"auto", "official", "standin"}, f"COMPOSE_TEST_IMAGES={mode}: auto, official or standin"
     chosen: dict[str, str] = {}
     standins_needed: list[str] = []
-    for variable, official in official_images().items():
+    officials = official_images()
+    for variable, official in officials.items():
         if os.environ.get(variable):
             chosen[variable] = f"{os.environ[variable]} (set in the environment)"
             continue
@@ -122,8 +142,14 @@ def choose_images() -> dict[str, str]:
         )
         made = dict(line.split("=", 1) for line in built.stdout.split() if "=" in line)
         for variable in standins_needed:
+            # What is tested must be the major that is shipped: a compose file moved to a new major
+            # with its stand-in left behind would otherwise pass on the old one.
+            assert major(made[variable]) == major(officials[variable]), (
+                f"the stand-in {made[variable]} is not of the major docker-compose.yml ships,"
+                f" {officials[variable]}: update tests/compose/build-standins.sh"
+            )
             os.environ[variable] = made[variable]
-            chosen[variable] = f"{made[variable]} (stand-in)"
+            chosen[variable] = f"{made[variable]} (stand-in for {officials[variable]})"
         log(f"stand-ins ready in {time.monotonic() - started:.0f} s")
     return chosen
 
@@ -143,7 +169,7 @@ class Stack:
         self.project = project
 
     def compose(self, *arguments: str) -> list[str]:
-        return ["docker", "compose", "--project-name", self.project, *arguments]
+        return ["docker", "compose", *COMPOSE_OPTIONS, "--project-name", self.project, *arguments]
 
     def containers(self) -> list[dict[str, Any]]:
         listed = run(self.compose("ps", "--all", "--format", "json"), timeout=30, capture=True).stdout.strip()

@@ -8,6 +8,7 @@ loses an order. Run by `make test-compose` (tests/compose/run.py), which starts 
 
 import asyncio
 import collections
+import json
 import time
 import uuid
 from typing import Any
@@ -16,7 +17,11 @@ import aiohttp
 import pytest
 
 from devstack.waiting import eventually
-from tests.compose.conftest import PROJECT, containers, docker_compose
+from tests.compose.conftest import PROJECT, ROOT, containers, docker_compose
+from tests.dead_letter_probes import (
+    assert_dead_lettered_after_the_limit,
+    assert_every_listing_showed_every_letter,
+)
 from tests.e2e.api import FINAL, User, final_order, me, new_user, place_order
 
 LONG_RUNNING = ("postgres", "rabbitmq", "users_service", "orders_service", "gateway")
@@ -235,6 +240,58 @@ class Burst:
                     assert response.status in {502, 503}, await response.text()
                     self.refused[response.status] += 1
             await asyncio.sleep(self.PACE)
+
+
+# --- dead letters under RabbitMQ 4's delivery limit ---------------------------------------------
+# RabbitMQ 4 gives every quorum queue a delivery limit of 20 and counts a message given back (nack with
+# requeue, a consumer gone) towards it. The same probes run in the local suite against RabbitMQ 3
+# (tests/integration/test_dead_letters.py).
+
+PROBES = ROOT / "tests" / "dead_letter_probes.py"
+
+
+async def probe_in_the_stack(container: list[str], *probe: str) -> dict[str, Any]:
+    """Run tests/dead_letter_probes.py inside the compose network (AMQP is not published on the host),
+    as `make demo-compose` runs the demo: the image holds shared/, the probe comes on standard input."""
+    output = await docker_compose(*container, "python", "-", *probe, stdin=PROBES.read_bytes(), timeout=240)
+    report: dict[str, Any] = json.loads(output.splitlines()[-1])
+    assert report["broker"].split(".")[0] == "4", f"the stack runs RabbitMQ {report['broker']}"
+    return report
+
+
+async def test_listing_the_dead_letters_25_times_loses_none() -> None:
+    # `make dlq` takes every dead letter and gives it back: 25 listings, more than the default limit.
+    report = await probe_in_the_stack(
+        ["exec", "-T", "users_service"], "list", "users_service", "--listings", "25"
+    )
+    assert_every_listing_showed_every_letter(report)
+
+
+async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_after_the_limit() -> None:
+    """In a vhost of the probe's own, where it declares the topology as the services do, with a
+    DELIVERY_LIMIT other than RabbitMQ 4's default (20, the services' too): the limit that acts must
+    be the configured one, not the broker's. And there the probe's consumers are the queue's only ones."""
+    vhost, limit = f"crash-loop-{uuid.uuid4().hex[:8]}", 5
+    broker = (await containers())["rabbitmq"]
+    user = dict(entry.split("=", 1) for entry in broker["Config"]["Env"])["RABBITMQ_DEFAULT_USER"]
+    await docker_compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "add_vhost", vhost)
+    try:
+        await docker_compose(
+            "exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, *[".*"] * 3
+        )
+        report = await probe_in_the_stack(
+            ["exec", "-T", "-e", f"DELIVERY_LIMIT={limit}", "users_service"],
+            "crash-loop",
+            "users_service",
+            "--vhost",
+            vhost,
+        )
+    finally:
+        await docker_compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "delete_vhost", vhost)
+    deliveries, dead_letter = len(report["deliveries"]), report["dead_letter"]
+    print(f"\n  RabbitMQ {report['broker']}: delivered {deliveries} times, then dead-lettered: {dead_letter}")
+    assert report["delivery_limit"] == limit
+    assert_dead_lettered_after_the_limit(report)
 
 
 # --- checks through the API ---------------------------------------------------------------------

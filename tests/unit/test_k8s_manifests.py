@@ -41,7 +41,14 @@ from orders_service.config import OrdersConfig
 from shared.config import BaseConfig, DatabaseConfig, Secret, ServiceConfig
 from shared.http import health_routes
 from shared.migrate import PROCESSES, MigrationConfig, migration_directories
-from tests.unit.test_compose import image_environment, init_script_defaults, settings_read_by, stages
+from tests.unit.test_compose import (
+    image_environment,
+    init_script_defaults,
+    load_compose,
+    service,
+    settings_read_by,
+    stages,
+)
 from users_service.config import UsersConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -364,7 +371,8 @@ def test_the_schema_checks_refuse_what_the_api_server_would() -> None:
         {**rabbitmq, "spec": {**rabbitmq["spec"], "replicas": "3"}},
         {**rabbitmq, "spec": {**rabbitmq["spec"], "persistence": {"storage": "ten gigs"}}},
         # A real field, but one the vendored part leaves out: it must be copied in before it is used.
-        {**rabbitmq, "spec": {**rabbitmq["spec"], "image": "rabbitmq:latest"}},
+        {**rabbitmq, "spec": {**rabbitmq["spec"], "tls": {"secretName": "rabbitmq-tls"}}},
+        {**rabbitmq, "spec": {**rabbitmq["spec"], "image": 4}},
     ]
     for document in spoiled:
         assert crd_errors(document), document["spec"]
@@ -532,6 +540,49 @@ def test_dev_runs_one_of_everything_from_the_local_image() -> None:
     assert named(documents, "RabbitmqCluster", "rabbitmq")["spec"]["replicas"] == 1
     assert {cluster["spec"]["instances"] for cluster in of_kind(documents, "Cluster")} == {1}
     assert {the_container(workload)["image"] for workload in workloads(documents)} == {"eda-reference:local"}
+
+
+# --- the versions of Postgres and RabbitMQ ------------------------------------------------------
+
+# How many parts of its version pin a release of each: PostgreSQL 17.12, RabbitMQ 4.4.1. A tag with
+# fewer (postgres:17, rabbitmq:4-management, latest) moves by itself whenever a new one is pushed.
+PINNED_VERSION_PARTS = {"postgres": 2, "rabbitmq": 3}
+
+
+def image_version(image: str) -> tuple[int, ...]:
+    """The version an image's tag starts with: (17, 12) for postgres:17.12-trixie."""
+    tag = image.rpartition("/")[2].partition(":")[2]
+    found = re.match(r"\d+(?:\.\d+)*", tag)
+    assert found, f"{image}: its tag names no version"
+    return tuple(int(part) for part in found[0].split("."))
+
+
+def kubernetes_images(documents: list[Manifest]) -> dict[str, set[str]]:
+    """The images the operators are told to run; a missing one would be the operator's default."""
+    clusters = of_kind(documents, "Cluster")
+    return {
+        "postgres": {cluster["spec"].get("imageName", "the operator's default") for cluster in clusters},
+        "rabbitmq": {
+            named(documents, "RabbitmqCluster", "rabbitmq")["spec"].get("image", "the operator's default")
+        },
+    }
+
+
+def test_compose_and_kubernetes_run_the_same_pinned_majors_of_postgres_and_rabbitmq(
+    built: list[Manifest],
+) -> None:
+    compose = load_compose()[0]
+    for name, images in kubernetes_images(built).items():
+        shipped = service(compose, name)["image"]
+        assert len(images) == 1, f"{name}: one image for every cluster, not {images}"
+        (image,) = images
+        for pinned in (shipped, image):
+            assert len(image_version(pinned)) >= PINNED_VERSION_PARTS[name], (
+                f"{pinned} is not pinned to a release"
+            )
+        assert image_version(image)[0] == image_version(shipped)[0], (
+            f"{name}: docker-compose.yml runs {shipped}, Kubernetes {image}: not the same major"
+        )
 
 
 # --- settings -----------------------------------------------------------------------------------
