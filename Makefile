@@ -19,11 +19,11 @@ PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url 
 GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test test-quick test-compose lint format lock clean dlq dlq-replay \
-	demo demo-compose bench
+.PHONY: help install dev databases keys test test-quick test-containers test-compose lint format lock clean \
+	dlq dlq-replay demo demo-throwaway demo-compose stack bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 # The virtual environment itself, made only by a Python that can: 3.11 or newer, with its ensurepip
 # (which Debian and Ubuntu package apart, in pythonX.Y-venv). A venv without bin/pip, as Debian's
@@ -74,12 +74,19 @@ lint: $(BIN)/.bench-installed ## ruff and mypy (strict) over the code and the te
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint ## the whole suite: unit, integration and end-to-end, on real Postgres and RabbitMQ
-	$(BIN)/pytest
+test: lint ## the whole suite on servers of its own (containers or private instances; it says which)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The markers are declared in pyproject.toml; what is left runs in-process, each test in seconds.
 test-quick: install ## the edit-test loop: no lint, no processes, faults, browser or benchmark [PYTEST_ARGS=-x]
 	$(BIN)/pytest -m "not e2e and not faults and not browser and not bench" $(PYTEST_ARGS)
+
+# The servers' part of the suite (the in-process tests and the fault tests) on containers of the images
+# docker-compose.yml ships: PostgreSQL 17 and RabbitMQ 4, where `make test` may have run on the
+# machine's own binaries. Without registry access, `make test-compose` builds local stand-ins first.
+test-containers: install ## the servers' tests on containers of compose's images (needs Docker)
+	DEVSTACK_SERVERS=containers $(BIN)/pytest -m "(not e2e and not browser and not bench) or faults" \
+		tests/integration tests/security tests/e2e $(PYTEST_ARGS)
 
 test-compose: install ## the stack in containers (docker compose), tested end to end, then removed
 	bash tests/compose/setup-docker.sh
@@ -93,6 +100,12 @@ dlq-replay: install ## put dead letters back on the queue: make dlq-replay SERVI
 
 demo: install ## a scripted tour of the system `make dev` runs: make demo [DEMO_ARGS=--help]
 	$(BIN)/python -m demo $(DEMO_ARGS)
+
+demo-throwaway: install ## the same tour against a throwaway system: servers and processes of its own
+	$(BIN)/python -m devstack demo
+
+stack: install ## a throwaway system (its own servers and processes) until Ctrl-C, for trying things
+	$(BIN)/python -m devstack up
 
 # AMQP is not published on the host, so against compose the demo runs inside the compose network, in
 # users_service's container: its image holds the demo, and its RABBITMQ_URL carries the broker

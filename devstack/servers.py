@@ -134,7 +134,10 @@ async def _containers(environ: Mapping[str, str]) -> Choice | str:
     for service, repository in (("postgres", "eda-standin/postgres"), ("rabbitmq", "eda-standin/rabbitmq")):
         image = environ.get(f"DEVSTACK_{service.upper()}_IMAGE") or await _image_for(service, repository)
         if image is None:
-            return f"Docker {engine} has no {service} image and could not pull one"
+            return (
+                f"Docker {engine} has no {service} image and could not pull one (without a registry,"
+                " build local stand-ins: bash tests/compose/build-standins.sh postgres rabbitmq)"
+            )
         images.append(image)
     return Choice(
         "containers", f"Docker {engine} answers", postgres_image=images[0], rabbitmq_image=images[1]

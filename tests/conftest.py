@@ -21,8 +21,10 @@ from users_service.tokens import TokenIssuer
 
 TESTS = Path(__file__).resolve().parent
 SERVER_CHOICE = pytest.StashKey[Choice | NoServers]()
-# Markers every test of a folder carries, so that `-m` selects by what a test needs.
+# Markers every test of a folder, or every test that uses a fixture, carries, so that `-m` selects
+# by what a test needs: `-m "not e2e"` leaves out every test that starts the system's processes.
 FOLDER_MARKERS = {"e2e": "e2e", "abuse": "e2e", "bench": "bench"}
+FIXTURE_MARKERS = {"stack": "e2e", "fresh_stack": "e2e", "fault_servers": "faults"}
 _session_patch = pytest.MonkeyPatch()
 
 
@@ -45,13 +47,15 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"servers: {choice.describe()}; override with DEVSTACK_SERVERS (devstack/servers.py)"
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by them
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         folder = item.path.relative_to(TESTS).parts[0]
         if folder in FOLDER_MARKERS:
             item.add_marker(FOLDER_MARKERS[folder])
-        if "fault_servers" in getattr(item, "fixturenames", ()):
-            item.add_marker("faults")
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in FIXTURE_MARKERS:
+                item.add_marker(FIXTURE_MARKERS[fixture])
 
 
 @pytest.fixture(scope="session")

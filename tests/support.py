@@ -1,13 +1,26 @@
-"""Helpers for tests: a TCP relay to make network faults with, and a test's own fake upstream."""
+"""Helpers for tests: a TCP relay to make network faults with, a test's own fake upstream, and what a
+test does when this machine lacks a tool it needs."""
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
+import pytest
 from aiohttp import web
 from yarl import URL
 
 from devstack.ports import free_port
+
+
+def require_tool(found: object, message: str) -> None:
+    """A test that needs a tool (`found` is None when it is not installed) is skipped on a machine
+    without it, with the reason; under CI (CI set) it fails instead: CI installs every tool, so a
+    missing one there is a broken set-up, not a machine that cannot run the test."""
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
 
 
 def with_port(url: str, port: int) -> str:

@@ -16,6 +16,7 @@ import pytest
 
 from bench.machine import find_tool
 from devstack.servers import Servers
+from tests.support import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_DEADLINE = 300.0
@@ -53,12 +54,11 @@ def the_suites_servers(servers: Servers) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def smoke(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     missing = [tool for tool in ("nginx", "wrk") if find_tool(tool) is None]
-    if missing:
-        pytest.fail(
-            f"the benchmark needs {' and '.join(missing)}, from Debian's packages: "
-            "apt-get install nginx-light wrk (.ci/run installs them)",
-            pytrace=False,
-        )
+    require_tool(
+        None if missing else "nginx and wrk",
+        f"the benchmark needs {' and '.join(missing)}, from Debian's packages: "
+        "apt-get install nginx-light wrk (.ci/run installs them)",
+    )
     directory = tmp_path_factory.mktemp("bench")
     output, chart = directory / "smoke.json", directory / "smoke.png"
     done = subprocess.run(

@@ -19,6 +19,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from devstack.ports import free_port
 from tests.e2e.api import final_order, new_user, place_order
 from tests.e2e.conftest import ServiceProcess, Stack, start_gateway
+from tests.support import require_tool
 
 pytestmark = pytest.mark.browser
 
@@ -29,8 +30,10 @@ WAIT_MS = 20_000
 
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: install Debian's `chromium`, or set CHROMIUM_PATH")
+    require_tool(
+        CHROMIUM if Path(CHROMIUM).exists() else None,
+        f"no Chromium at {CHROMIUM}: install Debian's `chromium`, or set CHROMIUM_PATH",
+    )
     async with async_playwright() as playwright:
         chromium = await playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS

@@ -47,6 +47,7 @@ from tests.observability import (
     series_used_by_dashboards,
     without_grafana_variables,
 )
+from tests.support import require_tool
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 
@@ -229,11 +230,16 @@ async def prometheus(config: dict[str, Any], folder: Path) -> AsyncIterator[str]
             await process.wait()
 
 
-@pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="Prometheus is not installed (Debian: apt-get install prometheus, or extract its .deb); "
-    "the tests above read /metrics as it would",
-)
+@pytest.fixture
+def prometheus_installed() -> None:
+    require_tool(
+        PROMETHEUS,
+        "Prometheus is not installed (Debian: apt-get install prometheus, or extract its .deb); "
+        "the tests above read /metrics as it would",
+    )
+
+
+@pytest.mark.usefixtures("prometheus_installed")  # first: without it, the processes are not even started
 async def test_the_real_prometheus_scrapes_every_job_and_runs_every_dashboard_query(
     processes: Processes, tmp_path: Path
 ) -> None:

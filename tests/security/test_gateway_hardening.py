@@ -21,6 +21,8 @@ from tests.e2e.api import new_user
 from tests.e2e.conftest import ServiceProcess, Stack, gateway_env, start_gateway
 from tests.support import serving
 
+pytestmark = pytest.mark.e2e  # gateway processes in front of a fake upstream
+
 REGISTRATION = {"email": "a@example.com", "name": "A", "password": "12345678"}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",

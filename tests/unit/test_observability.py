@@ -40,6 +40,7 @@ from tests.observability import (
     series_used_by_dashboards,
     without_grafana_variables,
 )
+from tests.support import require_tool
 from tests.unit.test_compose import (
     APP_SERVICES,
     COMPOSE_FILE,
@@ -398,11 +399,16 @@ def test_the_query_reader_finds_metrics_and_labels(
 # --- with the real tools, where they are installed ----------------------------------------------
 
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed (Debian: apt-get install prometheus, or extract its .deb); "
-    "the checks above read the same files without it",
-)
+needs_promtool = pytest.mark.usefixtures("promtool")
+
+
+@pytest.fixture
+def promtool() -> None:
+    require_tool(
+        PROMTOOL,
+        "promtool is not installed (Debian: apt-get install prometheus, or extract its .deb); "
+        "the checks above read the same files without it",
+    )
 
 
 @needs_promtool
