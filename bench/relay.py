@@ -14,8 +14,9 @@ import aio_pika
 import asyncpg
 
 from devstack.waiting import eventually
-from shared.events import Cause, Envelope, OrderApproved
-from shared.outbox import CLOUDEVENTS_JSON
+from shared.envelope import Cause, Envelope
+from shared.events import OrderApproved
+from shared.messages import event_message
 
 BATCH = 100
 
@@ -78,15 +79,7 @@ async def raw_throughput(rabbitmq_url: str, count: int) -> dict[str, Any]:
         for offset in range(0, count, BATCH):
 
             async def publish(envelope: Envelope, body: bytes) -> None:
-                message = aio_pika.Message(
-                    body,
-                    headers={},
-                    content_type=CLOUDEVENTS_JSON,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=str(envelope.id),
-                    type=envelope.type,
-                    correlation_id=envelope.correlationid,
-                )
+                message = event_message(body, envelope)
                 await asyncio.wait_for(
                     exchange.publish(message, routing_key=envelope.type, mandatory=True), 10
                 )

@@ -29,7 +29,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from bench.stack import Customer
 from bench.stats import latency_percentiles
 from shared.db import SHARED_MIGRATIONS, apply_migrations
-from shared.events import Cause, CreditReserved, Envelope, OrderApproved, OrderCreated
+from shared.envelope import Cause, Envelope
+from shared.events import CreditReserved, OrderApproved, OrderCreated
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER_BODY = orjson.dumps({"items": [{"sku": "bench", "quantity": 1, "unit_price_cents": 1}]})

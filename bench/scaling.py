@@ -44,8 +44,9 @@ from devstack.ports import free_port
 from devstack.processes import ServiceProcess, service_process
 from devstack.servers import Servers
 from devstack.waiting import eventually
-from shared.events import Cause, Envelope, OrderCreated
-from shared.outbox import CLOUDEVENTS_JSON
+from shared.envelope import Cause, Envelope
+from shared.events import OrderCreated
+from shared.messages import event_message
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("saga", "relay", "consumer", "broker", "postgres")
@@ -482,22 +483,12 @@ async def _publish_orders_created(rabbitmq_url: str, customers: Sequence[Custome
             ]
             await asyncio.gather(
                 *(
-                    exchange.publish(_message(envelope.to_json(), envelope.type), routing_key=envelope.type)
+                    exchange.publish(event_message(envelope.to_json(), envelope), routing_key=envelope.type)
                     for envelope in envelopes
                 )
             )
     finally:
         await connection.close()
-
-
-def _message(body: bytes, event_type: str) -> aio_pika.Message:
-    return aio_pika.Message(
-        body,
-        content_type=CLOUDEVENTS_JSON,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=str(uuid.uuid4()),
-        type=event_type,
-    )
 
 
 async def broker(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
@@ -528,7 +519,7 @@ async def _one_queue(rabbitmq_url: str, name: str, count: int) -> tuple[float, f
         for _ in range(0, count, 200):
             await asyncio.gather(
                 *(
-                    channel.default_exchange.publish(_message(body, sample.type), routing_key=name)
+                    channel.default_exchange.publish(event_message(body, sample), routing_key=name)
                     for _ in range(200)
                 )
             )

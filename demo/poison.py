@@ -13,14 +13,14 @@ import asyncio
 import dataclasses
 import uuid
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 from yarl import URL
 
 from shared.broker import connect_once
 from shared.dlq import DeadLetter, list_dead_letters, replay_dead_letters
-from shared.events import Cause, Envelope, OrderCreated
-from shared.outbox import CLOUDEVENTS_JSON
+from shared.envelope import Cause, Envelope
+from shared.events import OrderCreated
+from shared.messages import event_message
 from shared.topology import EXCHANGE, USERS
 
 SERVICE = USERS.service
@@ -50,14 +50,7 @@ async def publish(connection: AbstractConnection, envelope: Envelope) -> None:
     async with channel:
         # Passive: the services declare the topology; the demo only uses it.
         exchange = await channel.get_exchange(EXCHANGE, ensure=True)
-        message = aio_pika.Message(
-            envelope.to_json(),
-            content_type=CLOUDEVENTS_JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(envelope.id),
-            type=envelope.type,
-            correlation_id=envelope.correlationid,
-        )
+        message = event_message(envelope.to_json(), envelope)
         await asyncio.wait_for(
             exchange.publish(message, routing_key=envelope.type, mandatory=True), PUBLISH_TIMEOUT
         )

@@ -48,7 +48,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.routes import ORDERS, USERS
 from shared.broker import connect_broker
-from shared.events import Envelope, InvalidEvent
+from shared.envelope import Envelope, InvalidEvent
 from shared.http import REQUEST_ID, REQUEST_ID_HEADER, SECURITY_HEADER_DEFAULTS, SECURITY_HEADERS
 from shared.problems import Problem
 from shared.retry import TRANSIENT_ERRORS

@@ -11,7 +11,7 @@ from orders_service import db, saga
 from orders_service.metrics import SagaMetrics
 from shared.consumer import HandlerTable
 from shared.events import CreditRejected, CreditReserved
-from shared.outbox import UnitOfWork
+from shared.unit_of_work import UnitOfWork
 
 
 class UnknownOrder(Exception):

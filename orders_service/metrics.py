@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
 from orders_service.saga import OrderStatus
-from shared.outbox import UnitOfWork
+from shared.unit_of_work import UnitOfWork
 
 # From a few milliseconds (both services idle) to the retry delays (a service was down).
 SAGA_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

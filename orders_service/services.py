@@ -15,9 +15,10 @@ import orjson
 from orders_service import db, saga
 from orders_service.metrics import SagaMetrics
 from shared.db import Executor
-from shared.events import Cause, OrderCreated
+from shared.envelope import Cause
+from shared.events import OrderCreated
 from shared.http import dumps
-from shared.outbox import Outbox, unit_of_work
+from shared.unit_of_work import Outbox, unit_of_work
 
 
 class OrderNotFound(Exception):

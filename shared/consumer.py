@@ -21,16 +21,17 @@ import datetime
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aio_pika
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from shared.db import TRANSIENT_ERRORS
-from shared.events import EVENT_TYPES, Envelope, Event, InvalidEvent
+from shared.envelope import Envelope, InvalidEvent
+from shared.events import EVENT_TYPES, Event
+from shared.messages import copy_of
 from shared.metrics import MessagingMetrics
-from shared.outbox import Outbox, UnitOfWork, unit_of_work
 from shared.topology import ConsumerQueues
+from shared.unit_of_work import Outbox, UnitOfWork, unit_of_work
 
 log = structlog.get_logger("consumer")
 
@@ -202,15 +203,7 @@ class Consumer:
         If the copy cannot be published, the original is returned to the queue instead, so the
         message exists in one place or the other at every moment, never in neither.
         """
-        copy = aio_pika.Message(
-            message.body,
-            headers={**(message.headers or {}), **extra_headers},
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            correlation_id=message.correlation_id,
-        )
+        copy = copy_of(message, {**(message.headers or {}), **extra_headers})
         try:
             await asyncio.wait_for(
                 self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True),

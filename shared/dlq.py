@@ -18,12 +18,12 @@ import dataclasses
 import sys
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from shared.broker import connect_once
 from shared.config import ServiceConfig
-from shared.events import Envelope, InvalidEvent
+from shared.envelope import Envelope, InvalidEvent
+from shared.messages import copy_of
 from shared.topology import CONSUMERS, ConsumerQueues
 
 FETCH_TIMEOUT = 2.0
@@ -110,17 +110,7 @@ async def replay_dead_letters(
             # Confirmed on the service's queue first, acked from the dead letters second: the
             # message is never in neither place.
             await channel.default_exchange.publish(
-                aio_pika.Message(
-                    message.body,
-                    headers=headers,
-                    content_type=message.content_type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    message_id=message.message_id,
-                    type=message.type,
-                    correlation_id=message.correlation_id,
-                ),
-                routing_key=queues.main,
-                mandatory=True,
+                copy_of(message, headers), routing_key=queues.main, mandatory=True
             )
             replayed.append(DeadLetter.of(message))
             await message.ack()

@@ -16,7 +16,7 @@ from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
 from shared.db import TRANSIENT_ERRORS
-from shared.events import Cause
+from shared.envelope import Cause
 from shared.metrics import Metrics
 from shared.problems import Problem
 from shared.tracing import Tracing, record_status

@@ -29,9 +29,10 @@ from shared.http import health_routes, hide_server_version, standard_middlewares
 from shared.logging import configure_logging
 from shared.metrics import METRICS, MessagingMetrics, Metrics
 from shared.openapi import OpenApiSpec
-from shared.outbox import Outbox, OutboxRelay, outbox_backlog
+from shared.relay import OutboxRelay, outbox_backlog
 from shared.topology import CONSUMERS, declare_topology
 from shared.tracing import Tracing, configure_tracing
+from shared.unit_of_work import Outbox
 
 log = structlog.get_logger("service")
 

@@ -7,7 +7,7 @@ lock order everywhere (no deadlock).
 
 from shared.consumer import HandlerTable
 from shared.events import OrderCancelled, OrderCreated
-from shared.outbox import UnitOfWork
+from shared.unit_of_work import UnitOfWork
 from users_service import db, saga
 
 

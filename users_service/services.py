@@ -6,8 +6,9 @@ from typing import Any
 
 import asyncpg
 
-from shared.events import Cause, UserRegistered
-from shared.outbox import Outbox, unit_of_work
+from shared.envelope import Cause
+from shared.events import UserRegistered
+from shared.unit_of_work import Outbox, unit_of_work
 from users_service import db
 from users_service.passwords import PasswordHasher
 from users_service.tokens import TokenIssuer

@@ -11,7 +11,8 @@ import asyncpg
 
 from devstack.waiting import eventually
 from shared.dlq import DeadLetter, list_dead_letters
-from shared.events import Cause, CreditRejected, Envelope, OrderCreated
+from shared.envelope import Cause, Envelope
+from shared.events import CreditRejected, OrderCreated
 from tests.e2e.api import final_order, get_order, me, new_user, place_order
 from tests.e2e.conftest import Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet

@@ -10,7 +10,8 @@ import asyncpg
 
 from devstack.waiting import eventually
 from shared.dlq import list_dead_letters, replay_dead_letters
-from shared.events import Cause, CreditReserved, Envelope
+from shared.envelope import Cause, Envelope
+from shared.events import CreditReserved
 from shared.topology import EXCHANGE
 from tests.e2e.api import final_order, me, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory

@@ -8,8 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.waiting import eventually
 from shared.broker import connect_once
-from shared.events import CreditReserved, Envelope, OrderCreated
-from shared.outbox import CLOUDEVENTS_JSON
+from shared.envelope import Envelope
+from shared.events import CreditReserved, OrderCreated
+from shared.messages import CLOUDEVENTS_JSON
 from shared.service import DB_POOL
 from shared.topology import EXCHANGE
 from tests.integration.conftest import Client

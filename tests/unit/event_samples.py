@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from shared import schemas
-from shared.events import EVENT_TYPES, Cause, Envelope, Event
+from shared.envelope import Cause, Envelope
+from shared.events import EVENT_TYPES, Event
 
 CAUSE = Cause(correlation_id="contract-test", causation_id="contract-test")
 

@@ -16,7 +16,8 @@ from demo.scenario import Settings, money, run
 from demo.steps import DemoFailed
 from devstack.ports import free_port
 from shared.config import ServiceConfig
-from shared.events import Envelope, InvalidEvent, OrderCreated
+from shared.envelope import Envelope, InvalidEvent
+from shared.events import OrderCreated
 from tests.isolation import development_defaults_allowed
 from tests.support import serving
 from tests.unit.test_compose import ROOT, environment, load_compose

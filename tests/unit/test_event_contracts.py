@@ -18,21 +18,11 @@ from prometheus_client import CollectorRegistry
 from shared import schemas
 from shared.consumer import Consumer
 from shared.db import Connection
-from shared.events import (
-    DECODERS,
-    EVENT_TYPES,
-    ContractViolation,
-    CreditRejected,
-    CreditReserved,
-    Envelope,
-    Event,
-    InvalidEvent,
-    OrderCancelled,
-    check_outgoing,
-)
+from shared.envelope import ContractViolation, Envelope, InvalidEvent, check_outgoing
+from shared.events import DECODERS, EVENT_TYPES, CreditRejected, CreditReserved, Event, OrderCancelled
 from shared.metrics import MessagingMetrics
-from shared.outbox import Outbox
 from shared.topology import ORDERS
+from shared.unit_of_work import Outbox
 from tests.unit.event_samples import CAUSE, sample_envelope, sample_event
 
 # ---- the dataclasses and the schemas agree ---------------------------------------------------------

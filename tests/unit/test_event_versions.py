@@ -11,7 +11,8 @@ import pytest
 from orders_service import saga
 from orders_service.handlers import handler_table, on_credit_rejected
 from orders_service.metrics import SagaMetrics
-from shared.events import DECODERS, EVENT_TYPES, CreditRejected, Envelope, Event, InvalidEvent
+from shared.envelope import Envelope, InvalidEvent
+from shared.events import DECODERS, EVENT_TYPES, CreditRejected, Event
 from shared.topology import CONSUMERS
 from tests.unit.event_samples import CAUSE
 

@@ -14,13 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders_service import saga as orders_saga
-from shared.events import (
-    CreditRejected,
-    CreditReserved,
-    Event,
-    OrderCancelled,
-    OrderCreated,
-)
+from shared.events import CreditRejected, CreditReserved, Event, OrderCancelled, OrderCreated
 from users_service import saga as users_saga
 
 MAX_REDELIVERIES = 20

@@ -1,64 +1,29 @@
-"""The transactional outbox and its relay.
+"""The outbox relay: the publishing half of the transactional outbox.
 
-A state change and the event announcing it commit together, in one transaction (`unit_of_work`);
-nothing is published from inside a request or a handler. The relay then publishes committed rows
-with publisher confirms and marks a row published only after the broker has confirmed it.
-
-So an event is never lost (I4): a crash after the commit leaves the row for the relay to publish,
-and a crash after the publish but before the mark publishes it again, which the consumers' inbox
-makes harmless.
+It publishes committed outbox rows with publisher confirms and marks a row published only after the
+broker has confirmed it. So an event is never lost (I4): a crash after the commit leaves the row for
+the relay to publish, and a crash after the publish but before the mark publishes it again, which the
+consumers' inbox makes harmless.
 """
 
 import asyncio
 import contextlib
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
 
-import aio_pika
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractExchange, HeadersType
 
-from shared.db import TRANSIENT_ERRORS, Connection
-from shared.events import Cause, Envelope, Event, check_outgoing
+from shared.db import TRANSIENT_ERRORS
+from shared.envelope import Envelope
+from shared.messages import event_message
 from shared.metrics import MessagingMetrics
-from shared.tracing import Tracing
+from shared.unit_of_work import Outbox
 
 log = structlog.get_logger("outbox")
 
-CLOUDEVENTS_JSON = "application/cloudevents+json; charset=utf-8"
 PRUNE_EVERY_SECONDS = 600.0
 KEEP_PUBLISHED = "1 day"
-
-
-class Outbox:
-    """Where a service writes the events it emits; the relay is woken after each commit."""
-
-    def __init__(self, source: str, tracing: Tracing | None = None) -> None:
-        self.source = source
-        self.tracing = tracing or Tracing(source, enabled=False)
-        self.nudged = asyncio.Event()
-
-    async def add(self, connection: Connection, event: Event, cause: Cause) -> Envelope:
-        """Write the event in the caller's transaction. An event that breaks its contract raises
-        ContractViolation: a bug, so the transaction rolls back rather than every consumer failing."""
-        envelope = Envelope.wrap(
-            event, source=self.source, cause=cause, traceparent=self.tracing.current_traceparent()
-        )
-        body = envelope.to_json()
-        check_outgoing(body)
-        await connection.execute(
-            "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)",
-            envelope.id,
-            envelope.type,
-            body.decode(),
-        )
-        return envelope
-
-    def nudge(self) -> None:
-        """Wake the relay now rather than at its next poll (called after a commit, never before)."""
-        self.nudged.set()
 
 
 async def outbox_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
@@ -72,41 +37,6 @@ async def outbox_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
     )
     assert row is not None
     return row["waiting"], row["oldest_seconds"]
-
-
-@dataclasses.dataclass
-class UnitOfWork:
-    """One transaction: the state changes made on `connection` and the events `emit`-ted in it."""
-
-    connection: Connection
-    outbox: Outbox
-    cause: Cause
-    emitted: list[Envelope] = dataclasses.field(default_factory=list)
-    committed: list[Callable[[], None]] = dataclasses.field(default_factory=list)
-
-    async def emit(self, event: Event) -> None:
-        self.emitted.append(await self.outbox.add(self.connection, event, self.cause))
-
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once the transaction has committed, and never if it rolls back (for what
-        must count only what really happened, such as a metric)."""
-        self.committed.append(callback)
-
-
-@contextlib.asynccontextmanager
-async def unit_of_work(pool: asyncpg.Pool, outbox: Outbox, cause: Cause) -> AsyncIterator[UnitOfWork]:
-    async with pool.acquire() as connection:
-        async with connection.transaction():
-            work = UnitOfWork(connection=connection, outbox=outbox, cause=cause)
-            yield work
-        # Committed: only now has the change happened and do its events exist, so only now is it
-        # told (the callbacks first: the cause before the events it led to) and the relay woken.
-        for callback in work.committed:
-            callback()
-        if work.emitted:
-            outbox.nudge()
-            for envelope in work.emitted:
-                log.info("outbox written", **envelope.log_fields())
 
 
 class OutboxRelay:
@@ -194,15 +124,8 @@ class OutboxRelay:
         with self.outbox.tracing.producer_span(
             envelope.type, traceparent=envelope.traceparent, headers=headers
         ):
-            message = aio_pika.Message(
-                row["body"].encode(),
-                headers=headers,  # the publish span's trace context, for the consumer's span
-                content_type=CLOUDEVENTS_JSON,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=str(envelope.id),
-                type=row["event_type"],
-                correlation_id=envelope.correlationid,
-            )
+            # The headers: the publish span's trace context, for the consumer's span.
+            message = event_message(row["body"].encode(), envelope, headers)
             started = time.perf_counter()
             # Mandatory: an event no queue would receive comes back as an error instead of vanishing.
             # The timeout: a publish whose confirm never comes must not hold the relay forever.
