@@ -20,7 +20,7 @@ GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev databases keys test test-quick test-containers test-compose lint format lock clean \
-	dlq dlq-replay demo demo-throwaway demo-compose stack bench
+	dlq dlq-replay outbox outbox-retry demo demo-throwaway demo-compose stack bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -97,6 +97,12 @@ dlq: install ## list a service's dead letters: make dlq SERVICE=users_service
 
 dlq-replay: install ## put dead letters back on the queue: make dlq-replay SERVICE=users_service [ID=event-id]
 	$(BIN)/python -m shared.dlq replay $(SERVICE) $(if $(ID),--id $(ID))
+
+outbox: install ## list the outbox rows the relay set aside: make outbox SERVICE=users_service
+	$(BIN)/python -m shared.parked list $(SERVICE)
+
+outbox-retry: install ## put set-aside outbox rows back for the relay: make outbox-retry SERVICE=... [ID=row-id]
+	$(BIN)/python -m shared.parked retry $(SERVICE) $(if $(ID),--id $(ID))
 
 demo: install ## a scripted tour of the system `make dev` runs: make demo [DEMO_ARGS=--help]
 	$(BIN)/python -m demo $(DEMO_ARGS)

@@ -42,8 +42,10 @@ from bench.stats import percentile
 from devstack.keys import make_key_pair
 from devstack.ports import free_port
 from devstack.processes import ServiceProcess, service_process
+from devstack.rabbitmq import Vhost
 from devstack.servers import Servers
 from devstack.waiting import eventually
+from shared.bus_contract import bus
 from shared.envelope import Cause, Envelope
 from shared.events import OrderCreated
 from shared.messages import event_message
@@ -80,7 +82,7 @@ class System:
 
     servers: Servers
     work_dir: Path
-    rabbitmq_url: str
+    broker: Vhost
     databases: dict[str, str]  # "users" / "orders" -> admin DSN
     services: list[ServiceProcess] = dataclasses.field(default_factory=list)
 
@@ -89,7 +91,7 @@ class System:
         private, public = self.work_dir / "jwt-private.pem", self.work_dir / "jwt-public.pem"
         env = {
             "HTTP_PORT": str(free_port()),
-            "RABBITMQ_URL": self.rabbitmq_url,
+            "RABBITMQ_URL": self.broker.url_for(module),
             "DATABASE_URL": self.databases[module.removesuffix("_service")],
             "JWT_PUBLIC_KEY_FILE": str(public),
             "JWT_PRIVATE_KEY_FILE": str(private),
@@ -114,10 +116,10 @@ async def system(servers: Servers) -> AsyncIterator[System]:
         work_dir = Path(work)
         make_key_pair(work_dir)
         async with (
-            servers.rabbitmq.vhost("bench") as rabbitmq_url,
+            servers.rabbitmq.vhost("bench") as broker,
             databases(servers, "users", "orders") as dsns,
         ):
-            running = System(servers, work_dir, rabbitmq_url, dsns)
+            running = System(servers, work_dir, broker, dsns)
             try:
                 yield running
             finally:
@@ -325,7 +327,7 @@ async def saga(servers: Servers, settings: Settings, replicas: int) -> dict[str,
         customers = await register_customers(http, users[0].url, settings.customers)
         watch = CpuWatch(cpu_groups(users_service=users, orders_service=orders))
         written = DatabaseWatch(running.servers.postgres.admin_dsn, running.databases)
-        async with final_states(running.rabbitmq_url) as final:
+        async with final_states(running.broker.admin_url) as final:
             result = await _closed_loop(
                 http, [service.url for service in orders], customers, final, settings, watch, written
             )
@@ -431,7 +433,7 @@ async def consumer(servers: Servers, settings: Settings, replicas: int) -> dict[
         (seed,) = await running.start("users_service", 1)  # declares the queues, registers the users
         customers = await register_customers(http, seed.url, settings.customers)
         await seed.stop()
-        await _publish_orders_created(running.rabbitmq_url, customers, settings.consumer_events)
+        await _publish_orders_created(running.broker, customers, settings.consumer_events)
         consumers = await running.start("users_service", replicas)
         all_ready = datetime.datetime.now(datetime.UTC)
         watch = CpuWatch(cpu_groups(users_service=consumers))
@@ -465,9 +467,11 @@ async def consumer(servers: Servers, settings: Settings, replicas: int) -> dict[
         return result
 
 
-async def _publish_orders_created(rabbitmq_url: str, customers: Sequence[Customer], count: int) -> None:
+async def _publish_orders_created(broker: Vhost, customers: Sequence[Customer], count: int) -> None:
     """OrderCreated events as orders_service's relay publishes them: persistent, mandatory, confirmed."""
-    connection = await aio_pika.connect(rabbitmq_url)
+    # As orders_service, its publisher: users_service accepts it from no one else.
+    publisher = bus().publisher[OrderCreated.TYPE]
+    connection = await aio_pika.connect(broker.url_for(publisher))
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange("events")
@@ -483,7 +487,10 @@ async def _publish_orders_created(rabbitmq_url: str, customers: Sequence[Custome
             ]
             await asyncio.gather(
                 *(
-                    exchange.publish(event_message(envelope.to_json(), envelope), routing_key=envelope.type)
+                    exchange.publish(
+                        event_message(envelope.to_json(), envelope, user_id=publisher),
+                        routing_key=envelope.type,
+                    )
                     for envelope in envelopes
                 )
             )
@@ -496,9 +503,9 @@ async def broker(servers: Servers, settings: Settings, replicas: int) -> dict[st
 
     `replicas` queues side by side, each with its own connection: one more queue, one more Raft
     log, as a partitioned queue would add."""
-    async with servers.rabbitmq.vhost("bench") as rabbitmq_url:
+    async with servers.rabbitmq.vhost("bench") as broker:
         rates = await asyncio.gather(
-            *(_one_queue(rabbitmq_url, f"bench.q{n}", settings.broker_messages) for n in range(replicas))
+            *(_one_queue(broker.admin_url, f"bench.q{n}", settings.broker_messages) for n in range(replicas))
         )
     return {
         "published/s": sum(published for published, _ in rates),
@@ -519,7 +526,9 @@ async def _one_queue(rabbitmq_url: str, name: str, count: int) -> tuple[float, f
         for _ in range(0, count, 200):
             await asyncio.gather(
                 *(
-                    channel.default_exchange.publish(event_message(body, sample), routing_key=name)
+                    channel.default_exchange.publish(
+                        event_message(body, sample, user_id=None), routing_key=name
+                    )
                     for _ in range(200)
                 )
             )

@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 
 from demo.scenario import Settings, run
 from demo.steps import DemoFailed
-from shared.config import ServiceConfig
+from shared.config import OperatorConfig
 
 DEFAULT_GATEWAY_URL = "http://localhost:8080"
-# The services' own default, so that `make demo` finds the broker `make dev` uses.
-DEFAULT_RABBITMQ_URL: str = ServiceConfig.default_of("RABBITMQ_URL")
+# The operator's default, so that `make demo` finds the broker `make dev` uses, as the tools' user.
+DEFAULT_RABBITMQ_URL: str = OperatorConfig.default_of("RABBITMQ_OPERATOR_URL")
 DEFAULT_TIMEOUT = 30.0
 # Narrower, and the outcome column wraps every few words.
 MIN_WIDTH = 100
@@ -38,9 +38,9 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
     )
     parser.add_argument(
         "--rabbitmq-url",
-        default=environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL),
-        help="the broker, for the poison message and the dead letters (env RABBITMQ_URL; "
-        "default: the services' default)",
+        default=environ.get("RABBITMQ_OPERATOR_URL", DEFAULT_RABBITMQ_URL),
+        help="the broker as the operator, for the poison message and the dead letters"
+        " (env RABBITMQ_OPERATOR_URL; default: make dev's)",
     )
     parser.add_argument(
         "--flow-url",

@@ -17,14 +17,17 @@ from aio_pika.abc import AbstractConnection
 from yarl import URL
 
 from shared.broker import connect_once
+from shared.bus_contract import bus
 from shared.dlq import DeadLetter, list_dead_letters, replay_dead_letters
 from shared.envelope import Cause, Envelope
 from shared.events import OrderCreated
 from shared.messages import event_message
-from shared.topology import EXCHANGE, USERS
+from shared.topology import EXCHANGE, queues_for
 
-SERVICE = USERS.service
-DEAD_LETTER_QUEUE = USERS.dead_letter
+# The poison is an event for users_service's queue; its dead letters are read there.
+POISONED = queues_for(bus().receivers[OrderCreated.TYPE][0])
+SERVICE = POISONED.service
+DEAD_LETTER_QUEUE = POISONED.dead_letter
 CONNECT_TIMEOUT = 5.0
 PUBLISH_TIMEOUT = 5.0
 
@@ -50,7 +53,9 @@ async def publish(connection: AbstractConnection, envelope: Envelope) -> None:
     async with channel:
         # Passive: the services declare the topology; the demo only uses it.
         exchange = await channel.get_exchange(EXCHANGE, ensure=True)
-        message = event_message(envelope.to_json(), envelope)
+        # Signed as its type's publisher, as the operator may (an impersonator, shared/broker_setup.py):
+        # what makes it poison is its data alone, not who sent it.
+        message = event_message(envelope.to_json(), envelope, user_id=bus().publisher[envelope.type])
         await asyncio.wait_for(
             exchange.publish(message, routing_key=envelope.type, mandatory=True), PUBLISH_TIMEOUT
         )

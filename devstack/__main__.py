@@ -34,11 +34,12 @@ async def throwaway_stack(work_dir: Path) -> AsyncIterator[Stack]:
 
 async def up(work_dir: Path) -> int:
     async with throwaway_stack(work_dir) as stack:
+        operator = stack.broker.operator_url
         print(
             f"\nThe system is up: the gateway on {stack.url} (the flow page: {stack.url}/flow)\n"
-            f"The broker, for the demo's poison message: {stack.rabbitmq_url}\n"
+            f"The broker, as the operator (the demo's poison message, make dlq): {operator}\n"
             f"Logs in {work_dir}\n\n"
-            f"Try: make demo DEMO_ARGS='--gateway-url {stack.url} --rabbitmq-url {stack.rabbitmq_url}'\n"
+            f"Try: make demo DEMO_ARGS='--gateway-url {stack.url} --rabbitmq-url {operator}'\n"
             "Ctrl-C stops it and removes everything.",
             flush=True,
         )
@@ -54,7 +55,13 @@ async def up(work_dir: Path) -> int:
 async def demo(work_dir: Path) -> int:
     async with throwaway_stack(work_dir) as stack:
         tour = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "demo", "--gateway-url", stack.url, "--rabbitmq-url", stack.rabbitmq_url
+            sys.executable,
+            "-m",
+            "demo",
+            "--gateway-url",
+            stack.url,
+            "--rabbitmq-url",
+            stack.broker.operator_url,
         )
         return await tour.wait()
 

@@ -4,13 +4,15 @@ Three kinds, one interface, as for Postgres: a private node from this machine's 
 name, ports, data folder, Erlang cookie and port mapper of its own), a container, or a broker of yours
 that you name explicitly (`DEVSTACK_RABBITMQ_URL`), which is never stopped, killed or paused.
 
-Virtual hosts, users and permissions go through the management plugin's HTTP API: a call takes a few
-milliseconds, where `rabbitmqctl` starts an Erlang VM each time (most of a second).
+Virtual hosts, users, permissions and policies go through the management plugin's HTTP API (a call
+takes a few milliseconds, where `rabbitmqctl` starts an Erlang VM each time, most of a second), and
+each vhost is set up by the same code as the system's (shared/broker_setup.py).
 """
 
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -27,27 +29,14 @@ from devstack import docker
 from devstack.local import ProcessGroup, find_binary, new_instance_dir
 from devstack.ports import free_port
 from devstack.waiting import eventually
+from shared import broker_setup
+from shared.bus_contract import bus
 
 READY_DEADLINE = 90.0
 
 
-class ManagementApi:
-    """The parts of RabbitMQ's management HTTP API that a run needs."""
-
-    def __init__(self, base_url: str, user: str, password: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._authorization = aiohttp.encode_basic_auth(user, password)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def request(self, method: str, path: str, body: Any = None) -> Any:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                headers={"Authorization": self._authorization}, timeout=aiohttp.ClientTimeout(total=30)
-            )
-        async with self._session.request(method, f"{self.base_url}/api/{path}", json=body) as response:
-            if response.status >= 400:
-                raise RuntimeError(f"{method} /api/{path}: {response.status} {await response.text()}")
-            return await response.json() if response.content_type == "application/json" else None
+class ManagementApi(broker_setup.ManagementApi):
+    """The management API, with what a run needs besides setting the broker up."""
 
     async def answers(self) -> bool:
         with contextlib.suppress(aiohttp.ClientError, RuntimeError, TimeoutError):
@@ -71,9 +60,32 @@ class ManagementApi:
         found: list[dict[str, Any]] = await self.request("GET", f"queues/{quote(vhost, safe='')}")
         return found
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+
+@dataclasses.dataclass(frozen=True)
+class Vhost:
+    """A virtual host of a run's own, set up as the system's is (its users, permissions and policies,
+    shared/broker_setup.py): the URL of its administrator, and each user's."""
+
+    name: str
+    admin_url: str
+
+    def url_for(self, user: str) -> str:
+        """The URL `user` (a service, or the operator) signs in with, with its development password."""
+        return self.url_as(user, DEVELOPMENT_PASSWORDS[user])
+
+    def url_as(self, user: str, password: str) -> str:
+        return broker_setup.service_url(self.admin_url, user, password)
+
+    @property
+    def operator_url(self) -> str:
+        return self.url_for(OPERATOR)
+
+
+OPERATOR = broker_setup.BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_USER")
+DEVELOPMENT_PASSWORDS = {
+    **{service: service for service in bus().services},
+    OPERATOR: broker_setup.BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_PASSWORD"),
+}
 
 
 class RabbitMQ(abc.ABC):
@@ -100,13 +112,20 @@ class RabbitMQ(abc.ABC):
         )
 
     @contextlib.asynccontextmanager
-    async def vhost(self, prefix: str = "test") -> AsyncIterator[str]:
-        """A virtual host of the caller's own, deleted afterwards; yields its URL (as the admin)."""
+    async def vhost(self, prefix: str = "test") -> AsyncIterator[Vhost]:
+        """A virtual host of the caller's own, set up as the system's is, deleted afterwards."""
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
         await self.management.add_vhost(name)
         try:
             await self.management.set_permissions(name, self.user)
-            yield self.url(name)
+            setup = broker_setup.plan(
+                bus(),
+                operator=OPERATOR,
+                delivery_limit=broker_setup.BrokerSetupConfig.default_of("DELIVERY_LIMIT"),
+                broker_major=await self.management.broker_major(),
+            )
+            await broker_setup.apply(self.management, name, setup, DEVELOPMENT_PASSWORDS)
+            yield Vhost(name, self.url(name))
         finally:
             # Shielded: on Ctrl-C or a cancelled test the vhost still goes, its queues with it.
             await asyncio.shield(self.management.delete_vhost(name))

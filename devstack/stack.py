@@ -11,6 +11,7 @@ from pathlib import Path
 from devstack.keys import KeyPair
 from devstack.ports import free_port
 from devstack.processes import ROOT, ServiceProcess, service_process
+from devstack.rabbitmq import Vhost
 from devstack.servers import Servers
 
 CREATE_DATABASES = ROOT / "deploy" / "postgres" / "create-databases.sh"
@@ -27,7 +28,7 @@ class Stack:
     servers: Servers
     keys: KeyPair
     log_dir: Path
-    rabbitmq_url: str
+    broker: Vhost  # the stack's virtual host, set up as the system's is
     databases: dict[str, str]  # process name -> its database's name
     env: dict[str, dict[str, str]]  # process name -> its environment
     processes: dict[str, ServiceProcess] = dataclasses.field(default_factory=dict)
@@ -36,6 +37,11 @@ class Stack:
     @property
     def url(self) -> str:
         return self.gateway.url
+
+    @property
+    def rabbitmq_url(self) -> str:
+        """The stack's virtual host, as its administrator (who may look at everything)."""
+        return self.broker.admin_url
 
     @property
     def gateway(self) -> ServiceProcess:
@@ -104,40 +110,38 @@ async def running_stack(
     """Databases, a vhost and the three processes; on exit every process stops (and, by default,
     must have stopped cleanly) and the databases and the vhost are removed."""
     service_env = service_env or {}
-    async with servers.rabbitmq.vhost("stack") as rabbitmq_url:
+    async with servers.rabbitmq.vhost("stack") as broker:
         databases = await create_service_databases(servers)
         try:
             ports = {service: free_port() for service in SERVICES}
-            common = {"RABBITMQ_URL": rabbitmq_url, "JWT_PUBLIC_KEY_FILE": str(keys.public)}
 
             def database_url(service: str) -> str:
                 role = ROLES[service]
                 return servers.postgres.dsn(databases[service], user=role, password=role)
 
+            # Each process signs in to the broker as its own user (shared/broker_setup.py).
             env = {
-                "users_service": {
-                    **common,
-                    "HTTP_PORT": str(ports["users_service"]),
-                    "DATABASE_URL": database_url("users_service"),
-                    "JWT_PRIVATE_KEY_FILE": str(keys.private),
-                },
-                "orders_service": {
-                    **common,
-                    "HTTP_PORT": str(ports["orders_service"]),
-                    "DATABASE_URL": database_url("orders_service"),
-                },
-                "gateway": {
-                    # The flow page's tap reads the stack's own vhost.
-                    **common,
-                    "HTTP_PORT": str(ports["gateway"]),
-                    "USERS_SERVICE_URL": f"http://127.0.0.1:{ports['users_service']}",
-                    "ORDERS_SERVICE_URL": f"http://127.0.0.1:{ports['orders_service']}",
-                    "DATABASE_URL": database_url("gateway"),
-                },
+                service: {"RABBITMQ_URL": broker.url_for(service), "JWT_PUBLIC_KEY_FILE": str(keys.public)}
+                for service in SERVICES
+            }
+            env["users_service"] |= {
+                "HTTP_PORT": str(ports["users_service"]),
+                "DATABASE_URL": database_url("users_service"),
+                "JWT_PRIVATE_KEY_FILE": str(keys.private),
+            }
+            env["orders_service"] |= {
+                "HTTP_PORT": str(ports["orders_service"]),
+                "DATABASE_URL": database_url("orders_service"),
+            }
+            env["gateway"] |= {
+                "HTTP_PORT": str(ports["gateway"]),
+                "USERS_SERVICE_URL": f"http://127.0.0.1:{ports['users_service']}",
+                "ORDERS_SERVICE_URL": f"http://127.0.0.1:{ports['orders_service']}",
+                "DATABASE_URL": database_url("gateway"),
             }
             for service in SERVICES:
                 env[service].update(service_env.get(service, {}))
-            stack = Stack(servers, keys, log_dir, rabbitmq_url, databases, env)
+            stack = Stack(servers, keys, log_dir, broker, databases, env)
             exit_codes: dict[str, int] = {}
             try:
                 for service in SERVICES:

@@ -82,8 +82,9 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
     )
     rabbitmq_url: Secret = setting(
         "RABBITMQ_URL",
-        Secret("amqp://guest:guest@127.0.0.1:5672/"),
-        "The broker, where the flow page's tap reads every event (the API itself never uses it).",
+        Secret("amqp://gateway:gateway@127.0.0.1:5672/"),
+        "The broker, as the gateway's own user, where the flow page's tap reads every event (the API"
+        " itself never uses it).",
         local=True,
     )
     flow_enabled: bool = setting(

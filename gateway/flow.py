@@ -46,18 +46,17 @@ from aio_pika.abc import (
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.routes import ORDERS, USERS
 from shared.broker import connect_broker
+from shared.bus_contract import bus
 from shared.envelope import Envelope, InvalidEvent
 from shared.http import REQUEST_ID, REQUEST_ID_HEADER, SECURITY_HEADER_DEFAULTS, SECURITY_HEADERS
 from shared.problems import Problem
-from shared.retry import TRANSIENT_ERRORS
-from shared.topology import CONSUMERS, EXCHANGE
+from shared.retry import NOT_UP_YET
+from shared.topology import EXCHANGE
 
 log = structlog.get_logger("flow")
 
 CLIENT, GATEWAY, BROKER = "client", "gateway", "broker"
-LANES = (CLIENT, GATEWAY, USERS, ORDERS, BROKER)
 
 HISTORY = 300  # recent records a newly opened page starts with
 SUBSCRIBER_QUEUE = 1000  # records a page may fall behind by before it loses the oldest
@@ -391,9 +390,8 @@ def event_records(body: bytes, routing_key: str | None) -> list[FlowRecord]:
         problem=problem,
     )
     delivered = [
-        dataclasses.replace(published, kind=Kind.EVENT_DELIVERED, source=BROKER, target=consumer.service)
-        for consumer in CONSUMERS.values()
-        if event_type in consumer.event_types
+        dataclasses.replace(published, kind=Kind.EVENT_DELIVERED, source=BROKER, target=receiver)
+        for receiver in bus().receivers.get(event_type, ())
     ]
     return [published, *delivered]
 
@@ -450,7 +448,7 @@ class EventTap:
             try:
                 connection = await connect_broker(self._url, startup_timeout=self._startup_timeout)
                 break
-            except TRANSIENT_ERRORS:
+            except NOT_UP_YET:
                 log.warning("flow tap: RabbitMQ still unreachable; the flow page shows HTTP calls only")
         self._connection = connection
         connection.close_callbacks.add(self._on_connection_lost)

@@ -30,7 +30,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from shared.db import TRANSIENT_ERRORS
+from shared.db import DATABASE_NOT_ANSWERING
 from shared.service import DB_POOL
 
 log = structlog.get_logger("ratelimit")
@@ -87,7 +87,7 @@ class SharedTokenBuckets:
         """Lease tokens for `client` (or note until when it is refused); False if storage is down."""
         try:
             granted, wait = await self._take_from_storage(client)
-        except TRANSIENT_ERRORS as error:
+        except DATABASE_NOT_ANSWERING as error:  # slow storage too: limits fail open
             if not self._storage_down:
                 log.warning("rate limits off: storage unavailable", limit=self.name, error=repr(error))
                 self._storage_down = True
@@ -142,7 +142,7 @@ async def bucket_housekeeping(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(FORGET_EVERY_SECONDS)
             try:
                 await forget_full_buckets(app[DB_POOL], older_than_seconds=FORGET_AFTER_SECONDS)
-            except TRANSIENT_ERRORS as error:
+            except DATABASE_NOT_ANSWERING as error:
                 log.warning("forgetting idle rate-limit buckets failed", error=repr(error))
 
     task = asyncio.create_task(forget_forever(), name="gateway rate-limit housekeeping")

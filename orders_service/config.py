@@ -12,6 +12,12 @@ class OrdersConfig(ServiceConfig):
         "orders_service's own database and role.",
         local=True,
     )
+    rabbitmq_url: Secret = setting(
+        "RABBITMQ_URL",
+        Secret("amqp://orders_service:orders_service@127.0.0.1:5672/"),
+        "The broker, as orders_service's own user (shared/broker_setup.py).",
+        local=True,
+    )
     idempotency_key_ttl_seconds: int = setting(
         "IDEMPOTENCY_KEY_TTL_SECONDS",
         86400,

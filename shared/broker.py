@@ -6,11 +6,23 @@ import re
 from typing import TypeVar
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from shared.retry import retry_until_deadline
 
 ConnectionT = TypeVar("ConnectionT", bound=aio_pika.Connection)
+
+# Failures that mean "the broker cannot be reached right now", and nothing about the message being
+# published or acked: the connection or its channel is gone (a robust one is coming back), or the
+# broker did not confirm in time. A message the broker returned or refused (DeliveryError) is not one.
+BROKER_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,  # aiormq's connection errors among them
+    aiormq.exceptions.ChannelClosed,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+    TimeoutError,
+)
 CONNECT_TIMEOUT = 5.0
 
 

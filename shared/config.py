@@ -5,6 +5,7 @@ documentation: the README's configuration table and the docker-compose check are
 """
 
 import dataclasses
+import importlib
 import os
 import typing
 from collections.abc import Mapping
@@ -186,6 +187,19 @@ class DatabaseConfig(BaseConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class OperatorConfig(BaseConfig):
+    """Settings of the operator's tools (make dlq, make dlq-replay, the demo's poison message)."""
+
+    rabbitmq_operator_url: Secret = setting(
+        "RABBITMQ_OPERATOR_URL",
+        Secret("amqp://operator:operator@127.0.0.1:5672/"),
+        "The broker, as the operator: the tools' user (shared/broker_setup.py), who may read every"
+        " queue and replay a message as the service that sent it.",
+        local=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ServiceConfig(TokenConfig, DatabaseConfig):
     """Settings of a service that owns a database and talks to RabbitMQ."""
 
@@ -200,8 +214,17 @@ class ServiceConfig(TokenConfig, DatabaseConfig):
         "1000,5000,30000",
         "Delays before each retry of a failed message; after the last, it is dead-lettered.",
     )
-    delivery_limit: int = setting(
-        "DELIVERY_LIMIT", 20, "Redeliveries (crashes mid-message) before the broker dead-letters it."
+    queue_check_interval: float = setting(
+        "QUEUE_CHECK_INTERVAL",
+        15.0,
+        "Seconds between checks that the queues this service consumes from and publishes to exist"
+        " (declared again, and counted, when one was deleted).",
+    )
+    database_unavailable_wait: float = setting(
+        "DATABASE_UNAVAILABLE_WAIT",
+        60.0,
+        "Seconds a consumed event waits, in place, for an unreachable database before it is retried"
+        " later through the retry queues like any failure.",
     )
     outbox_poll_interval: float = setting(
         "OUTBOX_POLL_INTERVAL",
@@ -216,3 +239,23 @@ class ServiceConfig(TokenConfig, DatabaseConfig):
     @property
     def retry_delays(self) -> tuple[int, ...]:
         return tuple(int(delay) for delay in self.retry_delays_ms.split(",") if delay.strip())
+
+
+def config_class_of(package: str) -> type[BaseConfig]:
+    """The config class that a process's package declares in its `config` module (UsersConfig for
+    users_service), for the operator's commands, which act with the settings that process would."""
+    try:
+        module = importlib.import_module(f"{package}.config")
+    except ModuleNotFoundError:
+        raise ValueError(f"{package!r} is not a process of this system (no {package}.config)") from None
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, BaseConfig) and value.__module__ == module.__name__
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"{package!r} is not a process of this system"
+            f" ({package}.config declares {len(found)} config classes, not one)"
+        )
+    return found[0]

@@ -2,34 +2,42 @@
 
 For each message:
 
-1. Parse the envelope and check the event against its schema (shared/contracts/). A message that
-   cannot be parsed, breaks its schema, or has an unknown type or data version can never succeed:
-   it goes to the dead-letter queue at once.
+1. Admit it, cheaply, before anything else: its size, its envelope, its event against the schema
+   (shared/contracts/), and its sender (the broker user that publishes its type, by the bus's
+   contract). A message that is too large, cannot be parsed, breaks its schema, has an unknown type
+   or data version, or comes from anyone but its type's publisher can never succeed: it goes to the
+   dead-letter queue at once.
 2. In ONE transaction: record the event id in the inbox (a duplicate finds it there and is skipped),
    apply the handler's change, and write any new events to the outbox.
 3. Only after the commit, ack. A crash before the ack means a redelivery, which step 2 skips.
 
 A handler that raises is retried later through the retry queues (growing delays), then
-dead-lettered; either way the consumer moves on. A database that is down is not the message's
-fault: the same message is tried again in place until the database is back, without burning its
-retries.
+dead-lettered; either way the consumer moves on. A database that cannot be reached is not the
+message's fault: the same message is tried again in place, without burning its retries, for at most
+`unavailable_wait` seconds; after that it takes the retry path like any other failure.
+
+Whatever a message carries (any body, header or property), it costs bounded work and ends acked:
+applied, retried or dead-lettered. Nothing it holds keeps a prefetch slot: a last resort dead-letters
+what nothing else handled, and if even that cannot be published, rejects it without requeueing, which
+the queue's own dead-lettering takes to the same dead-letter queue.
 """
 
 import asyncio
 import contextlib
 import datetime
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from shared.db import TRANSIENT_ERRORS
+from shared.db import DATABASE_UNAVAILABLE
 from shared.envelope import Envelope, InvalidEvent
-from shared.events import EVENT_TYPES, Event
-from shared.messages import copy_of
-from shared.metrics import MessagingMetrics
+from shared.events import Event
+from shared.messages import copy_of, sender_of
+from shared.metrics import MessagingMetrics, known_type
 from shared.topology import ConsumerQueues
 from shared.unit_of_work import Outbox, UnitOfWork, unit_of_work
 
@@ -40,8 +48,14 @@ log = structlog.get_logger("consumer")
 Handler = Callable[[UnitOfWork, Any], Awaitable[None]]
 HandlerTable = Mapping[type[Event], Handler]
 
+# What becomes of a message that could not be moved to a retry or dead-letter queue: given back to its
+# queue, or rejected to the queue's own dead-lettering.
+NotMoved = Literal["requeue", "reject"]
+
 ATTEMPT_HEADER = "x-attempt"
 MAX_ERROR_TEXT = 500
+# An event is a few hundred bytes; a body this large is not one, and is not parsed to find out.
+MAX_EVENT_BYTES = 65_536
 
 
 class Consumer:
@@ -55,6 +69,9 @@ class Consumer:
         channel: AbstractChannel,
         retry_delays_ms: tuple[int, ...],
         publish_timeout: float,
+        unavailable_wait: float,
+        own_user: str | None,
+        publishers: Mapping[str, str],
         metrics: MessagingMetrics,
     ) -> None:
         self.queues = queues
@@ -65,6 +82,9 @@ class Consumer:
         self.channel = channel
         self.retry_delays_ms = retry_delays_ms
         self.publish_timeout = publish_timeout
+        self.unavailable_wait = unavailable_wait
+        self.own_user = own_user  # this service's broker user, who signs the copies it makes
+        self.publishers = publishers  # event type -> the broker user that publishes it
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -92,15 +112,18 @@ class Consumer:
         self._in_flight.add(task)
         try:
             await self._process(message)
+        except Exception as error:  # the last resort: no message may keep its prefetch slot
+            await self._last_resort(message, error)
         finally:
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        with self.outbox.tracing.consumer_span(_known_type(message.type), message.headers or {}):
+        with self.outbox.tracing.consumer_span(known_type(message.type), message.headers or {}):
             fields = {"type": message.type or "unknown"}
             try:
-                envelope = Envelope.from_json(message.body)
+                envelope = admitted(message)
                 fields = envelope.log_fields()  # from here on, a dead letter is told with its story
+                self._check_sender(message, envelope)
                 event = envelope.event()
                 handler = self.handlers.get(type(event))
                 if handler is None:
@@ -112,7 +135,7 @@ class Consumer:
             # Bound for the whole handling, so that whatever a handler logs joins the same story.
             with structlog.contextvars.bound_contextvars(correlation_id=envelope.correlationid):
                 try:
-                    applied = await self._apply_until_database_answers(envelope, event, handler)
+                    applied = await self._apply_while_database_unavailable(envelope, event, handler)
                 except _Abandoned:
                     return  # shutting down during a database outage: unacked, so it will be redelivered
                 except Exception as error:
@@ -123,14 +146,26 @@ class Consumer:
                 log.info("duplicate skipped", **fields)
             await self._ack(message, fields)
 
-    async def _apply_until_database_answers(self, envelope: Envelope, event: Event, handler: Handler) -> bool:
+    def _check_sender(self, message: AbstractIncomingMessage, envelope: Envelope) -> None:
+        sender = sender_of(message, self.own_user)
+        publisher = self.publishers.get(envelope.type)
+        if publisher is not None and sender != publisher:
+            # A forged event, or one published by mistake: whatever it says, it changes nothing.
+            raise InvalidEvent(f"{envelope.type} from {sender or 'no user'}; only {publisher} publishes it")
+
+    async def _apply_while_database_unavailable(
+        self, envelope: Envelope, event: Event, handler: Handler
+    ) -> bool:
         backoff = 0.1
+        give_up_at = time.monotonic() + self.unavailable_wait
         while True:
             try:
                 return await self._apply_once(envelope, event, handler)
-            except TRANSIENT_ERRORS as error:
+            except DATABASE_UNAVAILABLE as error:
                 if self._stopping:
                     raise _Abandoned from error
+                if time.monotonic() + backoff > give_up_at:
+                    raise  # unreachable for too long: retried later, like any failure
                 log.warning(
                     "database unavailable; will retry the message", error=repr(error), retry_in=backoff
                 )
@@ -161,8 +196,7 @@ class Consumer:
     async def _retry_or_dead_letter(
         self, message: AbstractIncomingMessage, error: Exception, fields: dict[str, str]
     ) -> None:
-        previous = (message.headers or {}).get(ATTEMPT_HEADER, 0)
-        attempt = previous if isinstance(previous, int) else 0
+        attempt = attempts_so_far(message)
         if attempt >= len(self.retry_delays_ms):
             await self._dead_letter(message, reason="retries exhausted", error=repr(error), fields=fields)
             return
@@ -171,25 +205,43 @@ class Consumer:
             message, self.queues.retry(delay_ms), {ATTEMPT_HEADER: attempt + 1}, fields
         )
         if published:
-            self.metrics.retried.labels(_known_type(fields["type"])).inc()
+            self.metrics.retried.labels(known_type(fields["type"])).inc()
             log.warning(
                 "retry scheduled", attempt=attempt + 1, delay_ms=delay_ms, error=repr(error), **fields
             )
             await self._ack(message, fields)
 
     async def _dead_letter(
-        self, message: AbstractIncomingMessage, *, reason: str, error: str, fields: dict[str, str]
+        self,
+        message: AbstractIncomingMessage,
+        *,
+        reason: str,
+        error: str,
+        fields: dict[str, str],
+        if_not_moved: NotMoved = "requeue",
     ) -> None:
-        headers = {
-            "x-dead-letter-reason": reason,
-            "x-error": error[:MAX_ERROR_TEXT],
-            "x-dead-lettered-at": datetime.datetime.now(datetime.UTC).isoformat(),
-            "x-original-routing-key": message.routing_key or "",
-        }
-        if await self._republish(message, self.queues.dead_letter, headers, fields):
-            self.metrics.dead_lettered.labels(_known_type(fields["type"])).inc()
+        headers = _dead_letter_headers(message, reason, error)
+        if await self._republish(
+            message, self.queues.dead_letter, headers, fields, if_not_moved=if_not_moved
+        ):
+            self.metrics.dead_lettered.labels(known_type(fields["type"])).inc()
             log.error("dead-lettered", reason=reason, error=error[:MAX_ERROR_TEXT], **fields)
             await self._ack(message, fields)
+
+    async def _last_resort(self, message: AbstractIncomingMessage, error: Exception) -> None:
+        """What nothing else handled goes to the dead letters, with the reason. If it cannot be moved
+        there, it is rejected without requeueing rather than given back: the failure may well be the
+        message's own doing, and the queue's own dead-lettering takes a rejected message to the same
+        dead-letter queue."""
+        fields = {"type": message.type or "unknown"}
+        try:
+            await self._dead_letter(
+                message, reason="unhandled", error=repr(error), fields=fields, if_not_moved="reject"
+            )
+        except Exception as last_error:
+            log.error("could not dead-letter a message; rejecting it", error=repr(last_error), **fields)
+            with contextlib.suppress(Exception):
+                await message.reject(requeue=False)
 
     async def _republish(
         self,
@@ -197,13 +249,21 @@ class Consumer:
         queue: str,
         extra_headers: dict[str, Any],
         fields: dict[str, str],
+        *,
+        if_not_moved: NotMoved = "requeue",
     ) -> bool:
         """Publish a copy to one of our queues, confirmed, before the original is acked.
 
-        If the copy cannot be published, the original is returned to the queue instead, so the
-        message exists in one place or the other at every moment, never in neither.
+        If the copy cannot be published, the original is given back to the queue instead ("requeue"),
+        or rejected to the queue's own dead-lettering ("reject"), so the message exists in one place
+        or another at every moment, never in none.
         """
-        copy = copy_of(message, {**(message.headers or {}), **extra_headers})
+        copy = copy_of(
+            message,
+            {**(message.headers or {}), **extra_headers},
+            user_id=self.own_user,
+            sender=sender_of(message, self.own_user),
+        )
         try:
             await asyncio.wait_for(
                 self.channel.default_exchange.publish(copy, routing_key=queue, mandatory=True),
@@ -212,13 +272,13 @@ class Consumer:
             return True
         except Exception as error:
             log.warning(
-                "could not move the message; returning it to the queue",
-                queue=queue,
-                error=repr(error),
-                **fields,
+                f"could not move the message; {if_not_moved}ing it", queue=queue, error=repr(error), **fields
             )
             with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+                if if_not_moved == "reject":
+                    await message.reject(requeue=False)
+                else:
+                    await message.nack(requeue=True)
             return False
 
     async def _ack(self, message: AbstractIncomingMessage, fields: dict[str, str]) -> None:
@@ -232,10 +292,30 @@ class Consumer:
             )
 
 
-def _known_type(event_type: str | None) -> str:
-    """An event type fit to name a span or label a metric: a hostile or broken message must not
-    create a new time series for every type it makes up."""
-    return event_type if event_type in EVENT_TYPES else "unknown"
+def admitted(message: AbstractIncomingMessage) -> Envelope:
+    """The message's envelope, if it is one we accept; an InvalidEvent otherwise. Its size is checked
+    before anything is parsed."""
+    if len(message.body) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"{len(message.body)} bytes: larger than any event ({MAX_EVENT_BYTES})")
+    return Envelope.from_json(message.body)
+
+
+def attempts_so_far(message: AbstractIncomingMessage) -> int:
+    """How many times the message has been retried, from the header our retries set. A value we would
+    never have written (negative, not an integer) counts as none: a header is never trusted to index."""
+    value = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
+
+
+def _dead_letter_headers(message: AbstractIncomingMessage, reason: str, error: str) -> dict[str, Any]:
+    return {
+        "x-dead-letter-reason": reason,
+        "x-error": error[:MAX_ERROR_TEXT],
+        "x-dead-lettered-at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "x-original-routing-key": message.routing_key or "",
+    }
 
 
 class _Abandoned(Exception):

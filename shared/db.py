@@ -1,6 +1,7 @@
 """Postgres: a connection pool opened with retries, and a runner for numbered .sql migrations."""
 
 import re
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,18 +17,24 @@ log = structlog.get_logger("db")
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Executor = Connection | asyncpg.Pool
 
-# Failures that say "the database is not reachable right now", not "this work is wrong": the work
-# is tried again once the database is back, rather than counted as a failure of the work.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # the server is shutting down or starting up
-    # A connection the server dropped in the middle of a query surfaces as one of these two.
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
+# Failures that mean "the database cannot be reached right now", and nothing about the work that met
+# them: a refused, reset or lost connection, a server starting up or shutting down, no connection slot
+# left (a scale-up), or a standby that takes no writes (a failover not yet followed). Work that meets
+# one waits and tries again, within a bound, rather than being counted as a failure of the work. A
+# statement that timed out, a serialization conflict or a bug are failures of the work.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    socket.gaierror,  # its host name does not resolve (yet)
+    asyncpg.PostgresConnectionError,  # class 08, the connection lost mid-query among them
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ReadOnlySQLTransactionError,
 )
+# For a caller that must answer now (an HTTP request, a rate limit): a statement that timed out is as
+# good as no answer, whatever its reason, and the answer is "try again soon", not "a bug".
+DATABASE_NOT_ANSWERING: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, TimeoutError)
 SHARED_MIGRATIONS = Path(__file__).parent / "migrations"
 
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")

@@ -1,15 +1,18 @@
 """List and replay dead letters.
 
-    python -m shared.dlq list users_service
-    python -m shared.dlq replay users_service            # every dead letter
-    python -m shared.dlq replay users_service --id EVENT_ID   # just one (the id `list` shows)
+    python -m shared.dlq list SERVICE
+    python -m shared.dlq replay SERVICE              # every dead letter
+    python -m shared.dlq replay SERVICE --id EVENT_ID   # just one (the id `list` shows)
 
-A message is dead-lettered when it can never succeed (unparseable, unknown type or data version, or
-breaking its schema) or when its handler kept failing through every retry. Once the cause is fixed,
-replaying puts it back on the service's queue, as a first attempt. Replaying is safe even for a
-message that was applied after all: the inbox skips an event id it has seen.
+A message is dead-lettered when it can never succeed (unparseable, unknown type or data version,
+breaking its schema, or from a sender that does not publish its type) or when its handler kept
+failing through every retry. Once the cause is fixed, replaying puts it back on the service's
+queue, as a first attempt, under the identity of whoever sent it in the first place (the operator
+is an impersonator: shared/broker_setup.py): a forged message stays forged, and is dead-lettered
+again. Replaying is safe even for a message that was applied after all: the inbox skips an event id
+it has seen.
 
-RABBITMQ_URL names the broker, as for the services.
+RABBITMQ_OPERATOR_URL names the broker, as the operator.
 """
 
 import argparse
@@ -21,14 +24,16 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from shared.broker import connect_once
-from shared.config import ServiceConfig
+from shared.bus_contract import bus
+from shared.config import OperatorConfig
 from shared.envelope import Envelope, InvalidEvent
-from shared.messages import copy_of
-from shared.topology import CONSUMERS, ConsumerQueues
+from shared.messages import SENDER_HEADER, copy_of, sender_of
+from shared.topology import ConsumerQueues, queues_for
 
 FETCH_TIMEOUT = 2.0
 # Headers the consumer adds on its way to the dead letters; a replay starts the message afresh.
 FAILURE_HEADERS = (
+    SENDER_HEADER,
     "x-attempt",
     "x-dead-letter-reason",
     "x-error",
@@ -82,7 +87,7 @@ async def list_dead_letters(rabbitmq_url: str, service: str) -> list[DeadLetter]
     connection = await connect_once(rabbitmq_url)
     async with connection:
         channel = await connection.channel()
-        messages = await _drain(channel, CONSUMERS[service])
+        messages = await _drain(channel, queues_for(service))
         letters = [DeadLetter.of(message) for message in messages]
         # Given back, in the order taken. A return counts as a delivery on RabbitMQ 4.0 to 4.2; the
         # dead-letter queue is declared without a delivery limit (shared/topology.py), so listing
@@ -96,7 +101,7 @@ async def replay_dead_letters(
     rabbitmq_url: str, service: str, message_id: str | None = None
 ) -> list[DeadLetter]:
     """Move dead letters (all, or the one with `message_id`) back to the service's queue."""
-    queues = CONSUMERS[service]
+    queues = queues_for(service)
     connection = await connect_once(rabbitmq_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -107,11 +112,12 @@ async def replay_dead_letters(
                 continue
             headers = {k: v for k, v in (message.headers or {}).items() if k not in FAILURE_HEADERS}
             headers.pop("x-death", None)
+            # As whoever sent it first, which the service's own copy says (it is the service's user
+            # that moved it here); a message that the broker itself dead-lettered is the original.
+            original = copy_of(message, headers, user_id=sender_of(message, service), sender=None)
             # Confirmed on the service's queue first, acked from the dead letters second: the
             # message is never in neither place.
-            await channel.default_exchange.publish(
-                copy_of(message, headers), routing_key=queues.main, mandatory=True
-            )
+            await channel.default_exchange.publish(original, routing_key=queues.main, mandatory=True)
             replayed.append(DeadLetter.of(message))
             await message.ack()
         return replayed
@@ -130,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m shared.dlq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=["list", "replay"])
-    parser.add_argument("service", choices=sorted(CONSUMERS))
+    parser.add_argument("service", choices=sorted({r for names in bus().receivers.values() for r in names}))
     parser.add_argument("--id", dest="message_id", help="replay only the message with this id")
     arguments = parser.parse_args(argv)
-    url = ServiceConfig.from_env().rabbitmq_url.value
+    url = OperatorConfig.from_env().rabbitmq_operator_url.value
     if arguments.command == "list":
         _print(asyncio.run(list_dead_letters(url, arguments.service)), "Found", arguments.service)
     else:

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web, web_response
 from aiohttp.typedefs import Handler
 
-from shared.db import TRANSIENT_ERRORS
+from shared.db import DATABASE_NOT_ANSWERING
 from shared.envelope import Cause
 from shared.metrics import Metrics
 from shared.problems import Problem
@@ -184,9 +184,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return Problem(http_error.status, _public_detail(http_error), headers=headers).to_response()
     except asyncio.CancelledError:
         raise
-    except TRANSIENT_ERRORS as error:
-        # The database is restarting or unreachable: 503 tells the client to try again soon, where
-        # 500 would say that we have a bug.
+    except DATABASE_NOT_ANSWERING as error:
+        # The database is restarting, unreachable or too slow (a statement timed out): 503 tells the
+        # client to try again soon, where 500 would say that we have a bug.
         log.warning("database unavailable", method=request.method, path=request.path, error=repr(error))
         return Problem(
             503, "A dependency is briefly unavailable; try again.", headers={"Retry-After": "1"}

@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from shared.events import EVENT_TYPES
+
 # Request latencies run from a millisecond (a cached read) to seconds (a timed-out upstream).
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -82,6 +84,11 @@ class MessagingMetrics:
         self.duplicates = per_type("events_duplicates", "Deliveries skipped because the inbox had the event.")
         self.retried = per_type("events_retried", "Events sent to a retry queue after their handler failed.")
         self.dead_lettered = per_type("events_dead_lettered", "Events moved to the dead-letter queue.")
+        self.publish_failures = per_type(
+            "outbox_publish_failures",
+            "Publishes of an outbox row that the broker returned or refused, or that failed.",
+        )
+        self.set_aside = per_type("outbox_set_aside", "Outbox rows set aside after failing to publish.")
         self.outbox_lag = Gauge(
             "outbox_lag_seconds",
             "Age of the oldest unpublished outbox row (0 when every row is published).",
@@ -90,3 +97,19 @@ class MessagingMetrics:
         self.outbox_unpublished = Gauge(
             "outbox_unpublished_events", "Outbox rows not yet confirmed by the broker.", registry=registry
         )
+        self.queues_missing = Gauge(
+            "bus_queues_missing",
+            "Queues this service consumes from or publishes to that were missing at the last check.",
+            registry=registry,
+        )
+        self.outbox_waiting_for_operator = Gauge(
+            "outbox_set_aside_events",
+            "Outbox rows set aside, waiting for an operator to retry them (shared/parked.py).",
+            registry=registry,
+        )
+
+
+def known_type(event_type: str | None) -> str:
+    """An event type fit to name a span or label a metric: a hostile or broken message must not
+    create a new time series for every type it makes up."""
+    return event_type if event_type in EVENT_TYPES else "unknown"

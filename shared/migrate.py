@@ -1,12 +1,10 @@
 """Apply one service's database migrations, and nothing else, then exit.
 
-    python -m shared.migrate users_service
-    python -m shared.migrate orders_service
-    python -m shared.migrate gateway
+    python -m shared.migrate PROCESS     # the process's package: a service, or the gateway
 
 DATABASE_URL names the database, and it must be set: this command never guesses which database to
 change. STARTUP_TIMEOUT, LOG_LEVEL and LOG_FORMAT mean what they mean for the services. It prints each
-migration it applied (`applied users_service/001_users.sql`), or that the database was up to date.
+migration it applied (`applied <process>/001_....sql`), or that the database was up to date.
 
 Every service also applies its own migrations when it starts (shared/service.py), with the same
 runner, the same folders and under the same advisory lock, so the two never apply one migration
@@ -24,10 +22,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from shared.config import BaseConfig, ConfigError, Secret, setting
+from shared.bus_contract import bus
+from shared.config import BaseConfig, ConfigError, Secret, config_class_of, setting
 from shared.db import SHARED_MIGRATIONS, apply_migrations, create_pool
 from shared.logging import configure_logging
-from shared.topology import CONSUMERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,23 +37,26 @@ class MigrationConfig(BaseConfig):
     database_url: Secret = setting("DATABASE_URL", Secret(""), "The database to migrate (required).")
 
 
-# Whose database holds, besides its own tables, the shared library's outbox and inbox: the services
-# that publish and consume events. The gateway's holds only its own (rate limits).
-WITH_EVENTS = frozenset(CONSUMERS)
-PROCESSES = (*sorted(WITH_EVENTS), "gateway")
+def with_events(process: str) -> bool:
+    """Whether the process's database holds, besides its own tables, the shared library's outbox and
+    inbox: it does when the process publishes or receives events (the bus's contract); a process
+    that only watches them (the gateway's flow page) holds only its own."""
+    contract = bus()
+    return process in contract.publisher.values() or any(process in r for r in contract.receivers.values())
 
 
 def migration_directories(process: str) -> list[Path]:
     """The folders the process applies at start, in the same order.
 
-    The same folders, so that a migration has the same name (`users_service/001_users.sql`) whether
-    this command or the process applied it, and neither applies it again.
+    The same folders, so that a migration has the same name (`<process>/001_....sql`) whether this
+    command or the process applied it, and neither applies it again.
     """
+    config_class_of(process)  # a process of the system: its package declares its config (not `shared`)
     spec = importlib.util.find_spec(process)
     own = Path(spec.origin).parent / "migrations" if spec is not None and spec.origin else None
     if own is None or not own.is_dir():
         raise ValueError(f"{process} has no migrations folder")
-    return [SHARED_MIGRATIONS, own] if process in WITH_EVENTS else [own]
+    return [SHARED_MIGRATIONS, own] if with_events(process) else [own]
 
 
 async def migrate(dsn: str, service: str, *, startup_timeout: float) -> list[str]:
@@ -74,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("service", choices=PROCESSES)
+    parser.add_argument("service", help="the process's package, e.g. users_service or gateway")
     arguments = parser.parse_args(argv)
+    try:
+        migration_directories(arguments.service)
+    except (ValueError, ImportError) as error:
+        parser.error(str(error))
     try:
         config = MigrationConfig.from_env()
     except ConfigError as error:

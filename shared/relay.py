@@ -4,39 +4,64 @@ It publishes committed outbox rows with publisher confirms and marks a row publi
 broker has confirmed it. So an event is never lost (I4): a crash after the commit leaves the row for
 the relay to publish, and a crash after the publish but before the mark publishes it again, which the
 consumers' inbox makes harmless.
+
+It never stalls on a row. While the broker is away, every row waits and the relay backs off. A row
+the broker returns (no queue would take it) or refuses, or one that cannot be made into a message at
+all, is the row's own trouble: it is tried again later, less and less often, and the rows behind it go
+on being published; after MAX_ATTEMPTS, or at once when it can never be published as it is, it is set
+aside for an operator (shared/parked.py), counted and logged.
 """
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
 import time
 
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractExchange, HeadersType
 
-from shared.db import TRANSIENT_ERRORS
+from shared.broker import BROKER_UNAVAILABLE
+from shared.bus_contract import bus
+from shared.db import DATABASE_NOT_ANSWERING, Connection
 from shared.envelope import Envelope
 from shared.messages import event_message
-from shared.metrics import MessagingMetrics
+from shared.metrics import MessagingMetrics, known_type
 from shared.unit_of_work import Outbox
 
 log = structlog.get_logger("outbox")
 
 PRUNE_EVERY_SECONDS = 600.0
 KEEP_PUBLISHED = "1 day"
+# A row that fails on its own is tried again after 1, 2, 4 ... seconds, at most RETRY_CAP apart, and set
+# aside after MAX_ATTEMPTS (about an hour of attempts): by then an alert has long said why.
+MAX_ATTEMPTS = 20
+RETRY_CAP = datetime.timedelta(minutes=5)
+# Failures that no later attempt can mend: the row cannot be made into a message as it is.
+CANNOT_BE_PUBLISHED = (TypeError, ValueError, KeyError)
+MAX_ERROR_TEXT = 500
 
 
-async def outbox_backlog(pool: asyncpg.Pool) -> tuple[int, float]:
-    """How many rows wait to be published, and the age in seconds of the oldest (0 when none)."""
+@dataclasses.dataclass(frozen=True)
+class Backlog:
+    waiting: int  # rows to publish, set-aside ones apart
+    oldest_seconds: float  # the age of the oldest of those (0 when none)
+    set_aside: int  # rows waiting for an operator
+
+
+async def outbox_backlog(pool: asyncpg.Pool) -> Backlog:
     row = await pool.fetchrow(
         """
-        SELECT count(*) AS waiting,
-               coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_seconds
+        SELECT count(*) FILTER (WHERE set_aside_at IS NULL) AS waiting,
+               coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE set_aside_at IS NULL)), 0)
+                   ::float8 AS oldest_seconds,
+               count(*) FILTER (WHERE set_aside_at IS NOT NULL) AS set_aside
         FROM outbox WHERE published_at IS NULL
         """
     )
     assert row is not None
-    return row["waiting"], row["oldest_seconds"]
+    return Backlog(row["waiting"], row["oldest_seconds"], row["set_aside"])
 
 
 class OutboxRelay:
@@ -52,9 +77,11 @@ class OutboxRelay:
         batch_size: int,
         poll_interval: float,
         publish_timeout: float,
+        user_id: str | None,
         metrics: MessagingMetrics,
     ) -> None:
         self.pool = pool
+        self.user_id = user_id  # the broker user it publishes as, which the broker checks
         self.outbox = outbox
         self.exchange = exchange
         self.metrics = metrics
@@ -93,12 +120,15 @@ class OutboxRelay:
                     await asyncio.wait_for(self.outbox.nudged.wait(), self.poll_interval)
 
     async def publish_batch(self) -> int:
-        """Claim a batch of unpublished rows, publish them, mark the confirmed ones; return the count."""
+        """Claim a batch of rows due for publishing, publish them, mark the confirmed ones, postpone
+        the ones that failed on their own; return how many were claimed. Raises when the broker is
+        away, after marking what it did confirm."""
         async with self.pool.acquire() as connection, connection.transaction():
             rows = await connection.fetch(
                 """
                 SELECT id, event_type, body FROM outbox
-                WHERE published_at IS NULL
+                WHERE published_at IS NULL AND set_aside_at IS NULL
+                  AND (retry_at IS NULL OR retry_at <= now())
                 ORDER BY id
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED
@@ -108,15 +138,63 @@ class OutboxRelay:
             if not rows:
                 return 0
             outcomes = await asyncio.gather(*(self._publish(row) for row in rows), return_exceptions=True)
-            confirmed = [row["id"] for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+            confirmed: list[int] = []
+            failed: list[tuple[asyncpg.Record, Exception]] = []
+            broker_away: list[BaseException] = []
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if outcome is None:
+                    confirmed.append(row["id"])
+                elif isinstance(outcome, BROKER_UNAVAILABLE):
+                    broker_away.append(outcome)
+                elif isinstance(outcome, Exception):
+                    failed.append((row, outcome))
+                else:
+                    raise outcome  # cancelled: the rows stay as they were
             await connection.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", confirmed
             )
-        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failures:
-            # The unconfirmed rows stay unpublished and are tried again; say why they failed.
-            raise failures[0]
+            if failed:
+                await self._postpone(connection, failed)
+        if broker_away:
+            # The rows it did not confirm stay unpublished and are tried again; say why.
+            raise broker_away[0]
         return len(rows)
+
+    async def _postpone(self, connection: Connection, failed: list[tuple[asyncpg.Record, Exception]]) -> None:
+        """Each failed row waits longer before its next attempt; set aside after the last one, or at
+        once when it can never be published as it is."""
+        postponed = await connection.fetch(
+            """
+            UPDATE outbox AS o
+            SET attempts = o.attempts + 1,
+                last_error = f.error,
+                retry_at = now() + least(interval '1 second' * power(2, o.attempts), $4::interval),
+                set_aside_at = CASE WHEN f.permanent OR o.attempts + 1 >= $5 THEN now() END
+            FROM unnest($1::bigint[], $2::text[], $3::bool[]) AS f(id, error, permanent)
+            WHERE o.id = f.id
+            RETURNING o.id, o.event_type, o.attempts, o.set_aside_at IS NOT NULL AS set_aside, o.last_error
+            """,
+            [row["id"] for row, _ in failed],
+            [repr(error)[:MAX_ERROR_TEXT] for _, error in failed],
+            [isinstance(error, CANNOT_BE_PUBLISHED) for _, error in failed],
+            RETRY_CAP,
+            MAX_ATTEMPTS,
+        )
+        for row in postponed:
+            self.metrics.publish_failures.labels(known_type(row["event_type"])).inc()
+            if row["set_aside"]:
+                self.metrics.set_aside.labels(known_type(row["event_type"])).inc()
+                log.error(
+                    "outbox row set aside", row=row["id"], type=row["event_type"], error=row["last_error"]
+                )
+            else:
+                log.warning(
+                    "publish failed; the row is tried again later",
+                    row=row["id"],
+                    type=row["event_type"],
+                    attempts=row["attempts"],
+                    error=row["last_error"],
+                )
 
     async def _publish(self, row: asyncpg.Record) -> None:
         envelope = Envelope.from_own_json(row["body"].encode())
@@ -125,12 +203,15 @@ class OutboxRelay:
             envelope.type, traceparent=envelope.traceparent, headers=headers
         ):
             # The headers: the publish span's trace context, for the consumer's span.
-            message = event_message(row["body"].encode(), envelope, headers)
+            message = event_message(row["body"].encode(), envelope, user_id=self.user_id, headers=headers)
             started = time.perf_counter()
-            # Mandatory: an event no queue would receive comes back as an error instead of vanishing.
+            # Mandatory where some service must receive it: an event that no queue takes (its queue
+            # deleted by hand) comes back as an error, and its row waits, instead of it vanishing.
             # The timeout: a publish whose confirm never comes must not hold the relay forever.
             await asyncio.wait_for(
-                self.exchange.publish(message, routing_key=row["event_type"], mandatory=True),
+                self.exchange.publish(
+                    message, routing_key=row["event_type"], mandatory=self._must_reach(row)
+                ),
                 self.publish_timeout,
             )
         self.metrics.published.labels(envelope.type).inc()
@@ -140,6 +221,10 @@ class OutboxRelay:
             **envelope.log_fields(),
         )
 
+    @staticmethod
+    def _must_reach(row: asyncpg.Record) -> bool:
+        return bool(bus().receivers.get(row["event_type"]))
+
     async def _prune_now_and_then(self) -> None:
         if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS:
             return
@@ -148,5 +233,5 @@ class OutboxRelay:
             await self.pool.execute(
                 f"DELETE FROM outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'"
             )
-        except TRANSIENT_ERRORS:
+        except DATABASE_NOT_ANSWERING:
             self._last_prune = 0.0

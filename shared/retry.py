@@ -11,9 +11,9 @@ import structlog
 log = structlog.get_logger("startup")
 T = TypeVar("T")
 
-# Failures that mean "not up yet": refused or reset connections, timeouts, and a Postgres that is
-# still starting or shutting down. Anything else (a wrong password, say) fails at once.
-TRANSIENT_ERRORS = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
+# Failures of a first connection that mean "not up yet": a refused or timed-out connection, a name that
+# does not resolve yet, a Postgres still starting. Anything else (a wrong password, say) fails at once.
+NOT_UP_YET = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
 
 
 async def retry_until_deadline(
@@ -30,7 +30,7 @@ async def retry_until_deadline(
     while True:
         try:
             return await attempt()
-        except TRANSIENT_ERRORS as error:
+        except NOT_UP_YET as error:
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 log.error("dependency never became reachable", dependency=what, error=repr(error))

@@ -19,9 +19,11 @@ import structlog
 import uvloop
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
+from yarl import URL
 
 from shared.auth import TOKEN_VERIFIER, TokenVerifier
-from shared.broker import check_broker, connect_broker
+from shared.broker import BROKER_UNAVAILABLE, check_broker, connect_broker
+from shared.bus_contract import bus
 from shared.config import BaseConfig, DatabaseConfig, ServiceConfig
 from shared.consumer import Consumer, HandlerTable
 from shared.db import SHARED_MIGRATIONS, apply_migrations, check_database, create_pool
@@ -30,7 +32,7 @@ from shared.logging import configure_logging
 from shared.metrics import METRICS, MessagingMetrics, Metrics
 from shared.openapi import OpenApiSpec
 from shared.relay import OutboxRelay, outbox_backlog
-from shared.topology import CONSUMERS, declare_topology
+from shared.topology import declare_topology, missing_queues, queues_for, receivers_of
 from shared.tracing import Tracing, configure_tracing
 from shared.unit_of_work import Outbox
 
@@ -69,9 +71,10 @@ def create_service_app(
     app.cleanup_ctx.append(_messaging(config, service, handlers))
 
     async def outbox_gauges() -> None:
-        waiting, oldest_seconds = await outbox_backlog(app[DB_POOL])
-        app[MESSAGING_METRICS].outbox_unpublished.set(waiting)
-        app[MESSAGING_METRICS].outbox_lag.set(oldest_seconds)
+        backlog = await outbox_backlog(app[DB_POOL])
+        app[MESSAGING_METRICS].outbox_unpublished.set(backlog.waiting)
+        app[MESSAGING_METRICS].outbox_lag.set(backlog.oldest_seconds)
+        app[MESSAGING_METRICS].outbox_waiting_for_operator.set(backlog.set_aside)
 
     metrics.refreshers.append(outbox_gauges)
     app.router.add_routes(metrics.routes())
@@ -122,11 +125,16 @@ def _messaging(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         connection = app[BROKER]
+        metrics = app[MESSAGING_METRICS]
+        # The broker user this service signs its messages as (the broker checks it).
+        own_user = URL(config.rabbitmq_url.value).user
+        own = queues_for(service, handlers) if handlers else None
+        receivers = receivers_of(service)
         # One channel publishes (with confirms; an unroutable event raises), one consumes. The
         # references are kept here: aio-pika holds robust channels only weakly.
         publishing = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await declare_topology(
-            publishing, retry_delays_ms=config.retry_delays, delivery_limit=config.delivery_limit
+            publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
         )
         relay = OutboxRelay(
             pool=app[DB_POOL],
@@ -135,25 +143,51 @@ def _messaging(
             batch_size=config.outbox_batch_size,
             poll_interval=config.outbox_poll_interval,
             publish_timeout=config.publish_timeout,
-            metrics=app[MESSAGING_METRICS],
+            user_id=own_user,
+            metrics=metrics,
         )
         relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
         consumer: Consumer | None = None
-        if handlers:
+        if own is not None:
             consuming = await connection.channel(publisher_confirms=True, on_return_raises=True)
             await consuming.set_qos(prefetch_count=config.consumer_prefetch)
             consumer = Consumer(
-                queues=CONSUMERS[service],
+                queues=own,
                 handlers=handlers,
                 pool=app[DB_POOL],
                 outbox=app[OUTBOX],
                 channel=consuming,
                 retry_delays_ms=config.retry_delays,
                 publish_timeout=config.publish_timeout,
-                metrics=app[MESSAGING_METRICS],
+                unavailable_wait=config.database_unavailable_wait,
+                own_user=own_user,
+                publishers=bus().publisher,
+                metrics=metrics,
             )
             await consumer.start()
+
+        async def keep_the_queues() -> None:
+            """The queues this service consumes from and publishes to must exist: an operator may
+            delete one by hand. Look now and then, say so, and declare them again."""
+            while True:
+                await asyncio.sleep(config.queue_check_interval)
+                try:
+                    missing = await missing_queues(connection, [*([own] if own else []), *receivers])
+                    metrics.queues_missing.set(len(missing))
+                    if not missing:
+                        continue
+                    log.error("queues missing; declaring them again", queues=missing)
+                    await declare_topology(
+                        publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
+                    )
+                    if consumer is not None and own is not None and own.main in missing:
+                        await consumer.start()  # the broker cancelled our consumer with the queue
+                except BROKER_UNAVAILABLE as error:
+                    log.warning("could not look for missing queues", error=repr(error))
+
+        watch = asyncio.create_task(keep_the_queues(), name=f"{service} queue check")
         yield
+        watch.cancel()
         if consumer is not None:
             await consumer.stop()
         relay.stop()

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import structlog
 
+from shared.bus_contract import bus
 from shared.db import Connection
-from shared.envelope import Cause, Envelope, check_outgoing
+from shared.envelope import Cause, ContractViolation, Envelope, check_outgoing
 from shared.events import Event
 from shared.tracing import Tracing
 
@@ -39,6 +40,12 @@ class Outbox:
         )
         body = envelope.to_json()
         check_outgoing(body)
+        publisher = bus().publisher.get(event.TYPE)
+        if publisher != self.source:
+            # Its consumers would refuse it anyway: they accept a type from its publisher only.
+            raise ContractViolation(
+                f"{self.source} emits {event.TYPE}, which the bus's contract has {publisher} publish"
+            )
         await connection.execute(
             "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)",
             envelope.id,

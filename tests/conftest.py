@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devstack.keys import KeyPair, make_key_pair
+from devstack.rabbitmq import Vhost
 from devstack.servers import Choice, NoServers, Servers, choose, started
 from shared.auth import TokenVerifier
 from tests import isolation
@@ -114,10 +115,17 @@ async def create_database(servers: Servers) -> AsyncIterator[CreateDatabase]:
 
 
 @pytest.fixture
-async def rabbitmq_url(servers: Servers) -> AsyncIterator[str]:
-    """A RabbitMQ virtual host of the test's own: its queues see no other test's events."""
-    async with servers.rabbitmq.vhost() as url:
-        yield url
+async def broker(servers: Servers) -> AsyncIterator[Vhost]:
+    """A RabbitMQ virtual host of the test's own, set up as the system's is (users, permissions,
+    policies): its queues see no other test's events; `broker.url_for(service)` signs in as one."""
+    async with servers.rabbitmq.vhost() as vhost:
+        yield vhost
+
+
+@pytest.fixture
+def rabbitmq_url(broker: Vhost) -> str:
+    """The test's virtual host, as its administrator."""
+    return broker.admin_url
 
 
 @pytest.fixture(scope="session")

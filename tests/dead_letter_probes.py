@@ -7,9 +7,10 @@ against the stack's (RabbitMQ 4). Each prints what it saw as one JSON object; th
 
 It imports only what the application image holds (shared/, aio-pika and its yarl, the standard
 library), so that tests/compose/ can run it in a container of the stack, given on standard input
-(`python - list users_service`). It reads RABBITMQ_URL, RETRY_DELAYS_MS and DELIVERY_LIMIT as the
-services do (--vhost replaces RABBITMQ_URL's), and declares the topology as they do (a no-op where
-they have).
+(`python - list users_service`). It reads RABBITMQ_URL (an administrator's; --vhost replaces its
+virtual host) and RETRY_DELAYS_MS as the services do, and the management API's settings and
+DELIVERY_LIMIT as shared/broker_setup.py does: it applies that module's policies (only the policies)
+with that DELIVERY_LIMIT, and declares the service's topology as it does (a no-op where it has).
 
 list: puts LETTERS dead letters of its own in SERVICE's dead-letter queue, lists the dead letters
 LISTINGS times with the code `make dlq` runs (`python -m shared.dlq list SERVICE`), and reports which
@@ -39,10 +40,11 @@ from typing import Any
 import aio_pika
 from yarl import URL
 
-from shared import dlq
+from shared import broker_setup, dlq
 from shared.broker import broker_version, connect_once
+from shared.bus_contract import bus
 from shared.config import ServiceConfig
-from shared.topology import CONSUMERS, declare_topology
+from shared.topology import ConsumerQueues, declare_topology
 
 # How long a consumer waits for a message before it concludes that none is coming.
 HOLD_TIMEOUT = 3.0
@@ -54,13 +56,33 @@ DEAD_LETTER_POLL_INTERVAL = 0.2
 SPARE_DELIVERIES = 5
 
 
-async def declare(config: ServiceConfig) -> str:
-    """Declare the topology as the services do; return the broker's version."""
+def queues_of(service: str) -> ConsumerQueues:
+    return ConsumerQueues(service, bus().receives(service))
+
+
+async def declare(config: ServiceConfig, setup: broker_setup.BrokerSetupConfig, service: str) -> str:
+    """Declare the service's topology as it does, under the policies broker_setup applies with this
+    DELIVERY_LIMIT (only the policies: the users and their passwords stay as the system has them);
+    return the broker's version."""
+    management = broker_setup.ManagementApi(
+        setup.rabbitmq_management_url, setup.rabbitmq_admin_user, setup.rabbitmq_admin_password.value
+    )
+    try:
+        plan = broker_setup.plan(
+            bus(),
+            operator=setup.rabbitmq_operator_user,
+            delivery_limit=setup.delivery_limit,
+            broker_major=await management.broker_major(),
+        )
+        vhost = URL(config.rabbitmq_url.value).path.removeprefix("/") or "/"
+        await broker_setup.apply_policies(management, vhost, plan.policies)
+    finally:
+        await management.close()
     connection = await connect_once(config.rabbitmq_url.value)
     async with connection:
         channel = await connection.channel()
         await declare_topology(
-            channel, retry_delays_ms=config.retry_delays, delivery_limit=config.delivery_limit
+            channel, own=queues_of(service), receivers=[], retry_delays_ms=config.retry_delays
         )
         return ".".join(map(str, await broker_version(channel)))
 
@@ -99,10 +121,12 @@ def listing(service: str) -> str:
     return printed.getvalue()
 
 
-def list_repeatedly(config: ServiceConfig, service: str, letters: int, listings: int) -> dict[str, Any]:
-    version = asyncio.run(declare(config))
+def list_repeatedly(
+    config: ServiceConfig, setup: broker_setup.BrokerSetupConfig, service: str, letters: int, listings: int
+) -> dict[str, Any]:
+    version = asyncio.run(declare(config, setup, service))
     ours = [f"dlq-probe-{uuid.uuid4().hex[:12]}" for _ in range(letters)]
-    asyncio.run(publish(config.rabbitmq_url.value, CONSUMERS[service].dead_letter, ours))
+    asyncio.run(publish(config.rabbitmq_url.value, queues_of(service).dead_letter, ours))
     shown = []
     for _ in range(listings):
         printed = listing(service)
@@ -154,9 +178,9 @@ def consume_in_a_process_that_dies(url: str, queue_name: str) -> dict[str, Any] 
     return held
 
 
-def crash_loop(config: ServiceConfig, service: str) -> dict[str, Any]:
-    version = asyncio.run(declare(config))
-    url, queues = config.rabbitmq_url.value, CONSUMERS[service]
+def crash_loop(config: ServiceConfig, setup: broker_setup.BrokerSetupConfig, service: str) -> dict[str, Any]:
+    version = asyncio.run(declare(config, setup, service))
+    url, queues = config.rabbitmq_url.value, queues_of(service)
     waiting, consumers = asyncio.run(ready_messages(url, queues.main))
     if waiting or consumers:
         raise RuntimeError(
@@ -165,7 +189,7 @@ def crash_loop(config: ServiceConfig, service: str) -> dict[str, Any]:
     ours = f"crash-loop-probe-{uuid.uuid4().hex[:12]}"
     asyncio.run(publish(url, queues.main, [ours]))
     deliveries = []
-    for _ in range(config.delivery_limit + 1 + SPARE_DELIVERIES):
+    for _ in range(setup.delivery_limit + 1 + SPARE_DELIVERIES):
         held = consume_in_a_process_that_dies(url, queues.main)
         if held is None:
             break
@@ -179,7 +203,7 @@ def crash_loop(config: ServiceConfig, service: str) -> dict[str, Any]:
             time.sleep(DEAD_LETTER_POLL_INTERVAL)
     return {
         "broker": version,
-        "delivery_limit": config.delivery_limit,
+        "delivery_limit": setup.delivery_limit,
         "message_id": ours,
         "deliveries": deliveries,
         "dead_letter": dead_letter,
@@ -221,20 +245,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("probe", choices=["list", "crash-loop"])
-    parser.add_argument("service", choices=sorted(CONSUMERS))
+    parser.add_argument("service", choices=sorted({r for names in bus().receivers.values() for r in names}))
     parser.add_argument("--letters", type=int, default=3)
     parser.add_argument("--listings", type=int, default=25)
     parser.add_argument("--vhost", help="the virtual host to probe in, instead of RABBITMQ_URL's")
     arguments = parser.parse_args(argv)
     config = ServiceConfig.from_env()
     if arguments.vhost is not None:
-        # Through the environment, so that `make dlq`'s own code (which reads it) lists there too.
         os.environ["RABBITMQ_URL"] = str(URL(config.rabbitmq_url.value).with_path(f"/{arguments.vhost}"))
         config = ServiceConfig.from_env()
+    # Through the environment, so that `make dlq`'s own code (which reads it) lists there too.
+    os.environ["RABBITMQ_OPERATOR_URL"] = config.rabbitmq_url.value
+    setup = broker_setup.BrokerSetupConfig.from_env()
     if arguments.probe == "list":
-        report = list_repeatedly(config, arguments.service, arguments.letters, arguments.listings)
+        report = list_repeatedly(config, setup, arguments.service, arguments.letters, arguments.listings)
     else:
-        report = crash_loop(config, arguments.service)
+        report = crash_loop(config, setup, arguments.service)
     print(json.dumps(report))
     return 0
 

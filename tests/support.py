@@ -6,11 +6,17 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
+from aio_pika.abc import HeadersType
 from aiohttp import web
 from yarl import URL
 
 from devstack.ports import free_port
+from devstack.rabbitmq import Vhost
+from shared.broker import connect_once
+from shared.bus_contract import bus
+from shared.topology import EXCHANGE
 
 
 def require_tool(found: object, message: str) -> None:
@@ -112,3 +118,30 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+async def publish_raw(
+    broker: Vhost,
+    body: bytes,
+    routing_key: str,
+    *,
+    sender: str | None = None,
+    headers: HeadersType | None = None,
+    message_type: str | None = None,
+) -> None:
+    """Publish bytes to the events exchange as broker user `sender` does, its user id on the message
+    (by default the publisher the bus's contract names for the routing key, else the administrator):
+    a test's stand-in for a peer, good or bad."""
+    sender = sender or bus().publisher.get(routing_key)
+    url = broker.url_for(sender) if sender is not None else broker.admin_url
+    async with await connect_once(url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(EXCHANGE)
+        message = aio_pika.Message(
+            body,
+            headers=headers or {},
+            type=message_type or routing_key,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            user_id=sender,
+        )
+        await exchange.publish(message, routing_key=routing_key)

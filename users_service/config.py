@@ -12,6 +12,12 @@ class UsersConfig(ServiceConfig):
         "users_service's own database and role.",
         local=True,
     )
+    rabbitmq_url: Secret = setting(
+        "RABBITMQ_URL",
+        Secret("amqp://users_service:users_service@127.0.0.1:5672/"),
+        "The broker, as users_service's own user (shared/broker_setup.py).",
+        local=True,
+    )
     jwt_private_key_file: str = setting(
         "JWT_PRIVATE_KEY_FILE",
         ".keys/jwt-private.pem",

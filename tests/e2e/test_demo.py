@@ -111,7 +111,7 @@ def poison_event_id(output: str) -> str:
 
 
 async def test_the_demo_tells_its_story_against_the_running_system(stack: Stack) -> None:
-    arguments = ("--gateway-url", stack.url, "--rabbitmq-url", stack.rabbitmq_url)
+    arguments = ("--gateway-url", stack.url, "--rabbitmq-url", stack.broker.operator_url)
     runs = await asyncio.gather(run_demo(*arguments), run_demo(*arguments))
     for code, out, err in runs:
         assert code == 0, f"{out}\n{err}"

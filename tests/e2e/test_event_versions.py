@@ -16,7 +16,7 @@ from shared.events import CreditRejected, OrderCreated
 from tests.e2e.api import final_order, get_order, me, new_user, place_order
 from tests.e2e.conftest import Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.e2e.test_saga import publish_raw
+from tests.support import publish_raw
 
 CAUSE = Cause("event-versions-test", "event-versions-test")
 
@@ -69,7 +69,7 @@ async def test_a_version_2_credit_rejection_decides_a_pending_order(
                 },
             },
         )
-        await publish_raw(stack, v2.to_json(), CreditRejected.TYPE)
+        await publish_raw(stack.broker, v2.to_json(), CreditRejected.TYPE)
 
         rejected = await final_order(http, stack.url, user, order["id"])
         assert (rejected["status"], rejected["rejection_reason"]) == ("REJECTED", "insufficient_credit")
@@ -107,9 +107,9 @@ async def test_an_unknown_version_and_a_broken_event_are_dead_lettered_and_the_c
     # Applied, a negative total would hand the user 100 cents of credit: the contract stops it first.
     created = Envelope.wrap(OrderCreated(order_id, user_id, 100), source="orders", cause=CAUSE)
     negative_total = dataclasses.replace(created, data={**created.data, "total_cents": -100})
-    await publish_raw(stack, v3.to_json(), CreditRejected.TYPE)
-    await publish_raw(stack, missing_reason.to_json(), CreditRejected.TYPE)
-    await publish_raw(stack, negative_total.to_json(), OrderCreated.TYPE)
+    await publish_raw(stack.broker, v3.to_json(), CreditRejected.TYPE)
+    await publish_raw(stack.broker, missing_reason.to_json(), CreditRejected.TYPE)
+    await publish_raw(stack.broker, negative_total.to_json(), OrderCreated.TYPE)
 
     async def dead_letters(service: str, *ids: uuid.UUID) -> dict[str, DeadLetter] | None:
         letters = {

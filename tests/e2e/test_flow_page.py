@@ -45,7 +45,7 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def flow_gateway(stack: Stack, tmp_path: Path) -> AsyncIterator[ServiceProcess]:
     # The stack's gateway's settings, on another port, its tap on the stack's own virtual host.
-    env = {**stack.env["gateway"], "HTTP_PORT": str(free_port()), "RABBITMQ_URL": stack.rabbitmq_url}
+    env = {**stack.env["gateway"], "HTTP_PORT": str(free_port()), "FLOW_ENABLED": "true"}
     gateway = await start_gateway("gateway-flow", env, tmp_path)
     yield gateway
     assert await gateway.stop() == 0

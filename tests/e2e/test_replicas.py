@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from devstack.waiting import eventually
-from shared.topology import ORDERS, USERS
+from shared.bus_contract import bus
 from tests.e2e.api import User, new_user
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import SystemState, assert_invariants_once_quiet
@@ -193,10 +193,10 @@ def _assert_each_order_once_and_each_event_applied_once(state: SystemState, burs
     # Each inbox holds exactly the events its service consumes, each once (its primary key): every
     # event applied, none applied that was never sent.
     assert state.users_inbox == {
-        row["event_id"] for row in state.orders_outbox if row["event_type"] in USERS.event_types
+        row["event_id"] for row in state.orders_outbox if row["event_type"] in bus().receives("users_service")
     }
     assert state.orders_inbox == {
-        row["event_id"] for row in state.users_outbox if row["event_type"] in ORDERS.event_types
+        row["event_id"] for row in state.users_outbox if row["event_type"] in bus().receives("orders_service")
     }
     unpublished = [row for row in [*state.orders_outbox, *state.users_outbox] if row["published_at"] is None]
     assert not unpublished, f"{len(unpublished)} outbox rows never published"

@@ -4,7 +4,6 @@ checked by tests/e2e/saga_checker.py after every scenario."""
 import asyncio
 import uuid
 
-import aio_pika
 import aiohttp
 import asyncpg
 
@@ -12,10 +11,10 @@ from devstack.waiting import eventually
 from shared.dlq import list_dead_letters, replay_dead_letters
 from shared.envelope import Cause, Envelope
 from shared.events import CreditReserved
-from shared.topology import EXCHANGE
 from tests.e2e.api import final_order, me, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import assert_invariants_once_quiet
+from tests.support import publish_raw
 
 FAST_RETRIES = {"RETRY_DELAYS_MS": "100,200"}
 
@@ -71,7 +70,7 @@ async def test_an_event_delivered_twice_is_applied_once(stack: Stack, http: aioh
         )
     finally:
         await orders_db.close()
-    await publish_raw(stack, body.encode(), "orders.order.created")
+    await publish_raw(stack.broker, body.encode(), "orders.order.created")
 
     async def skipped() -> bool:
         return "duplicate skipped" in stack.users.log_text() and order["id"][:8] in stack.users.log_text()
@@ -84,7 +83,7 @@ async def test_an_event_delivered_twice_is_applied_once(stack: Stack, http: aioh
 async def test_a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    await publish_raw(stack, b"this is not an event", "orders.order.created")
+    await publish_raw(stack.broker, b"this is not an event", "orders.order.created")
 
     async def dead_lettered() -> bool:
         letters = await list_dead_letters(stack.rabbitmq_url, "users_service")
@@ -107,7 +106,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_then_replayed(
         source="test",
         cause=Cause("orphan-test", "orphan-test"),
     )
-    await publish_raw(stack, orphan.to_json(), CreditReserved.TYPE)
+    await publish_raw(stack.broker, orphan.to_json(), CreditReserved.TYPE)
 
     async def dead_lettered() -> bool:
         letters = await list_dead_letters(stack.rabbitmq_url, "orders_service")
@@ -122,21 +121,10 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_then_replayed(
     order = await place_order(http, stack.url, user, 100)
     assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
 
-    replayed = await replay_dead_letters(stack.rabbitmq_url, "orders_service", str(orphan.id))
+    replayed = await replay_dead_letters(stack.broker.operator_url, "orders_service", str(orphan.id))
     assert [letter.message_id for letter in replayed] == [str(orphan.id)]
 
     async def dead_lettered_again() -> bool:
         return stack.orders.log_text().count("retries exhausted") == 2
 
     await eventually(dead_lettered_again, what="the replayed orphan to fail its retries again")
-
-
-async def publish_raw(stack: Stack, body: bytes, routing_key: str) -> None:
-    """Publish bytes to the events exchange as a producer would (a test's stand-in for a bad peer)."""
-    connection = await aio_pika.connect(stack.rabbitmq_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(EXCHANGE)
-        await exchange.publish(
-            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=routing_key
-        )

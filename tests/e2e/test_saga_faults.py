@@ -34,7 +34,8 @@ async def broker_relay(stack: Stack) -> AsyncIterator[tuple[TcpRelay, str]]:
     relay = TcpRelay(broker.host, broker.amqp_port)
     await relay.start()
     try:
-        yield relay, with_port(stack.rabbitmq_url, relay.port)
+        # orders_service's own broker URL, through the relay.
+        yield relay, with_port(stack.broker.url_for("orders_service"), relay.port)
     finally:
         relay.sever()
         await relay.close()
@@ -99,7 +100,7 @@ async def test_orders_service_killed_between_commit_and_publish(
         await eventually(committed_not_published, what="5 committed, unpublished OrderCreated rows")
         await stack.orders.kill()
         relay.sever()
-    await stack.start("orders_service", RABBITMQ_URL=stack.rabbitmq_url)
+    await stack.start("orders_service", RABBITMQ_URL=stack.broker.url_for("orders_service"))
     for order in orders:
         assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
     await assert_invariants_once_quiet(stack)
@@ -129,7 +130,7 @@ async def test_orders_service_killed_between_consume_and_ack(
         await eventually(applied_but_not_acked, what="orders_service to commit the credit answer")
         await stack.orders.kill()
         relay.sever()  # the held ack dies with the connection: the broker must redeliver
-    await stack.start("orders_service", RABBITMQ_URL=stack.rabbitmq_url)
+    await stack.start("orders_service", RABBITMQ_URL=stack.broker.url_for("orders_service"))
 
     async def redelivery_skipped() -> bool:
         return "duplicate skipped" in stack.orders.log_text()

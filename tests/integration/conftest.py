@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from devstack.keys import KeyPair
+from devstack.rabbitmq import Vhost
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
@@ -40,11 +41,11 @@ def held_to_contract(app: web.Application, violations: list[str]) -> web.Applica
 
 
 @pytest.fixture
-async def users_config(create_database: CreateDatabase, key_pair: KeyPair, rabbitmq_url: str) -> UsersConfig:
+async def users_config(create_database: CreateDatabase, key_pair: KeyPair, broker: Vhost) -> UsersConfig:
     """users_service's settings on a fresh database and vhost of the test's own."""
     return UsersConfig(
         database_url=Secret(await create_database("users")),
-        rabbitmq_url=Secret(rabbitmq_url),
+        rabbitmq_url=Secret(broker.url_for("users_service")),
         jwt_public_key_file=str(key_pair.public),
         jwt_private_key_file=str(key_pair.private),
         startup_timeout=5,
@@ -62,13 +63,13 @@ async def users_client(
 async def orders_client(
     create_database: CreateDatabase,
     key_pair: KeyPair,
-    rabbitmq_url: str,
+    broker: Vhost,
     contract_violations: list[str],
     aiohttp_client: AiohttpClient,
 ) -> Client:
     config = OrdersConfig(
         database_url=Secret(await create_database("orders")),
-        rabbitmq_url=Secret(rabbitmq_url),
+        rabbitmq_url=Secret(broker.url_for("orders_service")),
         jwt_public_key_file=str(key_pair.public),
         startup_timeout=5,
     )

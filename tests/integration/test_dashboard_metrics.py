@@ -25,6 +25,7 @@ from pytest_aiohttp import AiohttpClient
 
 from devstack.keys import KeyPair
 from devstack.ports import free_port
+from devstack.rabbitmq import Vhost
 from devstack.waiting import eventually
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewayConfig
@@ -61,7 +62,7 @@ async def processes(
     users_config: UsersConfig,
     create_database: CreateDatabase,
     key_pair: KeyPair,
-    rabbitmq_url: str,
+    broker: Vhost,
     aiohttp_client: AiohttpClient,
 ) -> Processes:
     """The three processes on one vhost, as compose runs them. Not held to the OpenAPI contracts:
@@ -69,7 +70,7 @@ async def processes(
     users = await aiohttp_client(create_users_app(users_config))
     orders_config = OrdersConfig(
         database_url=Secret(await create_database("orders")),
-        rabbitmq_url=Secret(rabbitmq_url),
+        rabbitmq_url=Secret(broker.url_for("orders_service")),
         jwt_public_key_file=str(key_pair.public),
         startup_timeout=5,
     )
@@ -80,7 +81,7 @@ async def processes(
             "USERS_SERVICE_URL": f"http://{users.host}:{users.port}",
             "ORDERS_SERVICE_URL": f"http://{orders.host}:{orders.port}",
             "JWT_PUBLIC_KEY_FILE": str(key_pair.public),
-            "RABBITMQ_URL": rabbitmq_url,
+            "RABBITMQ_URL": broker.url_for("gateway"),
             "DATABASE_URL": await create_database("gateway"),
             "STARTUP_TIMEOUT": "5",
         }

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from devstack.servers import Servers
 from tests.dead_letter_probes import (
     assert_dead_lettered_after_the_limit,
     assert_every_listing_showed_every_letter,
@@ -21,13 +22,21 @@ PROBES = Path(__file__).resolve().parents[1] / "dead_letter_probes.py"
 DELIVERY_LIMIT = 3
 
 
-async def probe(rabbitmq_url: str, *arguments: str) -> dict[str, Any]:
+async def probe(servers: Servers, rabbitmq_url: str, *arguments: str) -> dict[str, Any]:
     """Run a probe in a process of its own (it forks its consumers), on the test's vhost."""
+    broker = servers.rabbitmq
+    settings = {
+        "RABBITMQ_URL": rabbitmq_url,
+        "RABBITMQ_MANAGEMENT_URL": broker.management.base_url,
+        "RABBITMQ_ADMIN_USER": broker.user,
+        "RABBITMQ_ADMIN_PASSWORD": broker.password,
+        "DELIVERY_LIMIT": str(DELIVERY_LIMIT),
+    }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PROBES),
         *arguments,
-        env={**os.environ, "RABBITMQ_URL": rabbitmq_url, "DELIVERY_LIMIT": str(DELIVERY_LIMIT)},
+        env={**os.environ, **settings},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -37,13 +46,13 @@ async def probe(rabbitmq_url: str, *arguments: str) -> dict[str, Any]:
     return report
 
 
-async def test_listing_the_dead_letters_25_times_loses_none(rabbitmq_url: str) -> None:
+async def test_listing_the_dead_letters_25_times_loses_none(servers: Servers, rabbitmq_url: str) -> None:
     assert_every_listing_showed_every_letter(
-        await probe(rabbitmq_url, "list", "users_service", "--listings", "25")
+        await probe(servers, rabbitmq_url, "list", "users_service", "--listings", "25")
     )
 
 
 async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_after_the_limit(
-    rabbitmq_url: str,
+    servers: Servers, rabbitmq_url: str
 ) -> None:
-    assert_dead_lettered_after_the_limit(await probe(rabbitmq_url, "crash-loop", "orders_service"))
+    assert_dead_lettered_after_the_limit(await probe(servers, rabbitmq_url, "crash-loop", "orders_service"))

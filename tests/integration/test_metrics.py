@@ -3,17 +3,15 @@
 import uuid
 from collections.abc import Awaitable, Callable
 
-import aio_pika
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.rabbitmq import Vhost
 from devstack.waiting import eventually
-from shared.broker import connect_once
 from shared.envelope import Envelope
 from shared.events import CreditReserved, OrderCreated
-from shared.messages import CLOUDEVENTS_JSON
 from shared.service import DB_POOL
-from shared.topology import EXCHANGE
 from tests.integration.conftest import Client
+from tests.support import publish_raw
 from tests.unit.event_samples import CAUSE
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]
@@ -41,15 +39,6 @@ def until(client: Client, check: Callable[[Samples], bool]) -> Callable[[], Awai
         return check(await scrape(client))
 
     return scraped
-
-
-async def publish(rabbitmq_url: str, event_type: str, *bodies: bytes) -> None:
-    """Messages on the events exchange, as a producer (a buggy one, for some bodies) would send them."""
-    async with await connect_once(rabbitmq_url) as connection:
-        exchange = await (await connection.channel()).get_exchange(EXCHANGE)
-        for body in bodies:
-            message = aio_pika.Message(body, type=event_type, content_type=CLOUDEVENTS_JSON)
-            await exchange.publish(message, routing_key=event_type)
 
 
 async def test_one_order_is_counted_at_every_step_of_its_saga(
@@ -96,12 +85,12 @@ async def test_one_order_is_counted_at_every_step_of_its_saga(
     assert value(after_cancel, "saga_duration_seconds_count", outcome="CANCELLED") == 0
 
 
-async def test_duplicates_and_dead_letters_are_counted_by_type(
-    users_client: Client, rabbitmq_url: str
-) -> None:
+async def test_duplicates_and_dead_letters_are_counted_by_type(users_client: Client, broker: Vhost) -> None:
     event = OrderCreated(uuid.uuid4(), uuid.uuid4(), 100)
     body = Envelope.wrap(event, source="orders_service", cause=CAUSE).to_json()
-    await publish(rabbitmq_url, OrderCreated.TYPE, body, body, b"{not json")
+    # As its publisher would send it (a buggy one, for the last body).
+    for published in (body, body, b"{not json"):
+        await publish_raw(broker, published, OrderCreated.TYPE)
 
     def all_three_counted(samples: Samples) -> bool:
         return (
@@ -115,11 +104,11 @@ async def test_duplicates_and_dead_letters_are_counted_by_type(
     )
 
 
-async def test_a_failing_handler_is_counted_as_retried(orders_client: Client, rabbitmq_url: str) -> None:
+async def test_a_failing_handler_is_counted_as_retried(orders_client: Client, broker: Vhost) -> None:
     # An answer about an order orders_service never stored: its handler fails, so it is retried.
     event = CreditReserved(uuid.uuid4(), uuid.uuid4(), 100)
     body = Envelope.wrap(event, source="users_service", cause=CAUSE).to_json()
-    await publish(rabbitmq_url, CreditReserved.TYPE, body)
+    await publish_raw(broker, body, CreditReserved.TYPE)
 
     def retried(samples: Samples) -> bool:
         return value(samples, "events_retried_total", type=CreditReserved.TYPE) >= 1
@@ -127,16 +116,34 @@ async def test_a_failing_handler_is_counted_as_retried(orders_client: Client, ra
     await eventually(until(orders_client, retried), what="the failed event sent to a retry queue")
 
 
-async def test_outbox_lag_is_the_age_of_the_oldest_unpublished_row(orders_client: Client) -> None:
-    # A row the relay cannot publish (its body is no event) stays, as a row would while the broker
-    # is down; it was written 42 seconds ago.
+async def test_outbox_lag_is_the_age_of_the_oldest_row_waiting_to_be_published(orders_client: Client) -> None:
+    # A row whose publish failed, waiting for its next attempt in an hour, as a row the broker
+    # returned would; it was written 42 seconds ago.
     await orders_client.app[DB_POOL].execute(
         """
-        INSERT INTO outbox (event_id, event_type, body, created_at)
-        VALUES ($1, 'orders.order.created', 'not an event', now() - interval '42 seconds')
+        INSERT INTO outbox (event_id, event_type, body, created_at, attempts, retry_at)
+        VALUES ($1, 'orders.order.created', 'not an event', now() - interval '42 seconds', 1,
+                now() + interval '1 hour')
         """,
         uuid.uuid4(),
     )
     samples = await scrape(orders_client)
     assert value(samples, "outbox_unpublished_events") == 1
     assert 42 <= value(samples, "outbox_lag_seconds") < 60
+    assert value(samples, "outbox_set_aside_events") == 0
+
+
+async def test_a_row_that_can_never_be_published_is_set_aside_and_counted(orders_client: Client) -> None:
+    await orders_client.app[DB_POOL].execute(
+        "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, 'orders.order.created', 'not an event')",
+        uuid.uuid4(),
+    )
+
+    def set_aside(samples: Samples) -> bool:
+        return (
+            value(samples, "outbox_set_aside_events") == 1
+            and value(samples, "outbox_unpublished_events") == 0
+            and value(samples, "outbox_set_aside_total", type="orders.order.created") == 1
+        )
+
+    await eventually(until(orders_client, set_aside), what="the row set aside, and counted")

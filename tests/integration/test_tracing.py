@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from devstack.keys import KeyPair
+from devstack.rabbitmq import Vhost
 from devstack.waiting import eventually
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewayConfig
@@ -73,7 +74,7 @@ async def start_stack(
     tracing: bool,
     create_database: CreateDatabase,
     key_pair: KeyPair,
-    rabbitmq_url: str,
+    broker: Vhost,
     aiohttp_server: AiohttpServer,
 ) -> Stack:
     endpoint = UNUSED_COLLECTOR if tracing else ""
@@ -82,7 +83,7 @@ async def start_stack(
         create_users_app(
             UsersConfig(
                 database_url=Secret(await create_database("users")),
-                rabbitmq_url=Secret(rabbitmq_url),
+                rabbitmq_url=Secret(broker.url_for("users_service")),
                 jwt_private_key_file=str(key_pair.private),
                 jwt_public_key_file=public_key,
                 startup_timeout=5,
@@ -95,7 +96,7 @@ async def start_stack(
         create_orders_app(
             OrdersConfig(
                 database_url=Secret(orders_database),
-                rabbitmq_url=Secret(rabbitmq_url),
+                rabbitmq_url=Secret(broker.url_for("orders_service")),
                 jwt_public_key_file=public_key,
                 startup_timeout=5,
                 otel_exporter_otlp_endpoint=endpoint,
@@ -170,7 +171,7 @@ def an_order_approved(
     exporter: InMemorySpanExporter,
     create_database: CreateDatabase,
     key_pair: KeyPair,
-    rabbitmq_url: str,
+    broker: Vhost,
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
 ) -> OrderApproved:
@@ -183,7 +184,7 @@ def an_order_approved(
             tracing=tracing,
             create_database=create_database,
             key_pair=key_pair,
-            rabbitmq_url=rabbitmq_url,
+            broker=broker,
             aiohttp_server=aiohttp_server,
         )
         await place_an_order_and_wait_for_approval(stack, aiohttp_client)

@@ -15,7 +15,7 @@ from demo.poison import broker_address, poison_order_created
 from demo.scenario import Settings, money, run
 from demo.steps import DemoFailed
 from devstack.ports import free_port
-from shared.config import ServiceConfig
+from shared.config import OperatorConfig
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import OrderCreated
 from tests.isolation import development_defaults_allowed
@@ -37,13 +37,13 @@ def test_settings_default_to_make_dev_and_the_flow_page_to_the_gateway() -> None
     settings = parse_settings([], {})
     assert settings.gateway_url == DEFAULT_GATEWAY_URL
     with development_defaults_allowed():
-        make_dev_broker = ServiceConfig.from_env({}).rabbitmq_url.value
+        make_dev_broker = OperatorConfig.from_env({}).rabbitmq_operator_url.value
     assert settings.rabbitmq_url == DEFAULT_RABBITMQ_URL == make_dev_broker
     assert settings.flow_url == f"{DEFAULT_GATEWAY_URL}/flow"
 
 
 def test_settings_come_from_the_environment_and_options_win() -> None:
-    environ = {"GATEWAY_URL": "http://gateway:8080/", "RABBITMQ_URL": "amqp://u:p@rabbitmq:5672/"}
+    environ = {"GATEWAY_URL": "http://gateway:8080/", "RABBITMQ_OPERATOR_URL": "amqp://u:p@rabbitmq:5672/"}
     from_env = parse_settings([], environ)
     assert (from_env.gateway_url, from_env.rabbitmq_url) == (
         "http://gateway:8080",

@@ -16,12 +16,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from prometheus_client import CollectorRegistry
 
 from shared import schemas
+from shared.bus_contract import bus
 from shared.consumer import Consumer
 from shared.db import Connection
 from shared.envelope import ContractViolation, Envelope, InvalidEvent, check_outgoing
 from shared.events import DECODERS, EVENT_TYPES, CreditRejected, CreditReserved, Event, OrderCancelled
 from shared.metrics import MessagingMetrics
-from shared.topology import ORDERS
+from shared.topology import ConsumerQueues
 from shared.unit_of_work import Outbox
 from tests.unit.event_samples import CAUSE, sample_envelope, sample_event
 
@@ -244,14 +245,25 @@ async def test_writing_an_event_that_breaks_its_contract_raises_and_writes_nothi
 ) -> None:
     connection = RecordingConnection()
     with pytest.raises(ContractViolation) as raised:
-        await Outbox(source="contract-test").add(cast(Connection, connection), event, CAUSE)
+        await Outbox(source=bus().publisher.get(event.TYPE, "?")).add(
+            cast(Connection, connection), event, CAUSE
+        )
     assert str(raised.value).startswith(problem)
+    assert connection.executed == []
+
+
+async def test_a_service_cannot_emit_an_event_type_that_another_publishes() -> None:
+    connection = RecordingConnection()
+    with pytest.raises(ContractViolation, match="orders_service emits users.credit.reserved"):
+        await Outbox(source="orders_service").add(
+            cast(Connection, connection), sample_event(CreditReserved), CAUSE
+        )
     assert connection.executed == []
 
 
 async def test_writing_a_valid_event_stores_exactly_the_checked_body() -> None:
     connection = RecordingConnection()
-    envelope = await Outbox(source="contract-test").add(
+    envelope = await Outbox(source="users_service").add(
         cast(Connection, connection), sample_event(CreditReserved), CAUSE
     )
     [(_, (event_id, event_type, body))] = connection.executed
@@ -420,6 +432,7 @@ class FakeMessage:
         self.message_id = None
         self.type = "users.credit.rejected"
         self.correlation_id = None
+        self.user_id = "users_service"
         self.acked = False
 
     async def ack(self) -> None:
@@ -429,13 +442,16 @@ class FakeMessage:
 async def test_the_consumer_dead_letters_a_message_that_breaks_its_contract_at_once() -> None:
     channel = FakeChannel()
     consumer = Consumer(
-        queues=ORDERS,
+        queues=ConsumerQueues("orders_service", ("users.credit.rejected",)),
         handlers={},  # never reached: an invalid message gets no further than its contract
         pool=cast(asyncpg.Pool, None),  # nor does it touch the database
         outbox=Outbox(source="orders_service"),
         channel=cast(AbstractChannel, channel),
         retry_delays_ms=(1000,),
         publish_timeout=1.0,
+        unavailable_wait=1.0,
+        own_user="orders_service",
+        publishers={"users.credit.rejected": "users_service"},
         metrics=MessagingMetrics(CollectorRegistry()),
     )
     message = FakeMessage(_broken("users.credit.rejected", data_reason=5))

@@ -11,9 +11,9 @@ import pytest
 from orders_service import saga
 from orders_service.handlers import handler_table, on_credit_rejected
 from orders_service.metrics import SagaMetrics
+from shared.bus_contract import bus
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import DECODERS, EVENT_TYPES, CreditRejected, Event
-from shared.topology import CONSUMERS
 from tests.unit.event_samples import CAUSE
 
 ORDER_ID, USER_ID = uuid.uuid4(), uuid.uuid4()
@@ -57,7 +57,7 @@ def test_producers_emit_version_1_until_every_consumer_accepts_version_2() -> No
     envelope = Envelope.wrap(CreditRejected(ORDER_ID, USER_ID, "unknown_user"), source="users", cause=CAUSE)
     assert (envelope.dataversion, envelope.data["reason"]) == (1, "unknown_user")
     # The consumers of the type (orders_service) accept both versions, through the shared decoders.
-    assert "users.credit.rejected" in CONSUMERS["orders_service"].event_types
+    assert "users.credit.rejected" in bus().receives("orders_service")
     assert {(CreditRejected.TYPE, 1), (CreditRejected.TYPE, 2)} <= set(DECODERS)
 
 

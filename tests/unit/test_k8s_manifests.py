@@ -38,9 +38,10 @@ import yaml
 from gateway.app import READINESS_TIMEOUT
 from gateway.config import GatewayConfig
 from orders_service.config import OrdersConfig
+from shared.bus_contract import bus
 from shared.config import BaseConfig, DatabaseConfig, Secret, ServiceConfig
 from shared.http import health_routes
-from shared.migrate import PROCESSES, MigrationConfig, migration_directories
+from shared.migrate import MigrationConfig, migration_directories
 from tests.unit.test_compose import (
     image_environment,
     init_script_defaults,
@@ -52,6 +53,8 @@ from tests.unit.test_compose import (
 from users_service.config import UsersConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every process of the system has a database, and so migrations.
+PROCESSES = bus().services
 K8S = ROOT / "deploy" / "k8s"
 CRDS = Path(__file__).parent / "k8s-crds"
 OVERLAYS = ("dev", "prod")
