@@ -74,8 +74,16 @@ def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | 
     )
 
 
+# No contract nests a body more than three levels deep (an order's items); this is ten times that.
+# Deeper documents are refused as they are read, so that nothing downstream (schema validation,
+# checks that walk the document, serialising it again) ever meets one: orjson itself parses up to
+# 1,024 levels, while anything recursive in Python stops at 1,000, and orjson.dumps at 255.
+MAX_JSON_DEPTH = 32
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a problem: 415 for another media type, 400 for bad JSON.
+    """The request body as JSON, or a problem: 415 for another media type, 400 for bad JSON or JSON
+    nested deeper than MAX_JSON_DEPTH.
 
     aiohttp itself refuses a body over `client_max_size` with 413 while reading it.
     """
@@ -83,9 +91,31 @@ async def read_json(request: web.Request) -> Any:
         raise Problem(415, "Send the body as application/json.", headers={"Accept-Post": "application/json"})
     raw = await request.read()
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise Problem(400, f"The body is not valid JSON: {error.msg}.", title="Malformed JSON") from None
+    if json_depth(document) > MAX_JSON_DEPTH:
+        detail = f"The body nests arrays or objects over {MAX_JSON_DEPTH} levels deep."
+        raise Problem(400, detail, title="Malformed JSON")
+    return document
+
+
+def json_depth(document: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON document (a scalar: 0, `[]`: 1, `[[]]`: 2).
+
+    Iterative, with a stack of its own: the depth of what a client sent must not decide how deep
+    the interpreter's stack goes."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def cause_of(request: web.Request) -> Cause:
