@@ -72,7 +72,7 @@ async def gateway_to(stack: Stack) -> AsyncIterator[StartGateway]:
 
 
 async def until_serving(gateway: ServiceProcess) -> None:
-    """The gateway is up (healthz) even though an upstream is not (so readyz may say 503)."""
+    """The gateway is up (healthz) even though an upstream is not."""
     async with aiohttp.ClientSession() as http:
 
         async def serving() -> bool:
@@ -88,7 +88,7 @@ async def until_serving(gateway: ServiceProcess) -> None:
 REGISTRATION = {"email": "a@example.com", "name": "A", "password": "12345678"}
 
 
-async def test_a_dead_upstream_is_503_and_readiness_says_which(
+async def test_a_dead_upstream_is_503_and_readiness_says_which_but_stays_ready(
     gateway_to: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(f"http://127.0.0.1:{free_port()}")
@@ -98,7 +98,8 @@ async def test_a_dead_upstream_is_503_and_readiness_says_which(
         assert response.content_type == "application/problem+json"
         assert "Retry-After" in response.headers
     async with http.get(f"{gateway.url}/readyz") as response:
-        assert response.status == 503
+        # Not a reason to take the gateway out of rotation: orders_service's routes are served.
+        assert response.status == 200
         assert (await response.json())["checks"] == {"users_service": "unavailable", "orders_service": "ok"}
 
 
