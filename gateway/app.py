@@ -9,7 +9,7 @@ from yarl import URL
 
 from gateway.config import GatewayConfig
 from gateway.contract import public_contract
-from gateway.edge import cors, rate_limits, size_limits
+from gateway.edge import LOGIN, REGISTRATION, client_address, cors, rate_limits, size_limits
 from gateway.flow import FLOW_HUB, FlowHub, end_streams, flow_events, flow_tap, http_recorder
 from gateway.proxy import RetryPolicy, Upstream, forward
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
@@ -102,7 +102,9 @@ def create_app(config: GatewayConfig) -> web.Application:
                 request,
                 upstream,
                 request.app[UPSTREAM_SESSION],
+                client=client_address(request, config.trusted_proxy_networks),
                 max_body_bytes=config.max_body_bytes,
+                body_timeout=config.request_body_timeout,
                 retry=retry,
                 tracing=tracing,
                 observer=flow,
@@ -112,11 +114,11 @@ def create_app(config: GatewayConfig) -> web.Application:
 
     app.router.add_routes([proxy_to(route) for route in ROUTES])
 
-    def upstream_ready(upstream: Upstream) -> ReadinessCheck:
+    def upstream_state(upstream: Upstream) -> ReadinessCheck:
         async def check() -> None:
             if upstream.breaker.state is CircuitState.OPEN:
-                # Not ready while requests to it are refused; once the open period is over, the
-                # upstream's own readiness decides again (so a replica out of rotation recovers).
+                # Requests to it are refused while its circuit is open; once the open period is
+                # over, the upstream's own readiness is asked again.
                 raise ConnectionError(f"{upstream.name}'s circuit is open")
             async with app[UPSTREAM_SESSION].get(
                 upstream.base_url / "readyz", timeout=aiohttp.ClientTimeout(total=READINESS_TIMEOUT)
@@ -126,7 +128,18 @@ def create_app(config: GatewayConfig) -> web.Application:
 
         return check
 
-    app.router.add_routes(health_routes({name: upstream_ready(up) for name, up in upstreams.items()}))
+    # Readiness is what an orchestrator acts on: a replica that is not ready is taken out of the
+    # load balancer, so that clients go to the replicas that are. That helps only when the cause is
+    # this replica's own. An upstream being down is everyone's: every gateway replica sees it at
+    # once, so making it a readiness condition would take every gateway out together, and with them
+    # the routes of the service that is still up (and the 503 problem with Retry-After that each
+    # client of the failed one would get, for a load balancer's bare error). So the gateway is ready
+    # whenever it can take requests (it answers /readyz only once its upstream session and database
+    # are set up), whatever its upstreams' state; /readyz reports that state, and each route answers
+    # for its own upstream: its circuit breaker turns an outage into a 503 at once.
+    app.router.add_routes(
+        health_routes({}, reported={name: upstream_state(up) for name, up in upstreams.items()})
+    )
     app.router.add_routes(documentation_routes())
     if flow is not None:
         app[FLOW_HUB] = flow
@@ -146,7 +159,7 @@ def create_app(config: GatewayConfig) -> web.Application:
 
 def shared_rate_limits(app: web.Application, config: GatewayConfig) -> None:
     """Per-client limits kept in the gateway's own database, so that every replica enforces the same
-    ones (gateway/ratelimit.py): a general one, and a much stricter one on sign-in."""
+    ones (gateway/ratelimit.py): a general one, and much stricter ones on sign-in and registration."""
     app.cleanup_ctx.append(database(config, MIGRATIONS))
     app.cleanup_ctx.append(bucket_housekeeping)
 
@@ -160,15 +173,17 @@ def shared_rate_limits(app: web.Application, config: GatewayConfig) -> None:
         burst=config.rate_limit_burst,
         lease=config.rate_limit_lease,
     )
-    # Exact (a lease of one): sign-in is where passwords are guessed.
-    logins = SharedTokenBuckets(
-        pool,
-        name="logins",
-        rate=config.login_rate_limit_per_minute / 60,
-        burst=config.login_rate_limit_per_minute,
-        lease=1,
-    )
-    app.middlewares.append(rate_limits(requests, logins, trusted_proxies=config.trusted_proxy_networks))
+
+    def per_minute(name: str, allowance: int) -> SharedTokenBuckets:
+        # Exact (a lease of one): these are where passwords are guessed, and where each request
+        # costs a password hash.
+        return SharedTokenBuckets(pool, name=name, rate=allowance / 60, burst=allowance, lease=1)
+
+    stricter = {
+        LOGIN: per_minute("logins", config.login_rate_limit_per_minute),
+        REGISTRATION: per_minute("registrations", config.registration_rate_limit_per_minute),
+    }
+    app.middlewares.append(rate_limits(requests, stricter, trusted_proxies=config.trusted_proxy_networks))
 
 
 def documentation_routes() -> list[web.AbstractRouteDef]:

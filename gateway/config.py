@@ -35,6 +35,19 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
     circuit_open_seconds: float = setting(
         "CIRCUIT_OPEN_SECONDS", 5.0, "Seconds an open circuit waits before letting one trial call through."
     )
+    request_body_timeout: float = setting(
+        "REQUEST_BODY_TIMEOUT",
+        10.0,
+        "Seconds a client may take to send a request's body, which the gateway reads whole before it"
+        " calls the service (408 above).",
+    )
+    header_timeout: float = setting(
+        "HEADER_TIMEOUT",
+        15.0,
+        "Seconds a client connection may take to send a request's line and headers, counted from when"
+        " it opened or its last answer was sent; also how long an idle connection is kept. Behind a"
+        " proxy that keeps connections to the gateway open, set it above that proxy's idle timeout.",
+    )
     max_url_bytes: int = setting("MAX_URL_BYTES", 2048, "Longest request URL, path and query (414 above).")
     max_header_bytes: int = setting(
         "MAX_HEADER_BYTES", 8192, "Longest single request header, name and value (431 above)."
@@ -51,7 +64,8 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
     rate_limit_per_second: float = setting(
         "RATE_LIMIT_PER_SECOND",
         100.0,
-        "Requests per second each client (IP address) may make (429 above); 0 turns every limit off"
+        "Requests per second each client (an IPv4 address, or an IPv6 /64) may make (429 above); 0 turns"
+        " every limit off"
         " (and the gateway then needs no database).",
     )
     rate_limit_burst: int = setting(
@@ -73,6 +87,12 @@ class GatewayConfig(TokenConfig, DatabaseConfig):
         "LOGIN_RATE_LIMIT_PER_MINUTE",
         60,
         "Sign-ins (POST /api/auth/token) per minute each client may attempt; as many at once.",
+    )
+    registration_rate_limit_per_minute: int = setting(
+        "REGISTRATION_RATE_LIMIT_PER_MINUTE",
+        30,
+        "Registrations (POST /api/users) per minute each client may attempt; as many at once. Each"
+        " costs users_service a password hash (64 MiB of memory while it runs).",
     )
     cors_allowed_origins: str = setting(
         "CORS_ALLOWED_ORIGINS",

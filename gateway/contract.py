@@ -4,7 +4,8 @@ Built at start from the services' own OpenAPI documents (never written by hand a
 their paths are already the public ones, references into shared/contracts are copied in, so the
 result stands alone, and every proxied operation also documents what the gateway itself may
 answer: 401 before the service is asked; 414 or 431 for an oversized URL or headers; 429 for a
-client over its rate; 502, 503 or 504 when the service fails (or its circuit is open).
+client over its rate; 408 for a body that does not arrive in time; 502, 503 or 504 when the service
+fails (or its circuit is open).
 """
 
 import copy
@@ -31,12 +32,14 @@ GATEWAY_HEALTH = {
         "get": {
             "operationId": "gatewayReadiness",
             "tags": ["health"],
-            "summary": "Every upstream service is ready",
+            "summary": "The gateway can take requests; how each upstream service is doing",
+            "description": (
+                "Ready whenever the gateway is up: an upstream's outage is every replica's, so it is "
+                "reported here but never takes the gateway out of rotation (the routes of that "
+                "upstream answer 503 meanwhile)."
+            ),
             "security": [],
-            "responses": {
-                "200": {"$ref": "#/components/responses/Ready"},
-                "503": {"$ref": "#/components/responses/NotReady"},
-            },
+            "responses": {"200": {"$ref": "#/components/responses/GatewayReady"}},
         }
     },
     "/metrics": {
@@ -58,13 +61,50 @@ EDGE_REFUSALS = {
     "429": {"$ref": "#/components/responses/TooManyRequests"},
     "431": {"$ref": "#/components/responses/HeadersTooLarge"},
 }
+GATEWAY_READY = {
+    "description": "The gateway takes requests; `checks` says which upstream services are ready.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["status", "checks"],
+                "properties": {
+                    "status": {"const": "ready"},
+                    "checks": {
+                        "type": "object",
+                        "additionalProperties": {"enum": ["ok", "unavailable", "timeout"]},
+                    },
+                },
+            },
+            "example": {
+                "status": "ready",
+                "checks": {"users_service": "ok", "orders_service": "unavailable"},
+            },
+        }
+    },
+}
+# The gateway reads a request's body whole before it calls the service (gateway/proxy.py).
+BODY_TIMEOUT = {
+    "description": "The request's body did not arrive within the gateway's time limit.",
+    "headers": {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}},
+    "content": {
+        "application/problem+json": {
+            "schema": {"$ref": "#/components/schemas/Problem"},
+            "example": {
+                "type": "about:blank",
+                "title": "Request Timeout",
+                "status": 408,
+                "detail": "The request body did not arrive within 10 seconds.",
+            },
+        }
+    },
+}
 GATEWAY_RESPONSES = (
     "UpstreamFailure",
     "UriTooLong",
     "TooManyRequests",
     "HeadersTooLarge",
     "Healthy",
-    "Ready",
     "Metrics",
 )
 
@@ -98,6 +138,8 @@ def public_contract() -> dict[str, Any]:
             for operation in item.values():
                 if isinstance(operation, dict) and "responses" in operation:
                     operation["responses"].update(copy.deepcopy(EDGE_REFUSALS))
+                    if "requestBody" in operation:
+                        operation["responses"]["408"] = {"$ref": "#/components/responses/BodyTimeout"}
                     operation["responses"].update(copy.deepcopy(UPSTREAM_FAILURES))
             contract["paths"][path] = item
         for kind, components in document.get("components", {}).items():
@@ -109,8 +151,11 @@ def public_contract() -> dict[str, Any]:
     contract["paths"].update(copy.deepcopy(GATEWAY_HEALTH))
     # What the gateway itself answers is described in the shared contract too.
     shared = yaml.safe_load(SHARED_HTTP_CONTRACT.read_text())["components"]
+    responses = contract["components"].setdefault("responses", {})
     for name in GATEWAY_RESPONSES:
-        contract["components"].setdefault("responses", {}).setdefault(name, shared["responses"][name])
+        responses.setdefault(name, shared["responses"][name])
+    responses["GatewayReady"] = copy.deepcopy(GATEWAY_READY)
+    responses["BodyTimeout"] = copy.deepcopy(BODY_TIMEOUT)
     return contract
 
 

@@ -7,32 +7,46 @@ standard problem middleware.
 
 import ipaddress
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.ratelimit import SharedTokenBuckets
-from shared.http import HEALTH_PATHS
+from shared.http import HEALTH_PATHS, address_bucket
 from shared.problems import Problem
 
-# aiohttp's own parser refuses a longer request line or header with a plain-text 400 before any
-# middleware could answer, so its hard limits sit this far above ours: every request between the
-# two gets our 414 or 431 as a problem. (shared/service.run passes them to the server.)
-PARSER_HEADROOM = 64 * 1024
+# aiohttp's own parser holds every header of a request in memory before any middleware can look at
+# them, and refuses a longer request line or header with a plain-text 400 of its own. Its limits sit
+# just above ours: a request a little over our limits still gets our 414 or 431 as a problem, and a
+# request can make the parser hold at most MAX_HEADER_COUNT + PARSER_HEADER_HEADROOM headers, each
+# name and value within MAX_HEADER_BYTES + PARSER_HEADROOM bytes (about 2 MiB with the defaults,
+# where 400 headers of 72 KiB names and values once allowed nearly 60 MiB).
+# (shared/service.run passes them to the server.)
+PARSER_HEADROOM = 1024
 MAX_HEADER_COUNT = 100
-PARSER_MAX_HEADERS = 4 * MAX_HEADER_COUNT
+PARSER_HEADER_HEADROOM = 20
 
 LOGIN = ("POST", "/api/auth/token")
+REGISTRATION = ("POST", "/api/users")
 RATE_LIMITED = "urn:eda-reference:problem:rate-limited"
 
 
-def parser_limits(max_url_bytes: int, max_header_bytes: int) -> dict[str, int]:
-    """Handler arguments for aiohttp's server: its limits, well above the ones enforced here."""
+def server_limits(*, max_url_bytes: int, max_header_bytes: int, header_timeout: float) -> dict[str, float]:
+    """Arguments for aiohttp's server: its parser's limits, just above the ones enforced here, and
+    how long a client may take to send a request's head.
+
+    aiohttp has no timeout of its own for the request head, but its keep-alive timer closes any
+    connection that is waiting for a request, complete line and headers, when the timer runs out:
+    it starts when the connection opens and again after each answer, and bytes arriving do not
+    restart it. So a client trickling its headers a byte at a time is cut off after
+    `header_timeout`, however it paces them, and an idle connection is closed after as long.
+    """
     return {
         "max_line_size": max_url_bytes + PARSER_HEADROOM,
         "max_field_size": max_header_bytes + PARSER_HEADROOM,
-        "max_headers": PARSER_MAX_HEADERS,
+        "max_headers": MAX_HEADER_COUNT + PARSER_HEADER_HEADROOM,
+        "keepalive_timeout": header_timeout,
     }
 
 
@@ -81,20 +95,28 @@ def _trusted(address: str, trusted_proxies: Sequence[Network]) -> bool:
 
 
 def rate_limits(
-    requests: SharedTokenBuckets, logins: SharedTokenBuckets, *, trusted_proxies: Sequence[Network] = ()
+    requests: SharedTokenBuckets,
+    stricter: Mapping[tuple[str, str], SharedTokenBuckets],
+    *,
+    trusted_proxies: Sequence[Network] = (),
 ) -> Middleware:
-    """429 with Retry-After for a client over its limit: `requests` counts every request, `logins`
-    the sign-ins on top (users_service also limits failed sign-ins per account, which no change of
-    address evades)."""
+    """429 with Retry-After for a client over its limit: `requests` counts every request, and the
+    `stricter` limits of some operations (method, path) count those on top: sign-in, where passwords
+    are guessed, and registration, where each request costs a password hash (users_service also
+    limits failed sign-ins per account and client, and bounds the hashes it runs at once).
+
+    A client is its address, but an IPv6 client is its /64: one subscriber or host is routinely
+    given a whole /64, so counting each address would give it 2^64 allowances."""
 
     @web.middleware
     async def limit_rate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in HEALTH_PATHS:
             return await handler(request)  # an orchestrator's probes are never refused
-        client = client_address(request, trusted_proxies)
+        client = address_bucket(client_address(request, trusted_proxies))
         wait = await requests.take(client)
-        if not wait and (request.method, request.path) == LOGIN:
-            wait = await logins.take(client)
+        operation_limit = stricter.get((request.method, request.path))
+        if not wait and operation_limit is not None:
+            wait = await operation_limit.take(client)
         if wait:
             seconds = max(1, math.ceil(wait))
             raise Problem(

@@ -1,9 +1,16 @@
 """Forwarding one request to an upstream service and its answer back to the client.
 
-Request bodies stream through when their length is declared; a chunked body is read up to the limit
-and no further. Responses from our own services are small and bounded (pagination caps them), so
-they are read whole: the client then gets either the upstream's complete answer or a clean problem
-(502/503/504), never half of one.
+A request body is read whole (it is small: MAX_BODY_BYTES), within REQUEST_BODY_TIMEOUT, before the
+upstream is called. So a body that never arrives, trickles in, or is cut off by a reset is the
+client's failure and is answered as such (408 or 400), before the upstream or its circuit breaker is
+involved: once the call starts, everything it needs is in hand, and whatever goes wrong with it is
+the upstream's (or the network's) doing. Streaming the body through instead would let any client
+turn its own broken upload into a failed call, and a few dozen of them into an open circuit: a 503
+for every other client.
+
+Responses from our own services are small and bounded (pagination caps them), so they are read
+whole: the client then gets either the upstream's complete answer or a clean problem (502/503/504),
+never half of one.
 
 Each upstream has a circuit breaker (gateway/resilience.py); a read whose upstream refused the
 connection or answered 503 is retried a few times, a write never (it may have taken effect).
@@ -15,6 +22,7 @@ from collections.abc import Awaitable
 from typing import Protocol
 
 import aiohttp
+import orjson
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
@@ -22,7 +30,7 @@ from yarl import URL
 
 from gateway.resilience import RETRYABLE_METHODS, CircuitBreaker, backoff_delay
 from shared.http import REQUEST_ID, REQUEST_ID_HEADER
-from shared.problems import Problem
+from shared.problems import BUSY, PROBLEM_JSON, Problem
 from shared.tracing import Tracing
 
 log = structlog.get_logger("proxy")
@@ -98,14 +106,17 @@ async def forward(
     upstream: Upstream,
     session: aiohttp.ClientSession,
     *,
+    client: str,
     max_body_bytes: int,
+    body_timeout: float,
     retry: RetryPolicy,
     tracing: Tracing,
     observer: CallObserver | None = None,
 ) -> web.Response:
+    """Call `upstream` with the request of `client` (its address, as the rate limits know it)."""
     url = upstream.base_url.join(request.rel_url)
-    headers = _upstream_headers(request)
-    body = await _body(request, max_body_bytes)
+    headers = _upstream_headers(request, client)
+    body = await _body(request, max_body_bytes, body_timeout)
     retries = retry.retries if request.method in RETRYABLE_METHODS and body is None else 0
     for attempt in range(retries + 1):
         if attempt:
@@ -142,7 +153,7 @@ async def forward(
         except BaseException:
             upstream.breaker.abandoned()  # cancelled (the client went away): no verdict on the upstream
             raise
-        if response.status != 503:
+        if response.status != 503 or _busy(response):
             upstream.breaker.succeeded()
             return response
         upstream.breaker.failed()
@@ -151,44 +162,63 @@ async def forward(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _busy(response: web.Response) -> bool:
+    """Whether a 503 is the upstream refusing one kind of work it has no room for right now (its
+    password hashes, say), rather than failing. Such a refusal shows the upstream up and
+    answering, so it never counts against the circuit: otherwise a burst of sign-ups from
+    anywhere would open it, and cut every other route of the service for everyone."""
+    if response.content_type != PROBLEM_JSON or not isinstance(response.body, bytes):
+        return False
+    try:
+        problem = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(problem, dict) and problem.get("type") == BUSY
+
+
 async def _call(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: URL,
-    headers: CIMultiDict[str],
-    body: aiohttp.StreamReader | bytes | None,
+    session: aiohttp.ClientSession, method: str, url: URL, headers: CIMultiDict[str], body: bytes | None
 ) -> web.Response:
     async with session.request(method, url, headers=headers, data=body, allow_redirects=False) as answer:
         content = await answer.read()
         return web.Response(status=answer.status, body=content, headers=_downstream_headers(answer))
 
 
-async def _body(request: web.Request, max_body_bytes: int) -> aiohttp.StreamReader | bytes | None:
+async def _body(request: web.Request, max_body_bytes: int, timeout: float) -> bytes | None:
+    """The whole request body (see the module's notes), or a problem that names the client's fault."""
     if not request.body_exists:
         return None
     declared = request.content_length
-    if declared is not None:
-        if declared > max_body_bytes:
-            raise Problem(413, f"The request body is over {max_body_bytes} bytes.")
-        return request.content  # streamed to the upstream as it arrives
-    body = await request.content.read(max_body_bytes + 1)
-    while len(body) <= max_body_bytes and not request.content.at_eof():
-        body += await request.content.read(max_body_bytes + 1 - len(body))
+    if declared is not None and declared > max_body_bytes:
+        raise Problem(413, f"The request body is over {max_body_bytes} bytes.")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout):
+            # At most one byte over the limit is read: enough to know that a body without a
+            # declared length is too long.
+            while len(body) <= max_body_bytes and not request.content.at_eof():
+                body += await request.content.read(max_body_bytes + 1 - len(body))
+    except TimeoutError:
+        raise Problem(408, f"The request body did not arrive within {timeout:g} seconds.") from None
+    except (ConnectionError, web.RequestPayloadError):
+        # The client reset the connection, or sent a body that does not match its framing. It will
+        # most likely never read this answer; the log line records what happened.
+        raise Problem(400, "The request body was cut off or malformed.") from None
     if len(body) > max_body_bytes:
         raise Problem(413, f"The request body is over {max_body_bytes} bytes.")
-    return body
+    return bytes(body)
 
 
-def _upstream_headers(request: web.Request) -> CIMultiDict[str]:
+def _upstream_headers(request: web.Request, client: str) -> CIMultiDict[str]:
     headers = CIMultiDict(
         (name, value)
         for name, value in request.headers.items()
         if name.lower() not in NOT_FORWARDED_UPSTREAM and not name.lower().startswith("x-forwarded-")
     )
     headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-    # The gateway is the edge: it records who called, rather than trusting a client's claim.
-    if request.remote:
-        headers["X-Forwarded-For"] = request.remote
+    # The gateway is the edge: it records who called (the peer, or the client a trusted proxy
+    # names), rather than passing on a client's claim. users_service throttles sign-ins by it.
+    headers["X-Forwarded-For"] = client
     headers["X-Forwarded-Proto"] = request.scheme
     return headers
 

@@ -3,6 +3,7 @@ each request, JSON bodies, problem responses for every failure, security headers
 and the /healthz and /readyz endpoints."""
 
 import asyncio
+import ipaddress
 import re
 import secrets
 import time
@@ -74,8 +75,16 @@ def json_response(data: Any, *, status: int = 200, headers: Mapping[str, str] | 
     )
 
 
+# No contract nests a body more than three levels deep (an order's items); this is ten times that.
+# Deeper documents are refused as they are read, so that nothing downstream (schema validation,
+# checks that walk the document, serialising it again) ever meets one: orjson itself parses up to
+# 1,024 levels, while anything recursive in Python stops at 1,000, and orjson.dumps at 255.
+MAX_JSON_DEPTH = 32
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON, or a problem: 415 for another media type, 400 for bad JSON.
+    """The request body as JSON, or a problem: 415 for another media type, 400 for bad JSON or JSON
+    nested deeper than MAX_JSON_DEPTH.
 
     aiohttp itself refuses a body over `client_max_size` with 413 while reading it.
     """
@@ -83,9 +92,64 @@ async def read_json(request: web.Request) -> Any:
         raise Problem(415, "Send the body as application/json.", headers={"Accept-Post": "application/json"})
     raw = await request.read()
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise Problem(400, f"The body is not valid JSON: {error.msg}.", title="Malformed JSON") from None
+    if json_depth(document) > MAX_JSON_DEPTH:
+        detail = f"The body nests arrays or objects over {MAX_JSON_DEPTH} levels deep."
+        raise Problem(400, detail, title="Malformed JSON")
+    return document
+
+
+def json_depth(document: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON document (a scalar: 0, `[]`: 1, `[[]]`: 2).
+
+    Iterative, with a stack of its own: the depth of what a client sent must not decide how deep
+    the interpreter's stack goes."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+# The network an IPv6 client is counted by: a subscriber, a host or a cloud VM is routinely given a
+# whole /64 (RFC 6177, RFC 8273), so each of its addresses is no more another client than each port.
+IPV6_CLIENT_PREFIX = 64
+
+
+def address_bucket(address: str) -> str:
+    """Who a client address counts as, for limits and throttles: an IPv4 address is itself, an IPv6
+    address its /64 (`2001:db8:1:2::/64`); an IPv4 address written as IPv6 (`::ffff:192.0.2.1`)
+    is the IPv4 address. Anything that is not an address (a Unix socket's peer) stays as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
+
+
+def forwarded_client(request: web.BaseRequest) -> str:
+    """The client's address as the gateway found it: the X-Forwarded-For it sets on every request
+    it passes on, after dropping whatever the client wrote there. A service is reached only
+    through the gateway (the network policies and compose publish no service port), so the header
+    is the gateway's own; without it (a request made to the service directly, as tests do), the
+    peer is the client."""
+    forwarded = request.headers.get("X-Forwarded-For", "").strip()
+    try:
+        return str(ipaddress.ip_address(forwarded))
+    except ValueError:
+        return request.remote or "unknown"
 
 
 def cause_of(request: web.Request) -> Cause:
@@ -219,22 +283,30 @@ def standard_middlewares(metrics: Metrics, tracing: Tracing, *, edge: bool = Fal
     ]
 
 
-def health_routes(checks: Mapping[str, ReadinessCheck], *, timeout: float = 2.0) -> list[web.RouteDef]:
-    """/healthz says the process is alive; /readyz runs every dependency check, concurrently."""
+def health_routes(
+    checks: Mapping[str, ReadinessCheck],
+    *,
+    reported: Mapping[str, ReadinessCheck] | None = None,
+    timeout: float = 2.0,
+) -> list[web.RouteDef]:
+    """/healthz says the process is alive; /readyz runs every check, concurrently, and is ready when
+    every one of `checks` passes. The `reported` ones are run and shown alongside, but do not decide
+    readiness (the gateway's upstreams: see gateway/app.py)."""
+    every_check = {**(reported or {}), **checks}
 
     async def healthz(_: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        names = list(checks)
+        names = list(every_check)
         outcomes = await asyncio.gather(
-            *(asyncio.wait_for(checks[name](), timeout) for name in names), return_exceptions=True
+            *(asyncio.wait_for(every_check[name](), timeout) for name in names), return_exceptions=True
         )
         report = {
             name: "ok" if outcome is None else _describe_failure(outcome)
             for name, outcome in zip(names, outcomes, strict=True)
         }
-        if all(state == "ok" for state in report.values()):
+        if all(report[name] == "ok" for name in checks):
             return json_response({"status": "ready", "checks": report})
         raise Problem(503, "A dependency is not ready.", title="Not ready", extensions={"checks": report})
 

@@ -10,6 +10,13 @@ output of several services (`make dev`, `docker compose logs -f`) reads top to b
     17:23:01.453 orders_service INF outbox written       orders.order.created          corr=demo-1 order=5c1e
     17:23:01.455 orders_service INF published, confirmed orders.order.created          corr=demo-1 order=5c1e
     17:23:01.460 users_service  INF consumed             orders.order.created          corr=demo-1 order=5c1e
+
+Much of what a line shows came from a client (a request's path, a header, an id), and a terminal
+obeys what it prints: a newline in a URL (`%0a`) would start a forged line, an escape sequence
+(`%1b[2J`) would clear the screen or recolour what follows. So the console line escapes every
+character that does not print (as `\n`, `\x1b`, `\u2028`), whatever field it is in; only the
+renderer's own colours reach the terminal raw. JSON lines need nothing more: JSON escapes control
+characters itself, so each line stays one JSON document.
 """
 
 import logging
@@ -54,12 +61,15 @@ class StoryRenderer:
     def __call__(self, _logger: object, _method: str, event_dict: structlog.types.EventDict) -> str:
         fields = dict(event_dict)
         time = str(fields.pop("timestamp", ""))[:12]  # HH:MM:SS.mmm
-        service = str(fields.pop("service", "-"))
+        service = printable(str(fields.pop("service", "-")))
         level = _LEVELS.get(str(fields.pop("level", "info")), "???")
-        step = str(fields.pop("event", ""))
-        subject = self._subject(fields)
-        details = " ".join(f"{key}={_plain(value)}" for key, value in self._ordered(fields))
+        step = printable(str(fields.pop("event", "")))
+        subject = printable(self._subject(fields))
+        details = " ".join(f"{printable(str(key))}={_plain(value)}" for key, value in self._ordered(fields))
         exception = fields.pop("exception", None)
+        if exception:
+            # A traceback keeps its lines; any other character that does not print is escaped.
+            exception = "\n".join(printable(line) for line in str(exception).split("\n"))
         line = " ".join(
             (
                 self._paint(time, _DIM),
@@ -96,7 +106,31 @@ class StoryRenderer:
 
 def _plain(value: object) -> str:
     text = str(value)
-    return repr(text) if " " in text or not text else text
+    # repr quotes, and escapes what does not print just as `printable` does.
+    return repr(text) if " " in text or not text else printable(text)
+
+
+def printable(text: str) -> str:
+    """`text` with every character that does not print escaped, so that it can neither break the
+    line nor command the terminal: control characters (newline, ESC), line and paragraph
+    separators, and invisible formatting characters (such as right-to-left overrides)."""
+    if text.isprintable():
+        return text  # nearly always: one fast check
+    return "".join(character if character.isprintable() else _escaped(character) for character in text)
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if character in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[character]
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _service_colour(service: str) -> str:

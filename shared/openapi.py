@@ -197,7 +197,7 @@ class OpenApiSpec:
                 schema_errors = (
                     entry for error in operation.body.iter_errors(body) for entry in _field_errors(error)
                 )
-                _raise_if_invalid(itertools.chain(schema_errors, _nul_characters(body, [])))
+                _raise_if_invalid(itertools.chain(schema_errors, _nul_characters(body)))
                 request[VALIDATED_BODY] = body
         return await handler(request)
 
@@ -261,17 +261,22 @@ NO_NUL_CHARACTER = "^[^\\u0000]*$"
 NUL_CHARACTER_REFUSED = "must not contain the NUL character (U+0000)"
 
 
-def _nul_characters(document: Any, path: list[str]) -> Iterator[dict[str, str]]:
-    """Fields holding U+0000, whatever their schema says (see NO_NUL_CHARACTER)."""
-    if isinstance(document, str):
-        if "\x00" in document:
-            yield _entry(path, NUL_CHARACTER_REFUSED)
-    elif isinstance(document, dict):
-        for key, value in document.items():
-            yield from _nul_characters(value, [*path, str(key)])
-    elif isinstance(document, list):
-        for index, value in enumerate(document):
-            yield from _nul_characters(value, [*path, str(index)])
+def _nul_characters(document: Any) -> Iterator[dict[str, str]]:
+    """Fields holding U+0000, whatever their schema says (see NO_NUL_CHARACTER).
+
+    It walks the document with a stack of its own rather than by recursion: read_json bounds the
+    depth already, and this check must not be the place where the depth a client chose decides
+    how deep the interpreter's stack goes."""
+    pending: list[tuple[Any, list[str]]] = [(document, [])]
+    while pending:
+        node, path = pending.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                yield _entry(path, NUL_CHARACTER_REFUSED)
+        elif isinstance(node, dict):
+            pending.extend((value, [*path, str(key)]) for key, value in node.items())
+        elif isinstance(node, list):
+            pending.extend((value, [*path, str(index)]) for index, value in enumerate(node))
 
 
 def _describe(error: ValidationError) -> str:

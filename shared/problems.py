@@ -8,6 +8,9 @@ import orjson
 from aiohttp import web
 
 PROBLEM_JSON = "application/problem+json"
+# A service that has no room for one kind of work right now (and says when to try again): it is up
+# and answering, so the gateway does not count this 503 against its circuit (gateway/proxy.py).
+BUSY = "urn:eda-reference:problem:busy"
 
 
 class Problem(Exception):
@@ -75,3 +78,13 @@ def unauthorized(detail: str) -> Problem:
 
 def not_found(what: str) -> Problem:
     return Problem(404, f"No {what} with that id is visible to you.")
+
+
+def busy(detail: str, *, retry_after_seconds: int) -> Problem:
+    return Problem(
+        503,
+        detail,
+        title="Busy",
+        type=BUSY,
+        headers={"Retry-After": str(retry_after_seconds)},
+    )

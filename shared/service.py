@@ -208,8 +208,9 @@ def run(
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish in-flight work, clean up.
 
-    `server_limits` are aiohttp's parser limits (max_line_size, max_field_size, max_headers): the
-    gateway raises them so that its own, lower limits answer first, as problems.
+    `server_limits` are arguments of aiohttp's server: its parser's limits (max_line_size,
+    max_field_size, max_headers) and its keep-alive timeout, which the gateway, facing clients,
+    sets just above its own limits and to its header deadline (gateway/edge.py).
     """
     configure_logging(service=service, level=config.log_level, fmt=config.log_format)
     stop_tracing = configure_tracing(service, config.otel_exporter_otlp_endpoint)

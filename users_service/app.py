@@ -1,21 +1,39 @@
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 
-from shared.service import create_service_app
+from shared.db import DATABASE_NOT_ANSWERING
+from shared.metrics import METRICS
+from shared.service import DB_POOL, create_service_app
 from users_service.config import UsersConfig
 from users_service.handlers import HANDLERS
 from users_service.passwords import PasswordHasher
 from users_service.routes import LOGIN_THROTTLE, PASSWORD_HASHER, TOKEN_ISSUER, routes
-from users_service.services import LoginThrottle
+from users_service.services import LoginThrottle, purge_ended_login_windows
 from users_service.tokens import TokenIssuer
+
+log = structlog.get_logger("users")
 
 
 def create_app(config: UsersConfig) -> web.Application:
     app = create_service_app(
         config, service="users_service", package_dir=Path(__file__).parent, handlers=HANDLERS
     )
-    app[PASSWORD_HASHER] = PasswordHasher()
+
+    async def password_hashing(app: web.Application) -> AsyncIterator[None]:
+        app[PASSWORD_HASHER] = PasswordHasher(
+            concurrency=config.password_hash_concurrency,
+            queue_timeout=config.password_hash_queue_timeout,
+            registry=app[METRICS].registry,
+        )
+        yield
+        app[PASSWORD_HASHER].close()
+
+    app.cleanup_ctx.append(password_hashing)
     app[TOKEN_ISSUER] = TokenIssuer.from_pem_file(
         config.jwt_private_key_file,
         issuer=config.jwt_issuer,
@@ -25,5 +43,31 @@ def create_app(config: UsersConfig) -> web.Application:
     app[LOGIN_THROTTLE] = LoginThrottle(
         max_failures=config.login_max_failures, window_seconds=config.login_lockout_seconds
     )
+    app.cleanup_ctx.append(sign_in_housekeeping(config.login_attempts_purge_seconds))
     app.router.add_routes(routes)
     return app
+
+
+def sign_in_housekeeping(every_seconds: float) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Now and then, delete the sign-in counts whose window has ended; every replica does it, which
+    is harmless (services.purge_ended_login_windows)."""
+
+    async def housekeeping(app: web.Application) -> AsyncIterator[None]:
+        async def purge_forever() -> None:
+            while True:
+                await asyncio.sleep(every_seconds)
+                try:
+                    deleted = await purge_ended_login_windows(app[DB_POOL], app[LOGIN_THROTTLE])
+                except DATABASE_NOT_ANSWERING as error:
+                    log.warning("purging ended sign-in counts failed", error=repr(error))
+                else:
+                    if deleted:
+                        log.info("ended sign-in counts purged", count=deleted)
+
+        task = asyncio.create_task(purge_forever(), name="users_service sign-in housekeeping")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return housekeeping

@@ -28,11 +28,35 @@ class UsersConfig(ServiceConfig):
     login_max_failures: int = setting(
         "LOGIN_MAX_FAILURES",
         5,
-        "Failed sign-ins for one email within `LOGIN_LOCKOUT_SECONDS` before further attempts answer 429.",
+        "Failed sign-ins for one email from one client (an IPv4 address or an IPv6 /64) within"
+        " `LOGIN_LOCKOUT_SECONDS` before that client's further attempts for that email answer 429;"
+        " the owner, signing in from elsewhere, is not locked out.",
     )
     login_lockout_seconds: int = setting(
         "LOGIN_LOCKOUT_SECONDS",
         900,
-        "Window counted from an email's first failed sign-in; once it is over the limit, sign-ins"
-        " wait until the window ends.",
+        "Window counted from the first failed sign-in of an email and client; once it is over the"
+        " limit, that client's sign-ins for that email wait until the window ends.",
+    )
+    login_attempts_purge_seconds: float = setting(
+        "LOGIN_ATTEMPTS_PURGE_SECONDS",
+        300.0,
+        "How often the sign-in counts whose window has ended are deleted (a bounded batch at a time).",
+    )
+    # Memory: an argon2id hash holds 64 MiB while it runs (argon2-cffi's default memory cost, RFC
+    # 9106's second recommended setting), and the process needs about 70 MiB besides. So its peak is
+    # about 70 MiB + PASSWORD_HASH_CONCURRENCY × 64 MiB: 2 → ~200 MiB, 4 → ~330 MiB, 8 → ~590 MiB.
+    # Choose it from the memory limit: (limit − 70 MiB − headroom) / 64 MiB. More than the CPUs
+    # given to the process buys no throughput either (each hash is CPU-bound for its whole run).
+    password_hash_concurrency: int = setting(
+        "PASSWORD_HASH_CONCURRENCY",
+        4,
+        "Password hashes (registrations, sign-ins) run at once; each holds 64 MiB while it runs, so"
+        " size it to the memory limit: about 70 MiB + this × 64 MiB.",
+    )
+    password_hash_queue_timeout: float = setting(
+        "PASSWORD_HASH_QUEUE_TIMEOUT",
+        2.0,
+        "Seconds a registration or sign-in waits for a free hashing slot before it is answered 503"
+        " with Retry-After.",
     )

@@ -91,30 +91,57 @@ async def change_credit_used(connection: Connection, user_id: uuid.UUID, change_
     )
 
 
-async def count_login_attempt(connection: Executor, email: str, *, window_seconds: int) -> tuple[int, int]:
-    """Count one sign-in attempt for `email`, atomically (concurrent attempts on any replica each
-    get their own number): return the attempts in the current window, this one included, and the
-    seconds left in that window. A window that has passed starts again at this attempt.
+async def count_login_attempt(
+    connection: Executor, email: str, client: str, *, window_seconds: int
+) -> tuple[int, int]:
+    """Count one sign-in attempt for `email` from `client`, atomically (concurrent attempts on any
+    replica each get their own number): return the attempts in the current window, this one
+    included, and the seconds left in that window. A window that has passed starts again here.
     """
     row = await connection.fetchrow(
         """
-        INSERT INTO login_attempts AS seen (email, attempts, window_started_at)
-        VALUES ($1, 1, now())
-        ON CONFLICT (email) DO UPDATE SET
-            attempts = CASE WHEN seen.window_started_at > now() - $2::int * interval '1 second'
+        INSERT INTO sign_in_attempts AS seen (email, client, attempts, window_started_at)
+        VALUES ($1, $2, 1, now())
+        ON CONFLICT (email, client) DO UPDATE SET
+            attempts = CASE WHEN seen.window_started_at > now() - $3::int * interval '1 second'
                             THEN seen.attempts + 1 ELSE 1 END,
-            window_started_at = CASE WHEN seen.window_started_at > now() - $2::int * interval '1 second'
+            window_started_at = CASE WHEN seen.window_started_at > now() - $3::int * interval '1 second'
                                      THEN seen.window_started_at ELSE now() END
         RETURNING attempts,
-            ceil(extract(epoch FROM window_started_at + $2::int * interval '1 second' - now()))::int
+            ceil(extract(epoch FROM window_started_at + $3::int * interval '1 second' - now()))::int
                 AS seconds_left
         """,
         email,
+        client,
         window_seconds,
     )
     assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
     return row["attempts"], row["seconds_left"]
 
 
-async def forget_login_attempts(connection: Executor, email: str) -> None:
-    await connection.execute("DELETE FROM login_attempts WHERE email = $1", email)
+async def forget_login_attempts(connection: Executor, email: str, client: str) -> None:
+    await connection.execute("DELETE FROM sign_in_attempts WHERE email = $1 AND client = $2", email, client)
+
+
+async def delete_ended_login_windows(connection: Executor, *, window_seconds: int, batch_size: int) -> int:
+    """Delete up to `batch_size` counts whose window has ended; return how many went.
+
+    Rows another transaction holds (a sign-in counting on one, another replica purging it) are
+    skipped, not waited for: whoever holds them decides, and a later purge finds what is left.
+    Deleting an ended window changes nothing a sign-in would see: it would start a new one anyway.
+    """
+    status = await connection.execute(
+        """
+        DELETE FROM sign_in_attempts
+        WHERE (email, client) IN (
+            SELECT email, client FROM sign_in_attempts
+            WHERE window_started_at <= now() - $1::int * interval '1 second'
+            ORDER BY window_started_at
+            LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        """,
+        window_seconds,
+        batch_size,
+    )
+    return int(status.split()[-1])

@@ -9,12 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from shared.auth import AUTHENTICATED_USER
-from shared.http import cause_of, json_response
+from shared.http import address_bucket, cause_of, forwarded_client, json_response
 from shared.openapi import VALIDATED_BODY
-from shared.problems import Problem, not_found, unauthorized
+from shared.problems import Problem, busy, not_found, unauthorized
 from shared.service import DB_POOL, OUTBOX
 from users_service import services
-from users_service.passwords import PasswordHasher
+from users_service.passwords import HashingBusy, PasswordHasher
 from users_service.tokens import TokenIssuer
 
 PASSWORD_HASHER = web.AppKey("password_hasher", PasswordHasher)
@@ -54,6 +54,8 @@ async def register(request: web.Request) -> web.Response:
         raise Problem(
             409, "A user with this email already exists.", type="urn:eda-reference:problem:email-taken"
         ) from None
+    except HashingBusy as full:
+        raise _hashing_busy(full) from None
     return json_response(user_json(user), status=201, headers={"Location": f"/api/users/{user['id']}"})
 
 
@@ -69,7 +71,10 @@ async def token(request: web.Request) -> web.Response:
             request.app[LOGIN_THROTTLE],
             email=body["email"],
             password=body["password"],
+            client=address_bucket(forwarded_client(request)),
         )
+    except HashingBusy as full:
+        raise _hashing_busy(full) from None
     except services.InvalidCredentials:
         # The same answer for an unknown email and a wrong password: no account enumeration.
         raise unauthorized("The email or password is incorrect.") from None
@@ -78,13 +83,21 @@ async def token(request: web.Request) -> web.Response:
         seconds = throttled.retry_after_seconds
         raise Problem(
             429,
-            f"Too many failed sign-ins for this email; try again in {seconds} seconds.",
+            f"Too many failed sign-ins for this email from here; try again in {seconds} seconds.",
             type="urn:eda-reference:problem:rate-limited",
             headers={"Retry-After": str(seconds)},
         ) from None
     return json_response(
         {"access_token": access_token, "token_type": "Bearer", "expires_in": issuer.ttl_seconds},
         headers={"Cache-Control": "no-store"},
+    )
+
+
+def _hashing_busy(full: HashingBusy) -> Problem:
+    # Not 429: this client did nothing wrong; the service is at the memory it allows for hashes.
+    return busy(
+        "Too many passwords are being checked right now; try again shortly.",
+        retry_after_seconds=full.retry_after_seconds,
     )
 
 

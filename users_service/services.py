@@ -30,12 +30,20 @@ class TooManySignIns(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class LoginThrottle:
-    """Per account (email): after `max_failures` failed sign-ins within `window_seconds` of the
-    first, every attempt is refused, the right password included, until the window has passed.
+    """Per account (email) and client: after `max_failures` failed sign-ins from one client within
+    `window_seconds` of the first, that client's every attempt for the account is refused, the right
+    password included, until the window has passed. Other clients, the owner among them, are not:
+    throttled per account alone, a stranger's failures would lock the owner out.
     """
 
     max_failures: int
     window_seconds: int
+
+
+# Ended windows are deleted this many at a time (a short transaction each), and at most this many
+# times per purge: a backlog larger than that waits for the next purge rather than holding one long.
+PURGE_BATCH_SIZE = 1000
+PURGE_MAX_BATCHES = 100
 
 
 def normalize_email(email: str) -> str:
@@ -79,19 +87,38 @@ async def sign_in(
     *,
     email: str,
     password: str,
+    client: str,
 ) -> str:
+    """A token for the account of `email`, if `password` is its password. `client` is who asks (an
+    address bucket: shared.http.address_bucket), which the throttle counts per account."""
     email = normalize_email(email)
     # The attempt is counted before the password is checked, not after it failed: concurrent
     # guesses cannot all slip in under the limit while the (slow) hashes are being checked.
-    attempts, seconds_left = await db.count_login_attempt(pool, email, window_seconds=throttle.window_seconds)
+    attempts, seconds_left = await db.count_login_attempt(
+        pool, email, client, window_seconds=throttle.window_seconds
+    )
     if attempts > throttle.max_failures:
         raise TooManySignIns(max(seconds_left, 1))
     credentials = await db.fetch_credentials(pool, email)
     password_hash = credentials["password_hash"] if credentials else None
     if not await hasher.verify(password_hash, password) or credentials is None:
         raise InvalidCredentials
-    await db.forget_login_attempts(pool, email)
+    await db.forget_login_attempts(pool, email, client)
     return issuer.issue(credentials["id"])
+
+
+async def purge_ended_login_windows(pool: asyncpg.Pool, throttle: LoginThrottle) -> int:
+    """Delete the sign-in counts whose window has ended, a batch at a time; return how many went.
+    Safe to run on every replica at once (see db.delete_ended_login_windows)."""
+    deleted = 0
+    for _ in range(PURGE_MAX_BATCHES):
+        batch = await db.delete_ended_login_windows(
+            pool, window_seconds=throttle.window_seconds, batch_size=PURGE_BATCH_SIZE
+        )
+        deleted += batch
+        if batch < PURGE_BATCH_SIZE:
+            break
+    return deleted
 
 
 async def get_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> dict[str, Any] | None:

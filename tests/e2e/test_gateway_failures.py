@@ -76,7 +76,7 @@ async def gateway_to(stack: Stack) -> AsyncIterator[StartGateway]:
 REGISTRATION = {"email": "a@example.com", "name": "A", "password": "12345678"}
 
 
-async def test_a_dead_upstream_is_503_and_readiness_says_which(
+async def test_a_dead_upstream_is_503_and_readiness_says_which_but_stays_ready(
     gateway_to: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(f"http://127.0.0.1:{free_port()}")
@@ -85,7 +85,8 @@ async def test_a_dead_upstream_is_503_and_readiness_says_which(
         assert response.content_type == "application/problem+json"
         assert "Retry-After" in response.headers
     async with http.get(f"{gateway.url}/readyz") as response:
-        assert response.status == 503
+        # Not a reason to take the gateway out of rotation: orders_service's routes are served.
+        assert response.status == 200
         assert (await response.json())["checks"] == {"users_service": "unavailable", "orders_service": "ok"}
 
 

@@ -6,6 +6,7 @@ producing one without documenting it) fails; each scenario then runs against the
 with its response checked against the contract by the fixtures in conftest.py.
 """
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from shared.openapi import OpenApiSpec
 from shared.service import BROKER, DB_POOL
 from tests.integration.conftest import Client
 from users_service.config import UsersConfig
+from users_service.routes import PASSWORD_HASHER
 
 ROOT = Path(__file__).resolve().parents[2]
 TokenFor = Callable[[uuid.UUID], dict[str, str]]
@@ -89,6 +91,17 @@ async def throttled_sign_in(client: Client, _: TokenFor) -> aiohttp.ClientRespon
     return await client.post("/api/auth/token", json=wrong)
 
 
+def while_every_hashing_slot_is_taken(path: str, body: dict[str, str]) -> Scenario:
+    async def call(client: Client, _: TokenFor) -> aiohttp.ClientResponse:
+        slots = client.app[PASSWORD_HASHER].slots
+        async with contextlib.AsyncExitStack() as held:
+            for _slot in range(slots.size):
+                await held.enter_async_context(slots.taken())
+            return await client.post(path, json=body)
+
+    return call
+
+
 async def email_taken(client: Client, _: TokenFor) -> aiohttp.ClientResponse:
     await registered(client)
     return await client.post("/api/users", json=ADA)
@@ -138,6 +151,7 @@ SCENARIOS: dict[tuple[str, str, str, int], Scenario] = {
         "/api/users", b"email=a", {"Content-Type": "text/plain"}
     ),
     ("users_service", "POST", "/api/users", 422): posting("/api/users", b'{"email": "nope"}', JSON),
+    ("users_service", "POST", "/api/users", 503): while_every_hashing_slot_is_taken("/api/users", ADA),
     ("users_service", "POST", "/api/auth/token", 200): token_for_ada,
     ("users_service", "POST", "/api/auth/token", 400): posting("/api/auth/token", b"[", JSON),
     ("users_service", "POST", "/api/auth/token", 401): posting(
@@ -151,6 +165,9 @@ SCENARIOS: dict[tuple[str, str, str, int], Scenario] = {
         "/api/auth/token", b'{"email": "x@y.z"}', JSON
     ),
     ("users_service", "POST", "/api/auth/token", 429): throttled_sign_in,
+    ("users_service", "POST", "/api/auth/token", 503): while_every_hashing_slot_is_taken(
+        "/api/auth/token", {"email": ADA["email"], "password": ADA["password"]}
+    ),
     ("users_service", "GET", "/api/users/me", 200): me_as_ada,
     ("users_service", "GET", "/api/users/me", 401): anonymous("GET", "/api/users/me"),
     ("users_service", "GET", "/api/users/me", 404): signed_in("GET", "/api/users/me"),

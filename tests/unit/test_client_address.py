@@ -8,6 +8,7 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.config import GatewayConfig
 from gateway.edge import Network, client_address
 from shared.config import ConfigError
+from shared.http import address_bucket, forwarded_client
 
 INGRESS: tuple[Network, ...] = (ipaddress.ip_network("10.0.0.0/8"),)
 
@@ -64,3 +65,34 @@ def test_a_malformed_network_is_refused_at_start() -> None:
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("fd00::/8"),
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),  # the same /64: the same client
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64: another one
+        ("2001:DB8:1:2:0:0:0:1", "2001:db8:1:2::/64"),  # however it is written
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # an IPv4 client on a dual-stack socket
+        ("::1", "::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_an_ipv6_client_is_its_64_and_an_ipv4_client_its_address(address: str, bucket: str) -> None:
+    assert address_bucket(address) == bucket
+
+
+def test_a_service_takes_the_client_the_gateway_found_or_else_the_peer() -> None:
+    def forwarded(*headers: tuple[str, str]) -> str:
+        request = make_mocked_request(
+            "POST", "/api/auth/token", headers=list(headers), transport=_Transport("10.1.2.3")
+        )
+        return forwarded_client(request)
+
+    assert forwarded(("X-Forwarded-For", "203.0.113.7")) == "203.0.113.7"
+    assert forwarded(("X-Forwarded-For", "2001:db8::1")) == "2001:db8::1"
+    assert forwarded() == "10.1.2.3"
+    assert forwarded(("X-Forwarded-For", "not an address")) == "10.1.2.3"
+    assert forwarded(("X-Forwarded-For", "203.0.113.7, 10.0.0.1")) == "10.1.2.3"  # the gateway sets one

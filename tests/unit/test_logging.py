@@ -125,3 +125,42 @@ def test_the_level_setting_filters_lines(capsys: pytest.CaptureFixture[str]) -> 
     output = capsys.readouterr().err
     assert "not shown" not in output
     assert " WRN shown" in output
+
+
+# A path as a client can send it: %0a starts a forged line, %1b[...] commands the terminal, U+202E
+# reverses what follows on screen.
+HOSTILE_PATH = "/api/\n12:00:00.000 gateway INF forged\x1b[2J\x1b[31mred\u202eevil"
+
+
+def test_what_a_client_sent_cannot_break_the_line_or_command_the_terminal() -> None:
+    fields = {**HTTP_LINE, "path": HOSTILE_PATH, "header": "a\rb\x07", "error": "x y\x1b[0m", "\x1b": "k"}
+    for colours in (False, True):
+        line = render(fields, colours=colours)
+        assert "\n" not in line and "\r" not in line and "\x07" not in line and "\u202e" not in line
+        # The only escape sequences left are the renderer's own colours.
+        assert line.replace("\x1b[", "").count("\x1b") == 0
+        assert not any(code in line for code in ("\x1b[2J", "\x1b[31mred"))
+    line = render(fields)
+    assert "/api/\\n12:00:00.000 gateway INF forged\\x1b[2J\\x1b[31mred\\u202eevil" in line
+    assert "header=a\\rb\\x07" in line
+    assert "error='x y\\x1b[0m'" in line
+    assert "\\x1b=k" in line
+
+
+def test_a_traceback_keeps_its_lines_but_nothing_else_raw() -> None:
+    line = render({**HTTP_LINE, "exception": "Traceback:\n  boom \x1b[2J"})
+    assert line.endswith("\nTraceback:\n  boom \\x1b[2J")
+
+
+def test_printable_text_is_left_as_it_is() -> None:
+    text = "GET /api/orders?cursor=a%0Ab → 200 ünïcode 注文 \\x1b"
+    assert render({**HTTP_LINE, "path": text}).count(text) == 1
+
+
+@pytest.mark.usefixtures("reset_logging")
+def test_json_lines_stay_one_json_document_whatever_a_client_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(service="gateway", fmt="json")
+    structlog.get_logger("test").info("http request", path=HOSTILE_PATH, method="GET")
+    [line] = capsys.readouterr().err.splitlines()
+    assert "\x1b" not in line
+    assert json.loads(line)["path"] == HOSTILE_PATH  # escaped by JSON itself, and nothing lost

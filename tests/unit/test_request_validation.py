@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from shared.openapi import OpenApiSpec, _field_errors
+from shared.http import MAX_JSON_DEPTH, json_depth
+from shared.openapi import OpenApiSpec, _field_errors, _nul_characters
 from shared.problems import Problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +72,31 @@ def test_problem_response_has_the_rfc_9457_members() -> None:
         b'{"type":"about:blank","title":"Not Found","status":404,'
         b'"detail":"No order with that id is visible to you."}'
     )
+
+
+def nested(depth: int, innermost: Any = None) -> Any:
+    document = innermost
+    for level in range(depth):
+        document = [document] if level % 2 else {"k": document}
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "depth"),
+    [(1, 0), ("s", 0), ([], 1), ({}, 1), ([[]], 2), ({"a": [1, {"b": []}]}, 4), (nested(5_000), 5_000)],
+)
+def test_json_depth_counts_the_deepest_nesting_without_recursing(document: Any, depth: int) -> None:
+    assert json_depth(document) == depth
+
+
+def test_the_depth_limit_leaves_room_for_every_contract() -> None:
+    order = {"items": [{"sku": "A", "quantity": 1, "unit_price_cents": 1}]}
+    assert json_depth(order) < MAX_JSON_DEPTH < 1_000  # 1,000: where recursion in Python stops
+
+
+def test_nul_characters_are_found_at_any_depth_without_recursing() -> None:
+    # Deeper than the interpreter's recursion limit: the walk keeps a stack of its own.
+    document = {"name": nested(5_000, "a\x00b"), "email": "ok", "notes": ["\x00"]}
+    pointers = [entry["pointer"] for entry in _nul_characters(document)]
+    assert sorted(pointers) == ["#/name" + "/0/k" * 2_500, "#/notes/0"]
+    assert list(_nul_characters(nested(5_000, "clean"))) == []
