@@ -1,4 +1,4 @@
-"""`python -m bench`: the side-by-side benchmark (see bench/harness.py and the README's Benchmark)."""
+"""`python -m bench`: the side-by-side benchmark (see bench/harness.py and docs/performance.md)."""
 
 import argparse
 import asyncio

@@ -1,7 +1,7 @@
 """Configuration as frozen dataclasses read from environment variables only.
 
 Every field is declared with `setting(ENV_NAME, default, doc)`, so the dataclass itself is the
-documentation: the README's configuration table and the docker-compose check are built from it.
+documentation: the docker-compose check is built from it, and docs/configuration.md's table is held to it.
 """
 
 import dataclasses

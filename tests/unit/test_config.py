@@ -65,14 +65,13 @@ def test_every_setting_is_documented_with_a_unique_variable() -> None:
         assert all(doc for _, _, doc in rows), config_class
 
 
-def test_the_readme_documents_every_setting_with_its_default() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+def test_the_configuration_page_documents_every_setting_with_its_default() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for config_class in (UsersConfig, OrdersConfig, GatewayConfig):
         for name, default, _ in config_class.documented_settings():
-            assert f"| `{name}` |" in readme, name
+            assert f"| `{name}` |" in page, name
             assert any(
-                line.startswith(f"| `{name}` |") and f"| `{default}` |" in line
-                for line in readme.splitlines()
+                line.startswith(f"| `{name}` |") and f"| `{default}` |" in line for line in page.splitlines()
             ), f"{name} is documented without its default {default}"
 
 
