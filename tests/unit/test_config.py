@@ -6,7 +6,8 @@ import pytest
 
 from gateway.config import GatewayConfig
 from orders_service.config import OrdersConfig
-from shared.config import ConfigError, Secret
+from shared.broker_setup import BrokerSetupConfig
+from shared.config import BaseConfig, ConfigError, OperatorConfig, Secret
 from tests.isolation import development_defaults_allowed
 from users_service.config import UsersConfig
 
@@ -65,14 +66,36 @@ def test_every_setting_is_documented_with_a_unique_variable() -> None:
         assert all(doc for _, _, doc in rows), config_class
 
 
-def test_the_configuration_page_documents_every_setting_with_its_default() -> None:
+# Whose settings docs/configuration.md lists, in its order: the processes, then the operator's tools.
+DOCUMENTED: dict[str, type[BaseConfig]] = {
+    "gateway": GatewayConfig,
+    "users_service": UsersConfig,
+    "orders_service": OrdersConfig,
+    "broker setup": BrokerSetupConfig,
+    "tools": OperatorConfig,
+}
+
+
+def settings_table() -> list[str]:
+    """The configuration page's table, made from the config classes: one row per (variable, default,
+    meaning), naming every process that has it."""
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    for process, config_class in DOCUMENTED.items():
+        for name, default, doc in config_class.documented_settings():
+            rows.setdefault((name, default, doc), []).append(process)
+    processes = {"gateway", "users_service", "orders_service"}
+    table = []
+    for (name, default, doc), used in rows.items():
+        who = "all" if set(used) >= processes else ", ".join(used)
+        table.append(f"| `{name}` | {who} | `{default}` | {doc} |")
+    return table
+
+
+def test_the_configuration_page_is_the_table_the_config_classes_make() -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
-    for config_class in (UsersConfig, OrdersConfig, GatewayConfig):
-        for name, default, _ in config_class.documented_settings():
-            assert f"| `{name}` |" in page, name
-            assert any(
-                line.startswith(f"| `{name}` |") and f"| `{default}` |" in line for line in page.splitlines()
-            ), f"{name} is documented without its default {default}"
+    documented = [line for line in page.splitlines() if line.startswith("| `")]
+    expected = settings_table()
+    assert documented == expected, "docs/configuration.md's table should be:\n" + "\n".join(expected)
 
 
 @pytest.mark.usefixtures("development_defaults")
