@@ -124,7 +124,7 @@ class RabbitMQ(abc.ABC):
                 delivery_limit=broker_setup.BrokerSetupConfig.default_of("DELIVERY_LIMIT"),
                 broker_major=await self.management.broker_major(),
             )
-            await broker_setup.apply(self.management, name, setup, DEVELOPMENT_PASSWORDS)
+            await broker_setup.apply(self.management, name, setup, DEVELOPMENT_PASSWORDS, firehose=True)
             yield Vhost(name, self.url(name))
         finally:
             # Shielded: on Ctrl-C or a cancelled test the vhost still goes, its queues with it.

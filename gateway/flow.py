@@ -35,12 +35,10 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
-from aio_pika import ExchangeType
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    AbstractRobustExchange,
     AbstractRobustQueue,
 )
 from aiohttp import web
@@ -63,6 +61,7 @@ SUBSCRIBER_QUEUE = 1000  # records a page may fall behind by before it loses the
 HEARTBEAT_SECONDS = 15.0  # a comment line keeps idle proxies and browsers from closing the stream
 WRITE_TIMEOUT = 5.0  # a page whose connection takes no bytes for this long is dropped (it reconnects)
 RECONNECT_MS = 2000  # what the page's EventSource waits before reconnecting
+FIREHOSE = "amq.rabbitmq.trace"  # the broker's exchange of copies of what is published, when tracing is on
 TAP_MAX_LENGTH = 1000  # events the broker keeps for a gateway that reads slowly; the oldest go first
 MAX_LABEL_PATH = 120
 MAX_UNDECODABLE_BODY = 2000
@@ -401,15 +400,16 @@ def _text(value: Any) -> str | None:
 
 
 class EventTap:
-    """This gateway's own queue on the events exchange, bound to every event: server-side bounded,
-    exclusive and auto-deleted, so it lives exactly as long as this gateway's connection, and each
-    gateway replica sees every event. The durable `events.tap` of shared/topology.py is another
-    thing (it keeps every event routable) and is not read here.
+    """This gateway's own queue of every event: a copy of each message published to `events`, taken
+    from the broker's firehose (amq.rabbitmq.trace), never a binding on `events` itself, so that what
+    the page watches changes nothing about where events go. Server-side bounded, exclusive and
+    auto-deleted: it lives exactly as long as this gateway's connection, and each gateway replica
+    sees every event.
 
     The broker connection is opened in the background: the API never waits for it (the gateway's
     /readyz does not look at RabbitMQ), and until it is up the page shows HTTP calls only. Once
-    connected, aio-pika's robust connection reconnects by itself and re-declares the exchange, the
-    queue, its binding and the consumer on its new connection.
+    connected, aio-pika's robust connection reconnects by itself and re-declares the queue, its
+    binding and the consumer on its new connection.
     """
 
     def __init__(self, hub: FlowHub, *, url: str, startup_timeout: float) -> None:
@@ -424,7 +424,6 @@ class EventTap:
         # Kept here: aio-pika holds robust connections, channels and queues only weakly.
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
-        self._exchange: AbstractRobustExchange | None = None
         self._queue: AbstractRobustQueue | None = None
 
     def start(self) -> None:
@@ -455,18 +454,16 @@ class EventTap:
         connection.reconnect_callbacks.add(self._on_reconnected)
         try:
             self._channel = channel = await connection.channel()
-            # Declared exactly as shared/topology.py declares it, so the services and the gateway
-            # may start in any order.
-            self._exchange = exchange = await channel.declare_exchange(
-                EXCHANGE, ExchangeType.TOPIC, durable=True
-            )
             self._queue = queue = await channel.declare_queue(
                 self.queue_name,
                 exclusive=True,
                 auto_delete=True,
                 arguments={"x-max-length": TAP_MAX_LENGTH, "x-overflow": "drop-head"},
             )
-            await queue.bind(exchange, routing_key="#")
+            # The broker's own copy of every message published to `events` (its firehose, which
+            # shared/broker_setup.py turns on in development): a binding on `events` itself would
+            # make every event routable, and a publish to a deleted queue would go unnoticed.
+            await queue.bind(FIREHOSE, routing_key=f"publish.{EXCHANGE}")
             # Without acks: a record the page misses when the gateway stops is not worth a redelivery.
             await queue.consume(self._on_message, no_ack=True)
         except Exception:
@@ -477,7 +474,10 @@ class EventTap:
         self._hub.set_tap_state(TapState.CONNECTED)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        for record in event_records(message.body, message.routing_key):
+        # A firehose copy carries the original's routing keys in a header.
+        routing_keys = (message.headers or {}).get("routing_keys")
+        routing_key = routing_keys[0] if isinstance(routing_keys, list) and routing_keys else None
+        for record in event_records(message.body, routing_key if isinstance(routing_key, str) else None):
             self._hub.publish(record)
 
     def _on_connection_lost(self, _: object, __: BaseException | None = None) -> None:

@@ -24,6 +24,16 @@ class OrdersConfig(ServiceConfig):
         "Seconds an `Idempotency-Key` of POST /api/orders is remembered; after that it is a new key.",
     )
 
+    saga_deadline_seconds: float = setting(
+        "SAGA_DEADLINE_SECONDS",
+        120.0,
+        "Seconds an order may stay PENDING: after that the system rejects it (deadline_exceeded), and"
+        " an order's end that users_service has not answered is announced again every this many.",
+    )
+    saga_sweep_interval: float = setting(
+        "SAGA_SWEEP_INTERVAL", 5.0, "Seconds between looks for orders past their deadline (in every replica)."
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         # Zero would forget a key before its retry arrives: every retry would place another order.

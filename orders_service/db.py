@@ -18,16 +18,18 @@ async def insert_order(
     user_id: uuid.UUID,
     total_cents: int,
     items: Sequence[tuple[str, int, int]],
+    correlation_id: str,
 ) -> asyncpg.Record:
     order = await connection.fetchrow(
         f"""
-        INSERT INTO orders (id, user_id, status, total_cents)
-        VALUES ($1, $2, 'PENDING', $3)
+        INSERT INTO orders (id, user_id, status, total_cents, correlation_id)
+        VALUES ($1, $2, 'PENDING', $3, $4)
         RETURNING {ORDER_COLUMNS}
         """,
         order_id,
         user_id,
         total_cents,
+        correlation_id,
     )
     assert order is not None  # INSERT ... RETURNING always returns the row
     await connection.executemany(
@@ -99,20 +101,106 @@ async def lock_status(connection: Connection, order_id: uuid.UUID) -> str | None
 
 
 async def set_status(
-    connection: Connection, order_id: uuid.UUID, status: str, rejection_reason: str | None = None
+    connection: Connection,
+    order_id: uuid.UUID,
+    status: str,
+    *,
+    rejection_reason: str | None = None,
+    credit_settled: bool,
+    cancelled_from: str | None = None,
 ) -> asyncpg.Record:
-    """Change the status of an order the caller has already locked (so it exists)."""
+    """Change the status of an order the caller has already locked (so it exists). An order whose
+    credit is not settled by this change waits for users_service's word, its end announced now."""
     row = await connection.fetchrow(
         f"""
-        UPDATE orders SET status = $2, rejection_reason = $3, updated_at = now()
+        UPDATE orders SET status = $2, rejection_reason = $3, cancelled_from = $5, updated_at = now(),
+            credit_settled_at = CASE WHEN $4 THEN now() END,
+            announced_at = CASE WHEN $4 THEN NULL ELSE now() END
         WHERE id = $1 RETURNING {ORDER_COLUMNS}
         """,
         order_id,
         status,
         rejection_reason,
+        credit_settled,
+        cancelled_from,
     )
     assert row is not None
     return row
+
+
+async def note_credit_settled(connection: Connection, order_id: uuid.UUID) -> None:
+    """users_service holds no credit for this order any more (or has answered for it before)."""
+    await connection.execute(
+        "UPDATE orders SET credit_settled_at = now() WHERE id = $1 AND credit_settled_at IS NULL", order_id
+    )
+
+
+async def overdue(executor: Executor, deadline: datetime.timedelta, limit: int) -> list[asyncpg.Record]:
+    """PENDING orders older than `deadline`, oldest first (not locked: each is locked, and looked at
+    again, when it is decided)."""
+    rows: list[asyncpg.Record] = await executor.fetch(
+        """
+        SELECT id, user_id, correlation_id FROM orders
+        WHERE status = 'PENDING' AND created_at < now() - $1::interval
+        ORDER BY created_at LIMIT $2
+        """,
+        deadline,
+        limit,
+    )
+    return rows
+
+
+async def unsettled(executor: Executor, wait: datetime.timedelta, limit: int) -> list[asyncpg.Record]:
+    """Ended orders whose credit users_service has not confirmed settled `wait` after their end was
+    last announced (not locked: see `lock_unsettled`)."""
+    rows: list[asyncpg.Record] = await executor.fetch(
+        """
+        SELECT id, user_id, correlation_id FROM orders
+        WHERE credit_settled_at IS NULL AND status IN ('CANCELLED', 'REJECTED')
+          AND announced_at < now() - $1::interval
+        ORDER BY announced_at LIMIT $2
+        """,
+        wait,
+        limit,
+    )
+    return rows
+
+
+async def lock_if_free(connection: Connection, order_id: uuid.UUID) -> str | None:
+    """The order's status, its row locked; None if another transaction holds it (a replica deciding
+    it, or a credit answer): that one decides it."""
+    status: str | None = await connection.fetchval(
+        "SELECT status FROM orders WHERE id = $1 FOR UPDATE SKIP LOCKED", order_id
+    )
+    return status
+
+
+async def lock_unsettled(
+    connection: Connection, order_id: uuid.UUID, wait: datetime.timedelta
+) -> asyncpg.Record | None:
+    """The order, its row locked, if it is still ended, unsettled and due to be announced again."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        """
+        SELECT status, rejection_reason, cancelled_from FROM orders
+        WHERE id = $1 AND credit_settled_at IS NULL AND status IN ('CANCELLED', 'REJECTED')
+          AND announced_at < now() - $2::interval
+        FOR UPDATE SKIP LOCKED
+        """,
+        order_id,
+        wait,
+    )
+    return row
+
+
+async def note_announced(connection: Connection, order_id: uuid.UUID) -> None:
+    await connection.execute("UPDATE orders SET announced_at = now() WHERE id = $1", order_id)
+
+
+async def count_overdue(executor: Executor, deadline: datetime.timedelta) -> int:
+    count: int = await executor.fetchval(
+        "SELECT count(*) FROM orders WHERE status = 'PENDING' AND created_at < now() - $1::interval", deadline
+    )
+    return count
 
 
 async def claim_idempotency_key(

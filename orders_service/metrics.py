@@ -6,7 +6,7 @@ Observed only after the transaction that ended the saga has committed, so a roll
 
 import asyncpg
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from orders_service.saga import OrderStatus
 from shared.unit_of_work import UnitOfWork
@@ -16,12 +16,18 @@ SAGA_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 
 class SagaMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.duration = Histogram(
             "saga_duration_seconds",
             "Time from an order's creation (PENDING) to its outcome: APPROVED, REJECTED or CANCELLED.",
             ["outcome"],
             buckets=SAGA_BUCKETS,
+            registry=registry,
+        )
+        self.pending_past_deadline = Gauge(
+            "orders_pending_past_deadline",
+            "Orders still PENDING after their deadline (the next sweep rejects them; more than a few"
+            " for long means the sweep is not running).",
             registry=registry,
         )
 

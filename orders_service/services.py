@@ -18,7 +18,7 @@ from shared.db import Executor
 from shared.envelope import Cause
 from shared.events import OrderCreated
 from shared.http import dumps
-from shared.unit_of_work import Outbox, unit_of_work
+from shared.unit_of_work import Outbox, UnitOfWork, unit_of_work
 
 
 class OrderNotFound(Exception):
@@ -103,6 +103,7 @@ async def place_order(
             user_id=user_id,
             total_cents=total_cents,
             items=[(item.sku, item.quantity, item.unit_price_cents) for item in items],
+            correlation_id=cause.correlation_id,
         )
         await work.emit(OrderCreated(order["id"], user_id, total_cents))
         placed = {**dict(order), "items": [dataclasses.asdict(item) for item in items]}
@@ -164,11 +165,32 @@ async def cancel_order(
             raise OrderNotFound
         previous = saga.OrderStatus(order["status"])
         transition = saga.cancel(order_id, user_id, previous)
-        if transition is not None:
-            order = await db.set_status(work.connection, order_id, transition.status)
-            await work.emit(transition.event)
-            saga_metrics.transitioned(work, previous, order)
+        order = await apply(saga_metrics, work, previous, order_id, transition) or order
         return (await _with_items(work.connection, [order]))[0], transition is not None
+
+
+async def apply(
+    metrics: SagaMetrics,
+    work: UnitOfWork,
+    previous: saga.OrderStatus,
+    order_id: uuid.UUID,
+    transition: saga.Transition | None,
+) -> asyncpg.Record | None:
+    """Store the saga's decision about an order the caller has locked, in the caller's unit of work:
+    its status and the event that announces it. Returns the order as stored (None: no change)."""
+    if transition is None:
+        return None
+    order = await db.set_status(
+        work.connection,
+        order_id,
+        transition.status,
+        rejection_reason=transition.rejection_reason,
+        credit_settled=transition.credit_settled,
+        cancelled_from=transition.cancelled_from,
+    )
+    await work.emit(transition.event)
+    metrics.transitioned(work, previous, order)
+    return order
 
 
 async def _with_items(connection: Executor, orders: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:

@@ -46,6 +46,8 @@ from shared.config import BaseConfig, ConfigError, Secret, setting
 from shared.logging import configure_logging
 from shared.topology import EXCHANGE
 
+FIREHOSE = "amq.rabbitmq.trace"  # where the broker copies every message published, when tracing is on
+
 log = structlog.get_logger("broker_setup")
 
 POLICY_PRIORITY = 10  # above an operator's catch-all policies (priority 0), below deliberate overrides
@@ -84,6 +86,12 @@ class BrokerSetupConfig(BaseConfig):
     )
     delivery_limit: int = setting(
         "DELIVERY_LIMIT", 20, "Redeliveries (crashes mid-message) before the broker dead-letters a message."
+    )
+    rabbitmq_firehose: bool = setting(
+        "RABBITMQ_FIREHOSE",
+        True,
+        "Have the broker copy every message to amq.rabbitmq.trace, where a gateway's flow page reads"
+        " events (development only: every message is copied once more).",
     )
 
     def refuse_default_secrets(self) -> None:
@@ -145,16 +153,20 @@ def plan(contract: BusContract, *, operator: str, delivery_limit: int, broker_ma
     for service in contract.services:
         receivers = [re.escape(receiver) for receiver in contract.receivers_of_what(service)]
         sends = [re.escape(event_type) for event_type in contract.sends(service)]
+        # On the bus: it declares `events` and publishes there, or has a queue bound to it.
+        bus_party = [EXCHANGE] if sends or service in consumers else []
         # Publishing to the default exchange (a consumer's retries and dead letters) takes write on
         # amq.default; binding a queue takes write on the queue.
         default_exchange = [r"amq\.default"] if service in consumers else []
+        # A watcher (the flow page) binds its queue to the firehose, where the copies are.
+        firehose = [re.escape(FIREHOSE)] if service in contract.watchers else []
         access.append(
             Access(
                 user=service,
                 tags="",
-                configure=_names(EXCHANGE, _own(service), *receivers),
-                write=_names(EXCHANGE, *default_exchange, _own(service), *receivers),
-                read=_names(EXCHANGE, _own(service)),
+                configure=_names(*bus_party, _own(service), *receivers),
+                write=_names(*bus_party, *default_exchange, _own(service), *receivers),
+                read=_names(*bus_party, _own(service), *firehose),
                 publish_types=_names(*sends) if sends else "^$",
             )
         )
@@ -212,9 +224,13 @@ class ManagementApi:
             await self._session.close()
 
 
-async def apply(management: ManagementApi, vhost: str, setup: Plan, passwords: dict[str, str]) -> None:
-    """Make the broker hold `setup` in `vhost` (idempotent); `passwords` by user."""
-    await management.request("PUT", f"vhosts/{quote(vhost, safe='')}")
+async def apply(
+    management: ManagementApi, vhost: str, setup: Plan, passwords: dict[str, str], *, firehose: bool
+) -> None:
+    """Make the broker hold `setup` in `vhost` (idempotent); `passwords` by user. The firehose copies
+    every message published, for the flow page: it watches without a binding of its own on `events`,
+    which would make every event routable and a missing consumer queue unnoticeable."""
+    await management.request("PUT", f"vhosts/{quote(vhost, safe='')}", {"tracing": firehose})
     await apply_access(management, vhost, setup.access, passwords)
     await apply_policies(management, vhost, setup.policies)
     log.info("broker set up", vhost=vhost, users=[a.user for a in setup.access], policies=len(setup.policies))
@@ -269,7 +285,7 @@ async def set_up(config: BrokerSetupConfig) -> None:
         )
         passwords = {service: config.password_of(service) for service in bus().services}
         passwords[config.rabbitmq_operator_user] = config.rabbitmq_operator_password.value
-        await apply(management, config.rabbitmq_vhost, setup, passwords)
+        await apply(management, config.rabbitmq_vhost, setup, passwords, firehose=config.rabbitmq_firehose)
     finally:
         await management.close()
 

@@ -31,6 +31,7 @@ class BusContract:
     publisher: Mapping[str, str]  # event type -> the service that publishes it
     receivers: Mapping[str, tuple[str, ...]]  # event type -> the services that must receive it
     services: tuple[str, ...]  # every service that sends or receives
+    watchers: tuple[str, ...] = ()  # services that watch every event (a flow tap), receiving none
 
     def sends(self, service: str) -> tuple[str, ...]:
         return tuple(sorted(t for t, publisher in self.publisher.items() if publisher == service))
@@ -52,6 +53,7 @@ def load(path: Path = CONTRACT) -> BusContract:
     publisher: dict[str, str] = {}
     receivers: dict[str, list[str]] = {}
     services: set[str] = set()
+    watchers: set[str] = set()
     for key, operation in document["operations"].items():
         [service] = [tag["name"] for tag in operation["tags"]]
         services.add(service)
@@ -63,15 +65,18 @@ def load(path: Path = CONTRACT) -> BusContract:
                     raise ValueError(
                         f"{event_type} has two publishers: {publisher[event_type]} and {service}"
                     )
+        elif operation["action"] != "receive":
+            raise ValueError(f"operation {key}: unknown action {operation['action']!r}")
         elif channel["bindings"]["amqp"]["queue"]["durable"]:
             for event_type in types:
                 receivers.setdefault(event_type, []).append(service)
-        elif operation["action"] != "receive":
-            raise ValueError(f"operation {key}: unknown action {operation['action']!r}")
+        else:
+            watchers.add(service)
     return BusContract(
         publisher=publisher,
         receivers={event_type: tuple(sorted(names)) for event_type, names in receivers.items()},
         services=tuple(sorted(services)),
+        watchers=tuple(sorted(watchers)),
     )
 
 

@@ -82,6 +82,7 @@ class OrderApproved(Event):
 @dataclasses.dataclass(frozen=True)
 class OrderRejected(Event):
     TYPE = "orders.order.rejected"
+    DATAVERSION = 2  # version 2 adds the reason deadline_exceeded
     order_id: uuid.UUID
     user_id: uuid.UUID
     reason: str
@@ -132,6 +133,8 @@ def _credit_rejected_v2(data: dict[str, Any]) -> CreditRejected:
 DECODERS: dict[tuple[str, int], Decoder] = {
     **{(event.TYPE, event.DATAVERSION): event.from_data for event in EVENT_TYPES.values()},
     (CreditRejected.TYPE, 2): _credit_rejected_v2,
+    # Version 1's reasons are some of version 2's: the same fields, read the same way.
+    (OrderRejected.TYPE, 1): OrderRejected.from_data,
 }
 # Paired at import: a decoder without a schema would accept data that nothing has checked.
 ACCEPTED = {version: (schemas.EVENT_DATA[version], decode) for version, decode in DECODERS.items()}

@@ -48,12 +48,17 @@ ConfigT = TypeVar("ConfigT", bound=BaseConfig)
 
 
 def create_service_app(
-    config: ServiceConfig, *, service: str, package_dir: Path, handlers: HandlerTable
+    config: ServiceConfig,
+    *,
+    service: str,
+    package_dir: Path,
+    handlers: HandlerTable,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The common skeleton: middlewares, contract enforcement, database, broker, events, health,
-    metrics and tracing."""
+    metrics (in `metrics`, when the service made them first, for metrics of its own) and tracing."""
     spec = OpenApiSpec.load(package_dir / "openapi.yaml")
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     tracing = Tracing(service, enabled=config.tracing_enabled)
     app = web.Application(
         middlewares=[*standard_middlewares(metrics, tracing), spec.middleware],

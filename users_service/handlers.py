@@ -6,7 +6,7 @@ lock order everywhere (no deadlock).
 """
 
 from shared.consumer import HandlerTable
-from shared.events import OrderCancelled, OrderCreated
+from shared.events import OrderCancelled, OrderCreated, OrderRejected
 from shared.unit_of_work import UnitOfWork
 from users_service import db, saga
 
@@ -23,6 +23,12 @@ async def on_order_cancelled(work: UnitOfWork, cancelled: OrderCancelled) -> Non
     await _store(work, saga.on_order_cancelled(existing, cancelled))
 
 
+async def on_order_rejected(work: UnitOfWork, rejected: OrderRejected) -> None:
+    await db.lock_account(work.connection, rejected.user_id)
+    existing = await db.lock_reservation(work.connection, rejected.order_id)
+    await _store(work, saga.on_order_rejected(existing, rejected))
+
+
 async def _store(work: UnitOfWork, decision: saga.Decision) -> None:
     if decision.reservation is not None:
         await db.save_reservation(work.connection, decision.reservation)
@@ -35,4 +41,8 @@ async def _store(work: UnitOfWork, decision: saga.Decision) -> None:
         await work.emit(decision.event)
 
 
-HANDLERS: HandlerTable = {OrderCreated: on_order_created, OrderCancelled: on_order_cancelled}
+HANDLERS: HandlerTable = {
+    OrderCreated: on_order_created,
+    OrderCancelled: on_order_cancelled,
+    OrderRejected: on_order_rejected,
+}

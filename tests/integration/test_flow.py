@@ -279,7 +279,8 @@ async def test_a_message_that_is_no_valid_event_is_drawn_with_the_reason_it_will
         connection = await aio_pika.connect(rabbitmq_url)
         async with connection:
             channel = await connection.channel()
-            exchange = await channel.get_exchange(EXCHANGE)
+            # Declared as the services declare it: no service runs here, the gateway declares none.
+            exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
             await exchange.publish(aio_pika.Message(b"{not json"), routing_key="orders.order.created")
             wrong = {"specversion": "1.0", "type": "orders.order.created", "source": "orders_service"}
             await exchange.publish(aio_pika.Message(orjson.dumps(wrong)), routing_key="orders.order.created")

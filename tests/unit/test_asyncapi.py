@@ -275,7 +275,8 @@ def _inline_payload(document: dict[str, Any]) -> None:
 
 
 def _forget_v2_at_orders(document: dict[str, Any]) -> None:
-    document["operations"]["ordersServiceConsumes"]["messages"].pop()
+    forgotten = {"$ref": "#/channels/ordersServiceQueue/messages/users.credit.rejected.v2"}
+    document["operations"]["ordersServiceConsumes"]["messages"].remove(forgotten)
     del document["channels"]["ordersServiceQueue"]["messages"]["users.credit.rejected.v2"]
 
 

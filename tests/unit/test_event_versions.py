@@ -7,6 +7,7 @@ import uuid
 from typing import Any, cast
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from orders_service import saga
 from orders_service.handlers import handler_table, on_credit_rejected
@@ -44,7 +45,7 @@ def test_version_1_and_version_2_reach_the_handler_as_the_same_event() -> None:
     from_v2 = Envelope.from_json(_received(2, V2_DATA)).event()
     assert from_v1 == from_v2 == CreditRejected(ORDER_ID, USER_ID, "insufficient_credit")
     # One handler, which never sees a version, and so decides the same for both.
-    handlers = cast(dict[type, functools.partial[Any]], handler_table(SagaMetrics(registry=None)))
+    handlers = cast(dict[type, functools.partial[Any]], handler_table(SagaMetrics(CollectorRegistry())))
     assert handlers[type(from_v1)].func is handlers[type(from_v2)].func is on_credit_rejected
     assert isinstance(from_v1, CreditRejected) and isinstance(from_v2, CreditRejected)
     decide = saga.on_credit_rejected

@@ -1,9 +1,13 @@
-"""Property: whatever the interleaving, duplication and reordering of the saga's messages, once they
-are all delivered the state satisfies I1 to I3.
+"""Property: whatever the interleaving, duplication and reordering of the saga's messages, and
+whichever of them are lost for good (dead-lettered, never replayed), once the deadlines have passed
+and everything in flight is delivered, the state satisfies I1 to I3: every saga ended, the credit is
+exact, no effect was applied twice.
 
 The model runs both services' real decision functions (`users_service.saga`, `orders_service.saga`)
-with an inbox each, over a "network" that delivers any pending message next and may deliver one
-again. Only the storage is in memory; the decisions are the production code.
+with an inbox each, over a "network" that delivers any pending message next, may deliver one again,
+or may lose one; orders_service's deadline sweep (orders_service/deadlines.py) rejects PENDING
+orders and announces unanswered ends again. Only the storage is in memory; the decisions are the
+production code.
 """
 
 import collections
@@ -14,10 +18,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orders_service import saga as orders_saga
-from shared.events import CreditRejected, CreditReserved, Event, OrderCancelled, OrderCreated
+from shared.events import (
+    CreditRejected,
+    CreditReleased,
+    CreditReserved,
+    Event,
+    OrderApproved,
+    OrderCancelled,
+    OrderCreated,
+    OrderRejected,
+)
 from users_service import saga as users_saga
 
 MAX_REDELIVERIES = 20
+MAX_LOST = 5
+TO_USERS = OrderCreated | OrderCancelled | OrderRejected
+TO_ORDERS = CreditReserved | CreditRejected | CreditReleased
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +48,15 @@ class Order:
     user_id: uuid.UUID
     total_cents: int
     status: orders_saga.OrderStatus = orders_saga.OrderStatus.PENDING
+    credit_settled: bool = False
+    rejection_reason: str | None = None
+    cancelled_from: orders_saga.OrderStatus | None = None
+
+    def apply(self, transition: orders_saga.Transition) -> None:
+        self.status = transition.status
+        self.credit_settled = transition.credit_settled
+        self.rejection_reason = transition.rejection_reason
+        self.cancelled_from = transition.cancelled_from
 
 
 @dataclasses.dataclass
@@ -49,9 +74,9 @@ class Model:
     def emit(self, event: Event) -> None:
         self.emitted.append(event)
         self.next_id += 1
-        if isinstance(event, OrderCreated | OrderCancelled):
+        if isinstance(event, TO_USERS):
             self.network.append(Message(self.next_id, event, "users"))
-        elif isinstance(event, CreditReserved | CreditRejected):
+        elif isinstance(event, TO_ORDERS):
             self.network.append(Message(self.next_id, event, "orders"))
 
     def place(self, user_id: uuid.UUID, total_cents: int) -> None:
@@ -67,8 +92,30 @@ class Model:
         except orders_saga.NotCancellable:
             return
         if transition is not None:
-            order.status = transition.status
+            order.apply(transition)
             self.emit(transition.event)
+
+    def pass_deadline(self, order_id: uuid.UUID) -> None:
+        """The sweep finds the order past its deadline (orders_service/deadlines.py)."""
+        order = self.orders[order_id]
+        transition = orders_saga.on_deadline(order_id, order.user_id, order.status)
+        if transition is not None:
+            order.apply(transition)
+            self.emit(transition.event)
+
+    def announce_again(self, order_id: uuid.UUID) -> None:
+        """The sweep announces an end that users_service has not answered yet."""
+        order = self.orders[order_id]
+        if order.status in ENDED and not order.credit_settled:
+            self.emit(
+                orders_saga.announcement(
+                    order_id, order.user_id, order.status, order.rejection_reason, order.cancelled_from
+                )
+            )
+
+    def lose(self, index: int) -> None:
+        """The message is dead-lettered, and nobody replays it."""
+        self.network.pop(index)
 
     def deliver(self, index: int, again_later: bool) -> None:
         message = self.network[index] if again_later else self.network.pop(index)
@@ -82,12 +129,14 @@ class Model:
             self._at_orders(message.event)
 
     def _at_users(self, event: Event) -> None:
-        assert isinstance(event, OrderCreated | OrderCancelled)
+        assert isinstance(event, TO_USERS)
         existing = self.reservations.get(event.order_id)
         if isinstance(event, OrderCreated):
             decision = users_saga.on_order_created(self.accounts.get(event.user_id), existing, event)
-        else:
+        elif isinstance(event, OrderCancelled):
             decision = users_saga.on_order_cancelled(existing, event)
+        else:
+            decision = users_saga.on_order_rejected(existing, event)
         if decision.reservation is not None:
             self.reservations[decision.reservation.order_id] = decision.reservation
         if decision.credit_change_cents:
@@ -100,17 +149,39 @@ class Model:
             self.emit(decision.event)
 
     def _at_orders(self, event: Event) -> None:
-        assert isinstance(event, CreditReserved | CreditRejected)
+        assert isinstance(event, TO_ORDERS)
         order = self.orders[event.order_id]
+        if isinstance(event, CreditReleased):
+            order.credit_settled = True  # as orders_service/handlers.py notes it
+            return
         if isinstance(event, CreditReserved):
             transition = orders_saga.on_credit_reserved(event.order_id, event.user_id, order.status)
         else:
             transition = orders_saga.on_credit_rejected(
                 event.order_id, event.user_id, order.status, event.reason
             )
+            if transition is None:
+                order.credit_settled = True  # an ended order: nothing is held for it
         if transition is not None:
-            order.status = transition.status
+            order.apply(transition)
             self.emit(transition.event)
+
+    def quiesce(self, draw: st.DataObject, redeliveries: int) -> None:
+        """The deadlines pass and nothing more is lost: deliver everything in flight, in any order,
+        and let the sweep reject and announce, until nothing is left to do."""
+        while True:
+            for order_id in sorted(self.orders):
+                self.pass_deadline(order_id)
+                self.announce_again(order_id)
+            if not self.network:
+                return
+            while self.network:
+                again = redeliveries < MAX_REDELIVERIES and draw.draw(st.booleans(), label="duplicate")
+                redeliveries += again
+                self.deliver(draw.draw(st.integers(0, len(self.network) - 1), label="which"), again)
+
+
+ENDED = frozenset({orders_saga.OrderStatus.CANCELLED, orders_saga.OrderStatus.REJECTED})
 
 
 def check_invariants(model: Model) -> None:
@@ -124,8 +195,14 @@ def check_invariants(model: Model) -> None:
     for user_id, account in model.accounts.items():
         assert account.credit_used_cents == approved[user_id]
         assert account.credit_used_cents <= account.credit_limit_cents
-    # I3: no effect twice: each order's events at most once, and credit = what reservations hold.
-    counts = collections.Counter((type(event).__name__, event.order_id) for event in model.emitted)  # type: ignore[attr-defined]
+    # Every ended order has users_service's answer: nothing is held for it beyond what I2 counts.
+    assert all(order.credit_settled for order in model.orders.values() if order.status in ENDED)
+    # I3: no effect twice: each order created, reserved and approved at most once (an end and its
+    # answer may be announced again, by design), and credit = what reservations hold.
+    once = OrderCreated | CreditReserved | OrderApproved
+    counts = collections.Counter(
+        (type(event).__name__, event.order_id) for event in model.emitted if isinstance(event, once)
+    )
     assert max(counts.values(), default=1) == 1
     for user_id, account in model.accounts.items():
         held = sum(
@@ -148,24 +225,26 @@ def test_any_delivery_order_with_duplicates_ends_consistent(data: st.DataObject)
     model = Model(accounts=accounts)
     someone_unknown = uuid.UUID(int=999)
     users = [*accounts, someone_unknown]
-    redeliveries = 0
+    redeliveries = lost = 0
 
     for _ in range(data.draw(st.integers(min_value=1, max_value=30), label="steps")):
-        action = data.draw(st.sampled_from(["place", "cancel", "deliver"]))
+        action = data.draw(st.sampled_from(["place", "cancel", "deliver", "deadline", "announce", "lose"]))
         if action == "place":
             model.place(data.draw(st.sampled_from(users)), data.draw(st.sampled_from([0, 500, 1_000, 3_000])))
-        elif action == "cancel" and model.orders:
-            model.cancel(data.draw(st.sampled_from(sorted(model.orders))))
+        elif action in ("cancel", "deadline", "announce") and model.orders:
+            order_id = data.draw(st.sampled_from(sorted(model.orders)))
+            {"cancel": model.cancel, "deadline": model.pass_deadline, "announce": model.announce_again}[
+                action
+            ](order_id)
         elif action == "deliver" and model.network:
             again = redeliveries < MAX_REDELIVERIES and data.draw(st.booleans(), label="duplicate")
             redeliveries += again
             model.deliver(data.draw(st.integers(0, len(model.network) - 1), label="which"), again)
+        elif action == "lose" and model.network and lost < MAX_LOST:
+            lost += 1
+            model.lose(data.draw(st.integers(0, len(model.network) - 1), label="which is lost"))
 
-    while model.network:  # the system goes quiet: everything in flight is delivered, in any order
-        again = redeliveries < MAX_REDELIVERIES and data.draw(st.booleans(), label="duplicate")
-        redeliveries += again
-        model.deliver(data.draw(st.integers(0, len(model.network) - 1), label="which"), again)
-
+    model.quiesce(data, redeliveries)
     check_invariants(model)
 
 
@@ -180,9 +259,47 @@ def test_a_cancel_that_overtakes_the_create_leaves_a_tombstone() -> None:
     assert model.reservations[order_id].status is users_saga.ReservationStatus.CANCELLED_BEFORE_CREATED
     model.deliver(model.network.index(created), again_later=False)
     assert model.reservations[order_id].status is users_saga.ReservationStatus.REJECTED
-    (rejected,) = model.network
-    assert isinstance(rejected.event, CreditRejected) and rejected.event.reason == "order_cancelled"
-    model.deliver(0, again_later=False)
+    # Both the end (answered at once) and the late create are answered "nothing held".
+    answers = [message.event for message in model.network]
+    assert all(isinstance(a, CreditRejected) and a.reason == "order_cancelled" for a in answers), answers
+    while model.network:
+        model.deliver(0, again_later=False)
     assert model.orders[order_id].status is orders_saga.OrderStatus.CANCELLED
+    assert model.orders[order_id].credit_settled
+    assert model.accounts[user_id].credit_used_cents == 0
+    check_invariants(model)
+
+
+def test_an_order_whose_create_is_lost_ends_by_its_deadline_and_a_late_reservation_is_released() -> None:
+    user_id = uuid.uuid4()
+    model = Model(accounts={user_id: users_saga.Account(user_id, 10_000, 0)})
+    model.place(user_id, 1_000)
+    (order_id,) = model.orders
+    (created,) = model.network
+    model.pass_deadline(order_id)  # the create has not arrived: the system rejects the order
+    assert model.orders[order_id].rejection_reason == orders_saga.DEADLINE_EXCEEDED
+    model.deliver(model.network.index(created), again_later=False)  # it comes late after all...
+    assert model.reservations[order_id].status is users_saga.ReservationStatus.RESERVED
+    while model.network:  # ...and the end releases what it reserved
+        model.deliver(0, again_later=False)
+    assert model.reservations[order_id].status is users_saga.ReservationStatus.RELEASED
+    assert model.accounts[user_id].credit_used_cents == 0
+    check_invariants(model)
+
+
+def test_a_lost_cancel_is_announced_again_until_the_credit_is_released() -> None:
+    user_id = uuid.uuid4()
+    model = Model(accounts={user_id: users_saga.Account(user_id, 10_000, 0)})
+    model.place(user_id, 1_000)
+    (order_id,) = model.orders
+    while model.network:
+        model.deliver(0, again_later=False)
+    assert model.orders[order_id].status is orders_saga.OrderStatus.APPROVED
+    model.cancel(order_id)
+    model.lose(0)  # the cancel is dead-lettered, and nobody replays it
+    assert model.accounts[user_id].credit_used_cents == 1_000
+    model.announce_again(order_id)  # a deadline later, the sweep announces it again
+    while model.network:
+        model.deliver(0, again_later=False)
     assert model.accounts[user_id].credit_used_cents == 0
     check_invariants(model)
