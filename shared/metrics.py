@@ -102,6 +102,13 @@ class MessagingMetrics:
             "Queues this service consumes from or publishes to that were missing at the last check.",
             registry=registry,
         )
+        self.queue_messages = Gauge(
+            "queue_messages",
+            "Messages waiting in a queue this service consumes from, publishes to, or dead-letters"
+            " into, at the last check (QUEUE_CHECK_INTERVAL).",
+            ["queue"],
+            registry=registry,
+        )
         self.outbox_waiting_for_operator = Gauge(
             "outbox_set_aside_events",
             "Outbox rows set aside, waiting for an operator to retry them (shared/parked.py).",

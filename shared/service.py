@@ -32,7 +32,7 @@ from shared.logging import configure_logging
 from shared.metrics import METRICS, MessagingMetrics, Metrics
 from shared.openapi import OpenApiSpec
 from shared.relay import OutboxRelay, outbox_backlog
-from shared.topology import declare_topology, missing_queues, queues_for, receivers_of
+from shared.topology import declare_topology, queue_depths, queues_for, receivers_of
 from shared.tracing import Tracing, configure_tracing
 from shared.unit_of_work import Outbox
 
@@ -171,24 +171,29 @@ def _messaging(
             )
             await consumer.start()
 
+        watched = [q.main for q in [*([own] if own else []), *receivers]] + ([own.dead_letter] if own else [])
+
         async def keep_the_queues() -> None:
-            """The queues this service consumes from and publishes to must exist: an operator may
-            delete one by hand. Look now and then, say so, and declare them again."""
+            """The queues this service consumes from and publishes to must exist, bound: an operator
+            may delete one, or a binding, by hand. Now and then, count what waits in them (the dead
+            letters among them), say what was missing, and declare it all again (which repairs it)."""
             while True:
-                await asyncio.sleep(config.queue_check_interval)
                 try:
-                    missing = await missing_queues(connection, [*([own] if own else []), *receivers])
+                    depths = await queue_depths(connection, watched)
+                    missing = [name for name, depth in depths.items() if depth is None]
                     metrics.queues_missing.set(len(missing))
-                    if not missing:
-                        continue
-                    log.error("queues missing; declaring them again", queues=missing)
+                    for name, depth in depths.items():
+                        metrics.queue_messages.labels(name).set(depth or 0)
+                    if missing:
+                        log.error("queues missing; declaring them again", queues=missing)
                     await declare_topology(
                         publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
                     )
                     if consumer is not None and own is not None and own.main in missing:
                         await consumer.start()  # the broker cancelled our consumer with the queue
                 except BROKER_UNAVAILABLE as error:
-                    log.warning("could not look for missing queues", error=repr(error))
+                    log.warning("could not look at the queues", error=repr(error))
+                await asyncio.sleep(config.queue_check_interval)
 
         watch = asyncio.create_task(keep_the_queues(), name=f"{service} queue check")
         yield

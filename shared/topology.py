@@ -94,17 +94,19 @@ async def declare_topology(
     return exchange
 
 
-async def missing_queues(connection: AbstractConnection, queues: Sequence[ConsumerQueues]) -> list[str]:
-    """The queues of `queues` that do not exist now (deleted by hand, say). Each is looked for on a
-    channel of its own: looking for a missing queue closes the channel it was asked on."""
-    missing = []
-    for queues_of_one in queues:
+async def queue_depths(connection: AbstractConnection, names: Sequence[str]) -> dict[str, int | None]:
+    """How many messages wait in each queue now; None for a queue that does not exist (deleted by
+    hand, say). Each is looked at on a channel of its own: looking for a missing queue closes the
+    channel it was asked on."""
+    depths: dict[str, int | None] = {}
+    for name in names:
         channel = await connection.channel()
         try:
-            await channel.declare_queue(queues_of_one.main, passive=True)
+            declared = await channel.declare_queue(name, passive=True)
+            depths[name] = declared.declaration_result.message_count or 0
         except aiormq.exceptions.ChannelNotFoundEntity:
-            missing.append(queues_of_one.main)
+            depths[name] = None
         finally:
             if not channel.is_closed:
                 await channel.close()
-    return missing
+    return depths
