@@ -1,8 +1,8 @@
 """R5: orders_service's outbox relay against a raw aio-pika publisher doing the same publishes.
 
-Both publish the same `orders.order.approved` envelopes to the events exchange, persistent,
-mandatory, with publisher confirms, a hundred at a time (the relay's batch size), into the same
-queues (only the events tap is bound to that type, so no consumer does work meanwhile).
+Both publish the same `orders.order.approved` envelopes to the events exchange, persistent, with
+publisher confirms, a hundred at a time (the relay's batch size). No service consumes that type, so
+the publishes are not mandatory and no consumer does work meanwhile.
 """
 
 import asyncio

@@ -410,7 +410,7 @@ async def _closed_loop(
 
 
 async def relay(servers: Servers, settings: Settings, replicas: int) -> dict[str, float]:
-    """orders_service alone: rows of an event only the tap queue takes, so no consumer competes."""
+    """orders_service alone: rows of an event no service consumes, so no consumer competes."""
     async with system(servers) as running, aiohttp.ClientSession() as http:
         orders = await running.start("orders_service", replicas)
         before = total_cpu_seconds(pids_of(orders))

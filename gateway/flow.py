@@ -1,7 +1,7 @@
 """The live flow page's data: every HTTP call through the gateway and every event on the broker, as
 records streamed to the page at /flow (Server-Sent Events) while they happen.
 
-    this gateway's tap queue on "events" ──▶ EventTap ───────────┐
+    the firehose (amq.rabbitmq.trace) ──▶ EventTap ──────────────┐
     the gateway's middleware (client ⇄ gateway) ─────────────────┼──▶ FlowHub ──SSE──▶ each open page
     the proxy's hook (gateway ⇄ service, gateway/proxy.py) ──────┘   (+ recent records for a new page)
 

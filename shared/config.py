@@ -235,6 +235,20 @@ class ServiceConfig(TokenConfig, DatabaseConfig):
     publish_timeout: float = setting(
         "PUBLISH_TIMEOUT", 5.0, "Seconds to wait for the broker's confirm of a publish."
     )
+    outbox_retention_seconds: float = setting(
+        "OUTBOX_RETENTION_SECONDS",
+        3600.0,
+        "Seconds a published outbox row is kept (for people reading the story) before it is deleted.",
+    )
+    inbox_retention_seconds: float = setting(
+        "INBOX_RETENTION_SECONDS",
+        86400.0,
+        "Seconds an inbox row is kept: a redelivery within this window is skipped by the event's id;"
+        " a later one is decided again by the state it finds, and changes nothing.",
+    )
+    retention_interval: float = setting(
+        "RETENTION_INTERVAL", 60.0, "Seconds between retention runs (deleting old outbox and inbox rows)."
+    )
 
     @property
     def retry_delays(self) -> tuple[int, ...]:

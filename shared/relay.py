@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractExchange, HeadersType
 
 from shared.broker import BROKER_UNAVAILABLE
 from shared.bus_contract import bus
-from shared.db import DATABASE_NOT_ANSWERING, Connection
+from shared.db import Connection
 from shared.envelope import Envelope
 from shared.messages import event_message
 from shared.metrics import MessagingMetrics, known_type
@@ -32,8 +32,6 @@ from shared.unit_of_work import Outbox
 
 log = structlog.get_logger("outbox")
 
-PRUNE_EVERY_SECONDS = 600.0
-KEEP_PUBLISHED = "1 day"
 # A row that fails on its own is tried again after 1, 2, 4 ... seconds, at most RETRY_CAP apart, and set
 # aside after MAX_ATTEMPTS (about an hour of attempts): by then an alert has long said why.
 MAX_ATTEMPTS = 20
@@ -88,7 +86,6 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.publish_timeout = publish_timeout
-        self._last_prune = 0.0
         self._stopping = False
 
     def stop(self) -> None:
@@ -104,7 +101,6 @@ class OutboxRelay:
             self.outbox.nudged.clear()
             try:
                 published = await self.publish_batch()
-                await self._prune_now_and_then()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -224,14 +220,3 @@ class OutboxRelay:
     @staticmethod
     def _must_reach(row: asyncpg.Record) -> bool:
         return bool(bus().receivers.get(row["event_type"]))
-
-    async def _prune_now_and_then(self) -> None:
-        if time.monotonic() - self._last_prune < PRUNE_EVERY_SECONDS:
-            return
-        self._last_prune = time.monotonic()
-        try:
-            await self.pool.execute(
-                f"DELETE FROM outbox WHERE published_at < now() - interval '{KEEP_PUBLISHED}'"
-            )
-        except DATABASE_NOT_ANSWERING:
-            self._last_prune = 0.0

@@ -10,6 +10,7 @@ stops taking messages and finishes the ones in hand, the relay stops, and the co
 """
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +32,9 @@ from shared.http import health_routes, hide_server_version, standard_middlewares
 from shared.logging import configure_logging
 from shared.metrics import METRICS, MessagingMetrics, Metrics
 from shared.openapi import OpenApiSpec
+from shared.periodic import periodically
 from shared.relay import OutboxRelay, outbox_backlog
+from shared.retention import prune_old_rows
 from shared.topology import declare_topology, queue_depths, queues_for, receivers_of
 from shared.tracing import Tracing, configure_tracing
 from shared.unit_of_work import Outbox
@@ -74,6 +77,13 @@ def create_service_app(
     app.cleanup_ctx.append(database(config, [SHARED_MIGRATIONS, package_dir / "migrations"]))
     app.cleanup_ctx.append(_broker(config))
     app.cleanup_ctx.append(_messaging(config, service, handlers))
+    outbox_keep = datetime.timedelta(seconds=config.outbox_retention_seconds)
+    inbox_keep = datetime.timedelta(seconds=config.inbox_retention_seconds)
+
+    async def retention(app: web.Application) -> None:
+        await prune_old_rows(app[DB_POOL], outbox_keep=outbox_keep, inbox_keep=inbox_keep)
+
+    app.cleanup_ctx.append(periodically("retention", config.retention_interval, retention))
 
     async def outbox_gauges() -> None:
         backlog = await outbox_backlog(app[DB_POOL])
