@@ -87,10 +87,19 @@ class ServiceProcess:
     async def stop(self) -> int:
         """SIGTERM, then wait for a clean exit; the exit code tells whether the shutdown was graceful.
         A process that ignores SIGTERM for STOP_DEADLINE seconds is killed, and that is an error."""
+        self.terminate()
+        return await self.stopped()
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: the process stops taking work and finishes what it holds."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    async def stopped(self) -> int:
+        """Wait for the exit of a process told to stop; its exit code (see `stop`)."""
         if self.process is None:
             return 0
         if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), STOP_DEADLINE)
             except TimeoutError:

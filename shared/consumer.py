@@ -104,6 +104,7 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), self.publish_timeout)
         if self._in_flight:
+            log.info("finishing the messages in hand", count=len(self._in_flight))
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

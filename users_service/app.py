@@ -1,13 +1,11 @@
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from shared.db import DATABASE_NOT_ANSWERING
 from shared.metrics import METRICS
+from shared.periodic import periodically
 from shared.service import DB_POOL, create_service_app
 from users_service.config import UsersConfig
 from users_service.handlers import HANDLERS
@@ -43,31 +41,17 @@ def create_app(config: UsersConfig) -> web.Application:
     app[LOGIN_THROTTLE] = LoginThrottle(
         max_failures=config.login_max_failures, window_seconds=config.login_lockout_seconds
     )
-    app.cleanup_ctx.append(sign_in_housekeeping(config.login_attempts_purge_seconds))
+    app.cleanup_ctx.append(
+        periodically(
+            "purging ended sign-in counts", config.login_attempts_purge_seconds, _purge_ended_sign_in_counts
+        )
+    )
     app.router.add_routes(routes)
     return app
 
 
-def sign_in_housekeeping(every_seconds: float) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Now and then, delete the sign-in counts whose window has ended; every replica does it, which
-    is harmless (services.purge_ended_login_windows)."""
-
-    async def housekeeping(app: web.Application) -> AsyncIterator[None]:
-        async def purge_forever() -> None:
-            while True:
-                await asyncio.sleep(every_seconds)
-                try:
-                    deleted = await purge_ended_login_windows(app[DB_POOL], app[LOGIN_THROTTLE])
-                except DATABASE_NOT_ANSWERING as error:
-                    log.warning("purging ended sign-in counts failed", error=repr(error))
-                else:
-                    if deleted:
-                        log.info("ended sign-in counts purged", count=deleted)
-
-        task = asyncio.create_task(purge_forever(), name="users_service sign-in housekeeping")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return housekeeping
+async def _purge_ended_sign_in_counts(app: web.Application) -> None:
+    """Every replica does it, which is harmless (services.purge_ended_login_windows)."""
+    deleted = await purge_ended_login_windows(app[DB_POOL], app[LOGIN_THROTTLE])
+    if deleted:
+        log.info("ended sign-in counts purged", count=deleted)

@@ -25,8 +25,8 @@ from devstack.waiting import eventually
 from shared.bus_contract import bus
 from tests.e2e.api import User, new_user
 from tests.e2e.conftest import Stack, StackFactory
+from tests.e2e.faults import UNTHROTTLED
 from tests.e2e.saga_checker import SystemState, assert_invariants_once_quiet
-from tests.e2e.test_saga_faults import UNTHROTTLED
 
 USER_COUNT = 10
 CREDIT_LIMIT_CENTS = 6_000

@@ -6,48 +6,19 @@ between a service and the broker that the test freezes: no hook in the code unde
 """
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
-import asyncpg
 import pytest
 
 from devstack.servers import Servers
 from devstack.waiting import eventually
 from tests.e2e.api import FINAL, User, final_order, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory
+from tests.e2e.faults import UNTHROTTLED, broker_relay, count
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.support import TcpRelay, with_port
 
 pytestmark = pytest.mark.faults
-
-# These tests drive bursts as fast as the stack answers, retrying a 503 at once: they test the saga
-# under faults, not the gateway's rate limit, which would otherwise (rightly) answer 429.
-UNTHROTTLED = {"RATE_LIMIT_PER_SECOND": "1000000", "RATE_LIMIT_BURST": "1000000"}
-
-
-@contextlib.asynccontextmanager
-async def broker_relay(stack: Stack) -> AsyncIterator[tuple[TcpRelay, str]]:
-    broker = stack.servers.rabbitmq
-    relay = TcpRelay(broker.host, broker.amqp_port)
-    await relay.start()
-    try:
-        # orders_service's own broker URL, through the relay.
-        yield relay, with_port(stack.broker.url_for("orders_service"), relay.port)
-    finally:
-        relay.sever()
-        await relay.close()
-
-
-async def count(dsn: str, query: str) -> int:
-    connection = await asyncpg.connect(dsn)
-    try:
-        value: int = await connection.fetchval(query)
-        return value
-    finally:
-        await connection.close()
 
 
 async def burst(
