@@ -19,7 +19,7 @@ PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url 
 GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases keys test test-quick test-containers test-compose lint format lock clean \
+.PHONY: help install dev databases broker keys test test-quick test-containers test-compose lint format lock clean \
 	dlq dlq-replay outbox outbox-retry demo demo-throwaway demo-compose stack bench
 
 help: ## list the targets
@@ -61,10 +61,18 @@ install: $(BIN)/.installed ## create .venv with the locked dependencies (lint, t
 databases: ## create each service's database and role in the local Postgres, if missing (see PGHOST above)
 	@PGSUDO='$(PGSUDO)' MAKE_GOAL='$(or $(MAKECMDGOALS),databases)' bash deploy/postgres/create-local-databases.sh
 
+# The local RabbitMQ's users, permissions and policies (shared/broker_setup.py), through its management
+# API as its administrator: by default guest on http://127.0.0.1:15672 (RABBITMQ_MANAGEMENT_URL,
+# RABBITMQ_ADMIN_USER and RABBITMQ_ADMIN_PASSWORD choose others). Each service signs in as its own user
+# with its name as its password, the tools as `operator`: the development defaults of their settings.
+# Where the management plugin is off (Debian and Ubuntu install it so), it says what to run.
+broker: install ## give the local RabbitMQ the services' users, permissions and policies (again)
+	$(BIN)/python -m shared.broker_setup
+
 keys: install ## create the token-signing key pair in .keys/, if missing
 	$(BIN)/python -m users_service.keygen
 
-dev: install databases keys ## run the gateway and both services locally (honcho, Procfile)
+dev: install databases broker keys ## run the gateway and both services locally (honcho, Procfile)
 	@# Every line names its service and time itself, so honcho's own prefix would only repeat them;
 	@# honcho pipes the output, so the services are told to colour it when make runs on a terminal.
 	PATH="$(CURDIR)/$(BIN):$$PATH" FORCE_COLOR=$$([ -t 1 ] && echo 1) $(BIN)/honcho start --no-prefix
@@ -113,14 +121,15 @@ demo-throwaway: install ## the same tour against a throwaway system: servers and
 stack: install ## a throwaway system (its own servers and processes) until Ctrl-C, for trying things
 	$(BIN)/python -m devstack up
 
-# AMQP is not published on the host, so against compose the demo runs inside the compose network, in
-# users_service's container: its image holds the demo, and its RABBITMQ_URL carries the broker
-# credentials compose gave it (.env included). The printed link uses the gateway's published port.
+# AMQP is not published on the host, so against compose the demo runs inside the compose network, in a
+# container of the `tools` service (the profile `tools`: the same image), whose RABBITMQ_OPERATOR_URL
+# signs in as the operator with the password compose gave it (.env included). The printed link uses
+# the gateway's published port.
 demo-compose: ## the same tour against `docker compose up`, run inside the compose network
 	@published=$$(docker compose port gateway 8080) && [ -n "$$published" ] \
 		|| { echo "The compose stack is not running: start it with docker compose up --build" >&2; exit 1; }; \
-	docker compose exec -e GATEWAY_URL=http://gateway:8080 -e FLOW_URL=http://localhost:$${published##*:}/flow \
-		users_service python -m demo $(DEMO_ARGS)
+	docker compose run --rm -e GATEWAY_URL=http://gateway:8080 -e FLOW_URL=http://localhost:$${published##*:}/flow \
+		tools python -m demo $(DEMO_ARGS)
 
 format: install ## let ruff fix what it can
 	$(BIN)/ruff check --fix .

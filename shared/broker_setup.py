@@ -31,7 +31,9 @@ would give them one of 20, and listing the dead letters counts as deliveries the
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import os
 import re
 import sys
 from typing import Any
@@ -44,7 +46,7 @@ from yarl import URL
 from shared.bus_contract import BusContract, bus
 from shared.config import BaseConfig, ConfigError, Secret, setting
 from shared.logging import configure_logging
-from shared.topology import EXCHANGE
+from shared.topology import EXCHANGE, QUORUM, ConsumerQueues
 
 FIREHOSE = "amq.rabbitmq.trace"  # where the broker copies every message published, when tracing is on
 
@@ -55,6 +57,10 @@ POLICY_PRIORITY = 10  # above an operator's catch-all policies (priority 0), bel
 # its outbox and tries again later): a bound far above any backlog this system reaches, that still
 # keeps a runaway producer from filling the broker's disk.
 QUEUE_MAX_LENGTH = 1_000_000
+# What each user may read from `events` by routing key: anything its permissions let it bind. What
+# it may publish there is the part that matters (Access.publish_types).
+TOPIC_READ = ".*"
+AMQP_PORT = 5672
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +203,18 @@ def plan(contract: BusContract, *, operator: str, delivery_limit: int, broker_ma
     return Plan(access, policies)
 
 
+class ManagementError(RuntimeError):
+    """The management API answered with an error status."""
+
+    def __init__(self, method: str, path: str, status: int, text: str) -> None:
+        super().__init__(f"{method} /api/{path}: {status} {text}")
+        self.status = status
+
+
+class BrokerSetupError(Exception):
+    """The broker cannot be set up from here; the message says why and what to do."""
+
+
 class ManagementApi:
     """The parts of RabbitMQ's management HTTP API that setting the broker up needs."""
 
@@ -212,7 +230,7 @@ class ManagementApi:
             )
         async with self._session.request(method, f"{self.base_url}/api/{path}", json=body) as response:
             if response.status >= 400:
-                raise RuntimeError(f"{method} /api/{path}: {response.status} {await response.text()}")
+                raise ManagementError(method, path, response.status, await response.text())
             return await response.json() if response.content_type == "application/json" else None
 
     async def broker_major(self) -> int:
@@ -222,6 +240,29 @@ class ManagementApi:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+def permissions_of(rights: Access) -> dict[str, str]:
+    """The user's permissions in the virtual host, as the management API and the Messaging Topology
+    Operator's `Permission` take them (deploy/k8s/base/rabbitmq-access.yaml)."""
+    return {"configure": rights.configure, "write": rights.write, "read": rights.read}
+
+
+def topic_permissions_of(rights: Access) -> dict[str, str]:
+    """The user's topic permissions on `events`, as the management API and the Messaging Topology
+    Operator's `TopicPermission` take them."""
+    return {"exchange": EXCHANGE, "write": rights.publish_types, "read": TOPIC_READ}
+
+
+def policy_settings(policy: Policy) -> dict[str, Any]:
+    """The policy as the management API takes it (the Messaging Topology Operator's `Policy` names
+    `apply-to` `applyTo`)."""
+    return {
+        "pattern": policy.pattern,
+        "definition": policy.definition,
+        "priority": POLICY_PRIORITY,
+        "apply-to": "queues",
+    }
 
 
 async def apply(
@@ -245,30 +286,15 @@ async def apply_access(
         await management.request(
             "PUT", f"users/{user}", {"password": passwords[rights.user], "tags": rights.tags}
         )
-        await management.request(
-            "PUT",
-            f"permissions/{v}/{user}",
-            {"configure": rights.configure, "write": rights.write, "read": rights.read},
-        )
-        await management.request(
-            "PUT",
-            f"topic-permissions/{v}/{user}",
-            {"exchange": EXCHANGE, "write": rights.publish_types, "read": ".*"},
-        )
+        await management.request("PUT", f"permissions/{v}/{user}", permissions_of(rights))
+        await management.request("PUT", f"topic-permissions/{v}/{user}", topic_permissions_of(rights))
 
 
 async def apply_policies(management: ManagementApi, vhost: str, policies: list[Policy]) -> None:
     v = quote(vhost, safe="")
     for policy in policies:
         await management.request(
-            "PUT",
-            f"policies/{v}/{quote(policy.name, safe='')}",
-            {
-                "pattern": policy.pattern,
-                "definition": policy.definition,
-                "priority": POLICY_PRIORITY,
-                "apply-to": "queues",
-            },
+            "PUT", f"policies/{v}/{quote(policy.name, safe='')}", policy_settings(policy)
         )
 
 
@@ -281,13 +307,112 @@ async def set_up(config: BrokerSetupConfig) -> None:
             bus(),
             operator=config.rabbitmq_operator_user,
             delivery_limit=config.delivery_limit,
-            broker_major=await management.broker_major(),
+            broker_major=await _broker_major(management, config),
         )
         passwords = {service: config.password_of(service) for service in bus().services}
         passwords[config.rabbitmq_operator_user] = config.rabbitmq_operator_password.value
         await apply(management, config.rabbitmq_vhost, setup, passwords, firehose=config.rabbitmq_firehose)
+        await check_queues_declarable(management, config.rabbitmq_vhost, bus())
     finally:
         await management.close()
+
+
+async def check_queues_declarable(management: ManagementApi, vhost: str, contract: BusContract) -> None:
+    """Say what to do on a broker that an earlier version of the services used, where they could not
+    start.
+
+    A consumer queue and its dead-letter queue are declared with nothing but their type now; what
+    they once carried as arguments (delivery limit, dead-lettering, bounds) the policies carry. The
+    broker refuses to declare a queue again with other arguments (PRECONDITION_FAILED, inequivalent
+    arg), and so the service. Such a queue is never deleted here: it may hold messages, or be
+    receiving them (quorum queues cannot be deleted only-if-empty, and the management API's counts
+    lag by seconds); a person decides."""
+    v = quote(vhost, safe="")
+    outdated = []
+    receivers = sorted({name for names in contract.receivers.values() for name in names})
+    for queues in (ConsumerQueues(receiver, ()) for receiver in receivers):
+        for name in (queues.main, queues.dead_letter):
+            try:
+                queue = await management.request("GET", f"queues/{v}/{quote(name, safe='')}")
+            except ManagementError as error:
+                if error.status == 404:
+                    continue  # its service declares it
+                raise
+            if queue["arguments"] != QUORUM:
+                outdated.append(queue)
+    if outdated:
+        raise BrokerSetupError(
+            "\n".join(
+                [
+                    "The services cannot declare these queues, which an earlier version of them declared"
+                    " with arguments that the policies carry now:",
+                    *(
+                        f"    {queue['name']}: {queue.get('messages', 'unknown')} messages,"
+                        f" {queue.get('consumers', 'unknown')} consumers, arguments {queue['arguments']}"
+                        for queue in outdated
+                    ),
+                    "Stop the services of the earlier version, replay or keep elsewhere what the queues"
+                    " hold, delete them (each service declares its own again), and run this again:",
+                    *(f"    rabbitmqctl -p {vhost} delete_queue {queue['name']}" for queue in outdated),
+                ]
+            )
+        )
+
+
+async def _broker_major(management: ManagementApi, config: BrokerSetupConfig) -> int:
+    """The broker's major version: the first call, so a broker that cannot be set up from here is
+    explained rather than shown as a traceback."""
+    try:
+        return await management.broker_major()
+    except aiohttp.ClientConnectionError as error:
+        raise BrokerSetupError(await why_unreachable(management.base_url, error)) from None
+    except ManagementError as error:
+        if error.status != 401:
+            raise
+        raise BrokerSetupError(
+            f"The management API at {management.base_url} refused RABBITMQ_ADMIN_USER="
+            f"{config.rabbitmq_admin_user} (a wrong password, no such user, or not an administrator;"
+            " `guest` may sign in from the broker's own machine only). Name an administrator of this"
+            " broker with RABBITMQ_ADMIN_USER and RABBITMQ_ADMIN_PASSWORD."
+        ) from None
+
+
+async def why_unreachable(management_url: str, error: Exception, *, amqp_port: int | None = None) -> str:
+    """Why nothing answers at the management API, and what to run: RabbitMQ may be running without
+    its management plugin (Debian and Ubuntu install it that way), or not be there at all. AMQP is
+    looked for on the same host, on its standard port unless told otherwise."""
+    host = URL(management_url).host or "127.0.0.1"
+    amqp_port = AMQP_PORT if amqp_port is None else amqp_port
+    failure = error.os_error if isinstance(error, aiohttp.ClientConnectorError) else None
+    reason = os.strerror(failure.errno).lower() if failure is not None and failure.errno else str(error)
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    enable = f"    {sudo}rabbitmq-plugins enable rabbitmq_management"
+    if await _answers(host, amqp_port):
+        return "\n".join(
+            [
+                f"RabbitMQ answers on {host}:{amqp_port}, but its management API at {management_url}"
+                f" does not ({reason}): its management plugin is off, as Debian and Ubuntu install it."
+                " Turn it on (the broker goes on running), then run this again:",
+                enable,
+            ]
+        )
+    return "\n".join(
+        [
+            f"No RabbitMQ answers on {host}: neither its management API at {management_url} ({reason})"
+            f" nor AMQP on port {amqp_port}. Install one and turn its management plugin on (Debian"
+            " and Ubuntu start the broker at once), or name yours with RABBITMQ_MANAGEMENT_URL:",
+            f"    {sudo}apt-get install rabbitmq-server",
+            enable,
+        ]
+    )
+
+
+async def _answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError, TimeoutError):
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
+        writer.close()
+        return True
+    return False
 
 
 def service_url(broker_url: str, service: str, password: str) -> str:
@@ -307,7 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
     configure_logging(service="broker_setup", level=config.log_level, fmt=config.log_format)
-    asyncio.run(set_up(config))
+    try:
+        asyncio.run(set_up(config))
+    except BrokerSetupError as error:
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

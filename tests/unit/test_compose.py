@@ -23,7 +23,9 @@ import yaml
 
 from gateway.config import GatewayConfig
 from orders_service.config import OrdersConfig
-from shared.config import BaseConfig
+from shared.broker_setup import BrokerSetupConfig
+from shared.bus_contract import bus
+from shared.config import BaseConfig, OperatorConfig
 from tests.observability import OBSERVABILITY_SERVICES, PROFILE
 from users_service.config import UsersConfig
 
@@ -40,10 +42,20 @@ APP_SERVICES: dict[str, type[BaseConfig]] = {
     "orders_service": OrdersConfig,
     "gateway": GatewayConfig,
 }
+# The one-shot that sets the broker up, and the operator's tools (the profile `tools`), run the same
+# image with the config classes of their own.
+BROKER_SETUP, TOOLS = "broker-setup", "tools"
+TOOLS_PROFILE = "tools"
+CONFIGS: dict[str, type[BaseConfig]] = {
+    **APP_SERVICES,
+    BROKER_SETUP: BrokerSetupConfig,
+    TOOLS: OperatorConfig,
+}
 LONG_RUNNING = ("postgres", "rabbitmq", *APP_SERVICES, *OBSERVABILITY_SERVICES)
 SERVICES_WITH_A_DATABASE = ("users_service", "orders_service")
 # The gateway too, for the flow page's tap on every event.
 SERVICES_WITH_A_BROKER = (*SERVICES_WITH_A_DATABASE, "gateway")
+MANAGEMENT_PORT = 15672
 # The gateway settings that name an upstream, and the compose service each must point at.
 UPSTREAM_SETTINGS = {"USERS_SERVICE_URL": "users_service", "ORDERS_SERVICE_URL": "orders_service"}
 # The key files each service reads, by the keygen option that writes the same file.
@@ -205,7 +217,13 @@ def container_environment(compose: Compose, name: str) -> dict[str, str]:
 
 def config_of(compose: Compose, name: str) -> BaseConfig:
     """The service's config as the process builds it (which also proves every value converts)."""
-    return APP_SERVICES[name].from_env(container_environment(compose, name))
+    return CONFIGS[name].from_env(container_environment(compose, name))
+
+
+def broker_setup_of(compose: Compose) -> BrokerSetupConfig:
+    config = config_of(compose, BROKER_SETUP)
+    assert isinstance(config, BrokerSetupConfig)
+    return config
 
 
 def mount_holding(compose: Compose, name: str, path: str) -> Mount:
@@ -327,12 +345,12 @@ def pip_installs(stage: list[Instruction]) -> list[list[str]]:
 
 
 def test_the_stack_has_exactly_the_expected_services(compose: Compose) -> None:
-    assert default_services(compose) == {"postgres", "rabbitmq", "keygen", *APP_SERVICES}
+    assert default_services(compose) == {"postgres", "rabbitmq", "keygen", BROKER_SETUP, *APP_SERVICES}
     profiles = {
         name: service(compose, name)["profiles"]
         for name in set(compose["services"]) - default_services(compose)
     }
-    assert profiles == {name: [PROFILE] for name in OBSERVABILITY_SERVICES}
+    assert profiles == {**{name: [PROFILE] for name in OBSERVABILITY_SERVICES}, TOOLS: [TOOLS_PROFILE]}
 
 
 @pytest.mark.parametrize("name", LONG_RUNNING)
@@ -354,17 +372,50 @@ def test_the_key_generator_runs_once(compose: Compose) -> None:
     assert importlib.util.find_spec("users_service.keygen") is not None
 
 
-def test_start_up_waits_for_health_and_for_the_key_pair(compose: Compose) -> None:
-    healthy, generated = "service_healthy", "service_completed_successfully"
+def test_the_broker_setup_runs_once_as_the_administrator(compose: Compose) -> None:
+    setup = service(compose, BROKER_SETUP)
+    assert setup.get("restart") == "no"
+    assert "healthcheck" not in setup and "ports" not in setup
+    assert command(compose, BROKER_SETUP) == ["python", "-m", "shared.broker_setup"]
+    assert importlib.util.find_spec("shared.broker_setup") is not None
+    config = broker_setup_of(compose)
+    management = url(config.rabbitmq_management_url)
+    assert (management.scheme, management.hostname, management.port) == ("http", "rabbitmq", MANAGEMENT_PORT)
+    assert MANAGEMENT_PORT in {port.container_port for port in published_ports(compose, "rabbitmq")}
+
+
+@pytest.mark.parametrize("variables", ["defaults", "changed"])
+def test_the_administrator_is_rabbitmqs_own_user_and_no_process_signs_in_as_it(variables: str) -> None:
+    compose = compose_run_with(variables)
+    rabbitmq = environment(compose, "rabbitmq")
+    config = broker_setup_of(compose)
+    assert (config.rabbitmq_admin_user, config.rabbitmq_admin_password.value) == (
+        rabbitmq["RABBITMQ_DEFAULT_USER"],
+        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+    )
+    signed_in = {
+        url(value).username
+        for name in compose["services"]
+        for setting, value in environment(compose, name).items()
+        if setting in {"RABBITMQ_URL", "RABBITMQ_OPERATOR_URL"}
+    }
+    assert signed_in == {*bus().services, config.rabbitmq_operator_user}
+    assert config.rabbitmq_admin_user not in signed_in
+
+
+def test_start_up_waits_for_health_for_the_key_pair_and_for_the_brokers_users(compose: Compose) -> None:
+    healthy, done = "service_healthy", "service_completed_successfully"
     expected = {
-        "users_service": {"postgres": healthy, "rabbitmq": healthy, "keygen": generated},
-        "orders_service": {"postgres": healthy, "rabbitmq": healthy, "keygen": generated},
+        BROKER_SETUP: {"rabbitmq": healthy},
+        "users_service": {"postgres": healthy, "rabbitmq": healthy, BROKER_SETUP: done, "keygen": done},
+        "orders_service": {"postgres": healthy, "rabbitmq": healthy, BROKER_SETUP: done, "keygen": done},
         "gateway": {
             "postgres": healthy,  # for the rate limits its replicas share
             "rabbitmq": healthy,  # for the flow page's tap
+            BROKER_SETUP: done,
             "users_service": healthy,
             "orders_service": healthy,
-            "keygen": generated,
+            "keygen": done,
         },
     }
     actual = {}
@@ -392,7 +443,7 @@ def test_only_the_gateway_and_the_management_ui_are_published_by_default(compose
 
 def test_the_services_share_one_image_built_from_the_dockerfile(compose: Compose) -> None:
     users_image = service(compose, "users_service")["image"]
-    for name in ("keygen", *APP_SERVICES):
+    for name in ("keygen", BROKER_SETUP, TOOLS, *APP_SERVICES):
         declared = service(compose, name)
         assert declared["image"] == users_image, "one image name, so that it is built once"
         assert (ROOT / declared["build"]["context"]).resolve() == ROOT
@@ -408,21 +459,22 @@ def test_the_services_share_one_image_built_from_the_dockerfile(compose: Compose
 # --- each application service against its config class -----------------------------------------
 
 
-@pytest.mark.parametrize("name", APP_SERVICES)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_every_variable_a_service_is_given_is_one_its_config_reads(compose: Compose, name: str) -> None:
-    unread = set(environment(compose, name)) - settings_read_by(APP_SERVICES[name])
+    unread = set(environment(compose, name)) - settings_read_by(CONFIGS[name])
     assert not unread, f"{name} is given variables that nothing reads: {sorted(unread)}"
 
 
-@pytest.mark.parametrize("name", APP_SERVICES)
+@pytest.mark.parametrize("name", CONFIGS)
 def test_settings_whose_defaults_fit_only_a_developer_machine_are_set(compose: Compose, name: str) -> None:
     # Loopback addresses and paths relative to a checkout are right for `make dev` and wrong in a
     # container; every such setting must be given, by the service or by the image.
     given = container_environment(compose, name)
-    for env, default, _ in APP_SERVICES[name].documented_settings():
+    for env, default, _ in CONFIGS[name].documented_settings():
         if "127.0.0.1" in default or "localhost" in default or default.startswith(".keys/"):
             assert given.get(env, default) != default, f"{name} runs with the local default {env}={default}"
-    assert config_of(compose, name).http_host == "0.0.0.0"
+    if name in APP_SERVICES:
+        assert config_of(compose, name).http_host == "0.0.0.0"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -524,18 +576,47 @@ def test_the_init_script_is_mounted_where_postgres_runs_it(compose: Compose) -> 
     assert Mount("rabbitmq-data", "/var/lib/rabbitmq", False) in mounts(compose, "rabbitmq")
 
 
+def amqp_broker(value: str) -> SplitResult:
+    """A broker URL that reaches the compose service `rabbitmq` over AMQP."""
+    broker = url(value)
+    assert broker.scheme == "amqp"
+    assert broker.hostname == "rabbitmq"
+    assert broker.port in {None, 5672}
+    return broker
+
+
 @pytest.mark.parametrize("variables", ["defaults", "changed"])
 @pytest.mark.parametrize("name", SERVICES_WITH_A_BROKER)
-def test_each_service_reaches_the_broker_service_with_its_credentials(name: str, variables: str) -> None:
+def test_each_service_signs_in_to_the_broker_as_its_own_user(name: str, variables: str) -> None:
+    # As the user named after it, with the password broker-setup gives that user: the broker then
+    # lets it publish only its own event types, and its consumers know who sent what.
     compose = compose_run_with(variables)
-    broker = url(environment(compose, name)["RABBITMQ_URL"])
-    rabbitmq = environment(compose, "rabbitmq")
-    assert broker.scheme == "amqp"
-    assert broker.hostname == "rabbitmq" and "rabbitmq" in compose["services"]
-    assert broker.port in {None, 5672}
+    broker = amqp_broker(environment(compose, name)["RABBITMQ_URL"])
+    setup = broker_setup_of(compose)
+    assert broker.username == name
+    assert broker.password == setup.password_of(name), "the password broker-setup sets for it"
+    assert name in setup.service_passwords(), "a default (development-only) password"
+
+
+@pytest.mark.parametrize("variables", ["defaults", "changed"])
+def test_broker_setup_makes_a_user_for_every_service_of_the_bus(variables: str) -> None:
+    compose = compose_run_with(variables)
+    passwords = broker_setup_of(compose).service_passwords()
+    assert set(passwords) == set(bus().services) == set(SERVICES_WITH_A_BROKER)
+    # Changed, two services that shared a variable would share a password too.
+    assert len(set(passwords.values())) == len(passwords), "each service's password from its own variable"
+
+
+@pytest.mark.parametrize("variables", ["defaults", "changed"])
+def test_the_tools_sign_in_as_the_operator(variables: str) -> None:
+    compose = compose_run_with(variables)
+    tools = config_of(compose, TOOLS)
+    assert isinstance(tools, OperatorConfig)
+    broker = amqp_broker(tools.rabbitmq_operator_url.value)
+    setup = broker_setup_of(compose)
     assert (broker.username, broker.password) == (
-        rabbitmq["RABBITMQ_DEFAULT_USER"],
-        rabbitmq["RABBITMQ_DEFAULT_PASS"],
+        setup.rabbitmq_operator_user,
+        setup.rabbitmq_operator_password.value,
     )
 
 

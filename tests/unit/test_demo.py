@@ -15,12 +15,13 @@ from demo.poison import broker_address, poison_order_created
 from demo.scenario import Settings, money, run
 from demo.steps import DemoFailed
 from devstack.ports import free_port
+from shared.broker_setup import BrokerSetupConfig
 from shared.config import OperatorConfig
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import OrderCreated
 from tests.isolation import development_defaults_allowed
 from tests.support import serving
-from tests.unit.test_compose import ROOT, environment, load_compose
+from tests.unit.test_compose import ROOT, TOOLS, environment, load_compose
 
 USER_ID = "6522f16f-da95-4120-bdef-8c3b76329545"
 
@@ -152,16 +153,23 @@ def make_demo_compose(tmp_path: Path, published: str) -> tuple[subprocess.Comple
     return done, record.read_text().splitlines() if record.exists() else []
 
 
-def test_make_demo_compose_runs_the_demo_in_a_container_that_reaches_the_broker(tmp_path: Path) -> None:
+def test_make_demo_compose_runs_the_demo_as_the_operator_inside_the_compose_network(tmp_path: Path) -> None:
     done, arguments = make_demo_compose(tmp_path, published="0.0.0.0:18080")
     assert done.returncode == 0, done.stderr
-    assert arguments[:2] == ["compose", "exec"]
+    assert arguments[:3] == ["compose", "run", "--rm"]
     container = arguments[arguments.index("python") - 1]
     assert arguments[arguments.index("python") :] == ["python", "-m", "demo", "--timeout", "5"]
     given = dict(arguments[i + 1].split("=", 1) for i, word in enumerate(arguments) if word == "-e")
-    # The container's own RABBITMQ_URL names the broker, as compose gives it (credentials from .env).
+    # A container of the tools, whose RABBITMQ_OPERATOR_URL (what the demo reads) signs in to the
+    # broker as the operator, with the password compose gives it (from .env), never as a service.
     compose, _ = load_compose()
-    assert urlsplit(environment(compose, container)["RABBITMQ_URL"]).hostname == "rabbitmq"
+    assert container == TOOLS
+    assert "RABBITMQ_OPERATOR_URL" not in given and "RABBITMQ_URL" not in given
+    broker = urlsplit(environment(compose, container)["RABBITMQ_OPERATOR_URL"])
+    assert (broker.hostname, broker.username) == (
+        "rabbitmq",
+        BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_USER"),
+    )
     # The gateway by its compose name and port; the link by the port published on the host.
     gateway = urlsplit(given["GATEWAY_URL"])
     assert (gateway.hostname, str(gateway.port)) == ("gateway", environment(compose, "gateway")["HTTP_PORT"])
