@@ -47,7 +47,7 @@ HEALTH_POLL_INTERVAL = 1.0  # between looks at `docker compose ps`, inside the d
 PULL_DEADLINE = 600.0
 BUILD_DEADLINE = 1200.0
 DOWN_DEADLINE = 120.0
-ONE_SHOT_SERVICES = {"keygen"}
+ONE_SHOT_SERVICES = {"keygen", "broker-setup"}
 # Jaeger, Prometheus and Grafana: started only on request, and not by this run (see main).
 OBSERVABILITY_PROFILE = "observability"
 # Given to every `docker compose` this run and its tests make. Compose reads a `.env` file beside the

@@ -26,29 +26,32 @@ from tests.e2e.api import FINAL, User, final_order, me, new_user, place_order
 
 LONG_RUNNING = ("postgres", "rabbitmq", "users_service", "orders_service", "gateway")
 APPLICATION = ("users_service", "orders_service", "gateway")
+ONE_SHOTS = ("keygen", "broker-setup")
 APP_USER = "10001:10001"  # deploy/Dockerfile's USER
 
 
 # --- the stack as compose made it ---------------------------------------------------------------
 
 
-async def test_every_service_is_healthy_and_the_key_generator_ran_once() -> None:
+async def test_every_service_is_healthy_and_the_one_shots_ran_once() -> None:
     found = await containers()
-    assert set(found) == {*LONG_RUNNING, "keygen"}
+    assert set(found) == {*LONG_RUNNING, *ONE_SHOTS}
     for service in LONG_RUNNING:
         state = found[service]["State"]
         assert (state["Status"], state["Health"]["Status"]) == ("running", "healthy"), service
         assert found[service]["RestartCount"] == 0, f"{service} crashed and was restarted"
-    keygen = found["keygen"]["State"]
-    assert (keygen["Status"], keygen["ExitCode"]) == ("exited", 0)
+    for one_shot in ONE_SHOTS:
+        state = found[one_shot]["State"]
+        assert (state["Status"], state["ExitCode"]) == ("exited", 0), one_shot
 
 
 async def test_restart_policies_users_and_named_volumes_are_as_declared() -> None:
     found = await containers()
     for service in LONG_RUNNING:
         assert found[service]["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped", service
-    assert found["keygen"]["HostConfig"]["RestartPolicy"]["Name"] == "no"
-    for service in (*APPLICATION, "keygen"):
+    for one_shot in ONE_SHOTS:
+        assert found[one_shot]["HostConfig"]["RestartPolicy"]["Name"] == "no", one_shot
+    for service in (*APPLICATION, *ONE_SHOTS):
         assert found[service]["Config"]["User"] == APP_USER, f"{service} does not run as the app user"
     data = {"postgres": "/var/lib/postgresql/data", "rabbitmq": "/var/lib/rabbitmq"}
     for service, path in data.items():
@@ -242,6 +245,43 @@ class Burst:
             await asyncio.sleep(self.PACE)
 
 
+# --- the broker's users ---------------------------------------------------------------------------
+# Each process signs in as a user of its own, made by broker-setup. The same probe runs in the local
+# suite against a vhost set up the same way (tests/integration/test_broker_setup.py).
+
+PUBLISH_PROBE = ROOT / "tests" / "publish_probe.py"
+
+
+async def publish_in_the_stack(container: str, *probe: str) -> dict[str, Any]:
+    """Run tests/publish_probe.py in the container, as its process signs in to the broker."""
+    output = await docker_compose(
+        "exec", "-T", container, "python", "-", *probe, stdin=PUBLISH_PROBE.read_bytes(), timeout=60
+    )
+    report: dict[str, Any] = json.loads(output.splitlines()[-1])
+    assert report["user"] == container, f"{container} signs in as {report['user']}, not as its own user"
+    return report
+
+
+@pytest.mark.parametrize(
+    ("container", "probe", "outcome"),
+    [
+        # The control: its own type, under its own name (the flow page may show it; nothing applies it).
+        ("users_service", ["users.user.registered"], "confirmed"),
+        # The attack of issue 14: a neighbour's credit answer, which would approve an order.
+        ("orders_service", ["users.credit.reserved"], "access refused"),
+        ("users_service", ["orders.order.created"], "access refused"),
+        ("gateway", ["users.credit.reserved"], "access refused"),  # it publishes nothing
+        # Its own type, under another's name: the broker checks the user-id property.
+        ("users_service", ["users.credit.reserved", "--user-id", "orders_service"], "precondition failed"),
+    ],
+)
+async def test_a_services_broker_user_cannot_publish_another_services_event_types(
+    container: str, probe: list[str], outcome: str
+) -> None:
+    report = await publish_in_the_stack(container, *probe)
+    assert report["outcome"] == outcome, report
+
+
 # --- dead letters under RabbitMQ 4's delivery limit ---------------------------------------------
 # RabbitMQ 4 gives every quorum queue a delivery limit of 20 and counts a message given back (nack with
 # requeue, a consumer gone) towards it. The same probes run in the local suite against RabbitMQ 3
@@ -250,10 +290,34 @@ class Burst:
 PROBES = ROOT / "tests" / "dead_letter_probes.py"
 
 
-async def probe_in_the_stack(container: list[str], *probe: str) -> dict[str, Any]:
+async def administrator() -> tuple[str, str]:
+    """RabbitMQ's administrator, as the stack made it (no process of the system signs in as it)."""
+    broker = (await containers())["rabbitmq"]
+    environment = dict(entry.split("=", 1) for entry in broker["Config"]["Env"])
+    return environment["RABBITMQ_DEFAULT_USER"], environment["RABBITMQ_DEFAULT_PASS"]
+
+
+async def probe_in_the_stack(*probe: str, environment: dict[str, str] | None = None) -> dict[str, Any]:
     """Run tests/dead_letter_probes.py inside the compose network (AMQP is not published on the host),
-    as `make demo-compose` runs the demo: the image holds shared/, the probe comes on standard input."""
-    output = await docker_compose(*container, "python", "-", *probe, stdin=PROBES.read_bytes(), timeout=240)
+    as the administrator (it applies policies and makes queues of its own), in a container of
+    broker-setup's: the image holds shared/, the environment has the management API and the
+    administrator's credentials, and the probe comes on standard input."""
+    user, password = await administrator()
+    settings = {"RABBITMQ_URL": f"amqp://{user}:{password}@rabbitmq:5672/", **(environment or {})}
+    options = [option for name, value in settings.items() for option in ("-e", f"{name}={value}")]
+    output = await docker_compose(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        *options,
+        "broker-setup",
+        "python",
+        "-",
+        *probe,
+        stdin=PROBES.read_bytes(),
+        timeout=240,
+    )
     report: dict[str, Any] = json.loads(output.splitlines()[-1])
     assert report["broker"].split(".")[0] == "4", f"the stack runs RabbitMQ {report['broker']}"
     return report
@@ -261,9 +325,7 @@ async def probe_in_the_stack(container: list[str], *probe: str) -> dict[str, Any
 
 async def test_listing_the_dead_letters_25_times_loses_none() -> None:
     # `make dlq` takes every dead letter and gives it back: 25 listings, more than the default limit.
-    report = await probe_in_the_stack(
-        ["exec", "-T", "users_service"], "list", "users_service", "--listings", "25"
-    )
+    report = await probe_in_the_stack("list", "users_service", "--listings", "25")
     assert_every_listing_showed_every_letter(report)
 
 
@@ -272,19 +334,14 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_aft
     DELIVERY_LIMIT other than RabbitMQ 4's default (20, the services' too): the limit that acts must
     be the configured one, not the broker's. And there the probe's consumers are the queue's only ones."""
     vhost, limit = f"crash-loop-{uuid.uuid4().hex[:8]}", 5
-    broker = (await containers())["rabbitmq"]
-    user = dict(entry.split("=", 1) for entry in broker["Config"]["Env"])["RABBITMQ_DEFAULT_USER"]
+    user, _ = await administrator()
     await docker_compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "add_vhost", vhost)
     try:
         await docker_compose(
             "exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, *[".*"] * 3
         )
         report = await probe_in_the_stack(
-            ["exec", "-T", "-e", f"DELIVERY_LIMIT={limit}", "users_service"],
-            "crash-loop",
-            "users_service",
-            "--vhost",
-            vhost,
+            "crash-loop", "users_service", "--vhost", vhost, environment={"DELIVERY_LIMIT": str(limit)}
         )
     finally:
         await docker_compose("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "delete_vhost", vhost)

@@ -8,6 +8,7 @@ from typing import Any
 import aio_pika
 import aiormq
 import pytest
+from pamqp.common import Arguments
 
 from devstack.rabbitmq import Vhost
 from devstack.servers import Servers
@@ -15,10 +16,11 @@ from devstack.waiting import eventually
 from shared.broker import connect_once
 from shared.broker_setup import BrokerSetupConfig, BrokerSetupError, set_up
 from shared.topology import QUORUM, ConsumerQueues, declare_topology
+from tests import publish_probe
 
 # What the earlier version declared users_service's queue with (the machine's `make dev` had it).
-EARLIER_ARGUMENTS = {
-    **QUORUM,
+EARLIER_ARGUMENTS: Arguments = {
+    "x-queue-type": "quorum",
     "x-delivery-limit": 20,
     "x-dead-letter-exchange": "",
     "x-dead-letter-routing-key": "users_service.dlq",
@@ -87,3 +89,24 @@ async def test_once_deleted_the_service_declares_it_under_the_policy(servers: Se
     queue = await eventually(declared, timeout=30, interval=0.5, what=f"{USERS.main} under its policy")
     assert queue["arguments"] == QUORUM
     assert queue["policy"] == f"eda.{USERS.service}", "what the arguments said, the policy says now"
+
+
+# --- what each user may publish (the same probe tests/compose/ runs inside the stack) -------------
+
+
+@pytest.mark.parametrize(
+    ("user", "event_type", "user_id", "outcome"),
+    [
+        ("users_service", "users.user.registered", None, "confirmed"),  # its own: the control
+        ("users_service", "orders.order.created", None, "access refused"),  # another's type
+        ("orders_service", "users.credit.reserved", None, "access refused"),
+        ("users_service", "users.credit.reserved", "orders_service", "precondition failed"),  # a forged id
+        ("gateway", "users.credit.reserved", None, "access refused"),  # it publishes nothing
+    ],
+)
+async def test_a_service_publishes_its_own_event_types_under_its_own_name_only(
+    broker: Vhost, user: str, event_type: str, user_id: str | None, outcome: str
+) -> None:
+    await declare_as_the_service_does(broker)  # the exchange, as in a running system
+    report = await publish_probe.publish(broker.url_for(user), event_type, user_id or user)
+    assert report["outcome"] == outcome, report
