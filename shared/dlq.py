@@ -90,7 +90,7 @@ async def list_dead_letters(rabbitmq_url: str, service: str) -> list[DeadLetter]
         messages = await _drain(channel, queues_for(service))
         letters = [DeadLetter.of(message) for message in messages]
         # Given back, in the order taken. A return counts as a delivery on RabbitMQ 4.0 to 4.2; the
-        # dead-letter queue is declared without a delivery limit (shared/topology.py), so listing
+        # dead-letter queue's policy gives it no delivery limit (shared/broker_setup.py), so listing
         # any number of times drops none.
         for message in messages:
             await message.nack(requeue=True)

@@ -15,10 +15,11 @@ end to end through the gateway's published port, and then removed with its volum
    project name of its own, with the gateway and the management UI on free ports, so that it never
    meets a stack a developer runs. A developer's own `.env` beside the compose file is not read (see
    COMPOSE_OPTIONS): the stack is the compose file's defaults and what this run sets, on every machine.
-3. Waits, with a deadline, until every long-running service is healthy and the key generator has
-   exited cleanly, and prints how long that took.
-4. Runs tests/compose/ (the end-to-end tests, a restart of each service mid-burst, and the dead
-   letters under RabbitMQ 4's delivery limit) against it.
+3. Waits, with a deadline, until every long-running service is healthy and the one-shots (the key
+   generator, the broker's set-up) have exited cleanly, and prints how long that took.
+4. Runs tests/compose/ (the end-to-end tests, a restart of each service mid-burst, what each
+   service's broker user may publish, and the dead letters under RabbitMQ 4's delivery limit)
+   against it.
 5. Always tears the stack down with `docker compose down -v`; on failure it prints the logs first.
 """
 

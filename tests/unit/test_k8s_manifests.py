@@ -6,14 +6,17 @@
   strictly (an unknown field is an error, as with the API server's strict field validation), for the
   oldest Kubernetes these manifests support (1.30: the preStop `sleep` action) and the newest the
   pinned package knows.
-- The operators' objects (CloudNativePG's Cluster, the RabbitMQ operator's RabbitmqCluster) are
-  validated with jsonschema against their CRDs' published schemas, vendored in k8s-crds/ (whose
-  headers say from where, and what was left out), closed to unknown fields in the same way.
+- The operators' objects (CloudNativePG's Cluster, the RabbitMQ operator's RabbitmqCluster, the
+  Messaging Topology Operator's User, Permission, TopicPermission and Policy) are validated with
+  jsonschema against their CRDs' published schemas, vendored in k8s-crds/ (whose headers say from
+  where, and what was left out), closed to unknown fields in the same way.
 - Then what this project holds itself to: probes on the right paths and ports, resources, locked-down
   pods, the drain fitting in the grace period, replicas and database instances, the settings each
   process is given against its config class (as tests/unit/test_compose.py does for docker compose),
-  exactly the credentials each process uses, the proxies the gateway trusts, no committed secret, and
-  NetworkPolicies that let each process reach exactly what its settings point at.
+  exactly the credentials each process uses, the proxies the gateway trusts, no committed secret,
+  NetworkPolicies that let each process reach exactly what its settings point at, and the broker's
+  users, permissions and policies held to shared/broker_setup.py's plan, each process signing in as
+  its own user.
 """
 
 import copy
@@ -38,6 +41,8 @@ import yaml
 from gateway.app import READINESS_TIMEOUT
 from gateway.config import GatewayConfig
 from orders_service.config import OrdersConfig
+from shared import broker_setup
+from shared.broker_setup import BrokerSetupConfig
 from shared.bus_contract import bus
 from shared.config import BaseConfig, DatabaseConfig, Secret, ServiceConfig
 from shared.http import health_routes
@@ -66,7 +71,13 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CRD_SCHEMAS = {
     ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_clusters.yaml",
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmq.com_rabbitmqclusters.yaml",
+    ("rabbitmq.com/v1beta1", "User"): "rabbitmq.com_users.yaml",
+    ("rabbitmq.com/v1beta1", "Permission"): "rabbitmq.com_permissions.yaml",
+    ("rabbitmq.com/v1beta1", "TopicPermission"): "rabbitmq.com_topicpermissions.yaml",
+    ("rabbitmq.com/v1beta1", "Policy"): "rabbitmq.com_policies.yaml",
 }
+# The Messaging Topology Operator's kinds that carry shared/broker_setup.py's plan.
+ACCESS_KINDS = ("User", "Permission", "TopicPermission")
 
 # Which config class reads the environment of a container, by the module it runs (`python -m …`).
 CONFIG_OF_MODULE: dict[str, type[BaseConfig]] = {
@@ -295,7 +306,13 @@ def expected_objects(overlay: str, tag: str) -> set[tuple[str, str]]:
         ("Cluster", "orders-db"),
         ("Cluster", "gateway-db"),
         ("RabbitmqCluster", "rabbitmq"),
+        *(("Policy", name) for name in ("eda-users-service", "eda-orders-service")),
+        *(("Policy", name) for name in ("eda-users-service-dlq", "eda-orders-service-dlq")),
     }
+    # A broker user for each process that connects to the broker (the gateway: for the flow page,
+    # dev only), and the operator's, for the tools.
+    broker_users = ("users-service", "orders-service", "operator", *(["gateway"] if overlay == "dev" else []))
+    expected |= {(kind, name) for kind in ACCESS_KINDS for name in broker_users}
     if overlay == "prod":
         expected |= {("HorizontalPodAutoscaler", name) for name in processes}
         expected |= {("PodDisruptionBudget", name) for name in (*processes, "rabbitmq")}
@@ -357,7 +374,7 @@ def crd_errors(document: Manifest) -> list[str]:
 
 def test_every_operator_object_is_valid_for_its_crd(built: list[Manifest]) -> None:
     operated = [document for document in built if (document["apiVersion"], document["kind"]) in CRD_SCHEMAS]
-    assert {document["kind"] for document in operated} == {"Cluster", "RabbitmqCluster"}
+    assert {document["kind"] for document in operated} == {kind for _, kind in CRD_SCHEMAS}
     for document in operated:
         assert crd_errors(document) == [], f"{document['kind']}/{document['metadata']['name']}"
 
@@ -366,6 +383,10 @@ def test_the_schema_checks_refuse_what_the_api_server_would() -> None:
     # A check that passes everything proves nothing: each of these must fail.
     cluster = named(build("prod"), "Cluster", "users-db")
     rabbitmq = named(build("prod"), "RabbitmqCluster", "rabbitmq")
+    user = named(build("prod"), "User", "users-service")
+    permission = named(build("prod"), "Permission", "users-service")
+    topic = named(build("prod"), "TopicPermission", "users-service")
+    policy = named(build("prod"), "Policy", "eda-users-service")
     spoiled = [
         {**cluster, "spec": {**cluster["spec"], "instance": 3}},  # a misspelt field
         {**cluster, "spec": {**cluster["spec"], "instances": 0}},
@@ -376,6 +397,12 @@ def test_the_schema_checks_refuse_what_the_api_server_would() -> None:
         # A real field, but one the vendored part leaves out: it must be copied in before it is used.
         {**rabbitmq, "spec": {**rabbitmq["spec"], "tls": {"secretName": "rabbitmq-tls"}}},
         {**rabbitmq, "spec": {**rabbitmq["spec"], "image": 4}},
+        {**user, "spec": {**user["spec"], "tags": ["impersonator"]}},  # not among the CRD's tags
+        {**user, "spec": {**user["spec"], "importCredentialSecret": {"name": "x"}}},
+        {**permission, "spec": {key: value for key, value in permission["spec"].items() if key != "vhost"}},
+        {**topic, "spec": {**topic["spec"], "permissions": {"write": ".*", "read": ".*"}}},  # no exchange
+        {**policy, "spec": {**policy["spec"], "applyTo": "queue"}},
+        {**policy, "spec": {**policy["spec"], "priority": "10"}},
     ]
     for document in spoiled:
         assert crd_errors(document), document["spec"]
@@ -715,15 +742,140 @@ def test_the_gateway_trusts_the_ingress_controller_and_nothing_wider(
         assert network.is_private, f"{overlay} trusts {network}"
 
 
-def test_the_broker_url_is_made_of_the_operators_secret(built: list[Manifest]) -> None:
-    broker = named(built, "RabbitmqCluster", "rabbitmq")["metadata"]["name"]
-    secret = f"{broker}-default-user"
-    parts = {key: secret_placeholder(secret, key) for key in ("username", "password", "host", "port")}
-    expected = "amqp://{username}:{password}@{host}:{port}/".format(**parts)
+# --- the broker's users --------------------------------------------------------------------------
+
+
+def kubernetes_name(broker_user: str) -> str:
+    """The objects of a broker user (its User, Permission and TopicPermission, and the Secret
+    rabbitmq-user-<name> its User imports) are named after it, as Kubernetes names allow."""
+    return broker_user.replace("_", "-")
+
+
+def broker_major(documents: list[Manifest]) -> int:
+    (image,) = kubernetes_images(documents)["rabbitmq"]
+    return image_version(image)[0]
+
+
+def broker_plan(documents: list[Manifest]) -> broker_setup.Plan:
+    """What `python -m shared.broker_setup` applies (make dev, compose), for the broker this overlay
+    runs, with the defaults that make dev and compose run it with."""
+    return broker_setup.plan(
+        bus(),
+        operator=BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_USER"),
+        delivery_limit=BrokerSetupConfig.default_of("DELIVERY_LIMIT"),
+        broker_major=broker_major(documents),
+    )
+
+
+def broker_users_connecting(documents: list[Manifest]) -> set[str]:
+    """The broker users that something here signs in as: each process that uses the broker (its
+    package is its broker user's name), and the operator, for the tools."""
+    processes = {
+        module_run_by(the_container(deployment))
+        for deployment in of_kind(documents, "Deployment")
+        if "rabbitmq_url" in config_of(documents, deployment).secrets_in_use()
+    }
+    return {*processes, BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_USER")}
+
+
+def cluster_reference(document: Manifest) -> dict[str, Any]:
+    reference: dict[str, Any] = document["spec"]["rabbitmqClusterReference"]
+    return reference
+
+
+def test_the_brokers_users_and_permissions_are_the_plans(built: list[Manifest]) -> None:
+    # What shared/broker_setup.py applies elsewhere, exactly, for every user something here signs in
+    # as: a regular expression widened here, or a user added, fails, whichever way it drifts.
+    cluster = named(built, "RabbitmqCluster", "rabbitmq")["metadata"]["name"]
+    vhost = BrokerSetupConfig.default_of("RABBITMQ_VHOST")
+    connecting = broker_users_connecting(built)
+    expected = {access.user: access for access in broker_plan(built).access if access.user in connecting}
+    assert set(expected) == connecting, "a process signs in as a user that the plan does not have"
+    for kind in ACCESS_KINDS:
+        assert {document["metadata"]["name"] for document in of_kind(built, kind)} == {
+            kubernetes_name(user) for user in expected
+        }, kind
+    tags_allowed = set(
+        yaml.safe_load((CRDS / CRD_SCHEMAS["rabbitmq.com/v1beta1", "User"]).read_text())["properties"][
+            "spec"
+        ]["properties"]["tags"]["items"]["enum"]
+    )
+    for user, access in expected.items():
+        name = kubernetes_name(user)
+        permission = named(built, "Permission", name)["spec"]
+        assert permission == {
+            "rabbitmqClusterReference": {"name": cluster},
+            "vhost": vhost,
+            "user": user,
+            "permissions": broker_setup.permissions_of(access),
+        }, name
+        topic = named(built, "TopicPermission", name)["spec"]
+        assert topic == {
+            "rabbitmqClusterReference": {"name": cluster},
+            "vhost": vhost,
+            "user": user,
+            "permissions": broker_setup.topic_permissions_of(access),
+        }, name
+        account = named(built, "User", name)["spec"]
+        assert account["rabbitmqClusterReference"] == {"name": cluster}, name
+        assert account["importCredentialsSecret"] == {"name": f"rabbitmq-user-{name}"}, name
+        # The plan's tags, but those the CRD cannot hold: the operator's `impersonator`, which the
+        # README says how to grant for a replay. Nothing else may go missing this way.
+        planned = {tag for tag in access.tags.split(",") if tag}
+        assert set(account.get("tags", [])) == planned & tags_allowed, name
+        assert planned - tags_allowed <= {"impersonator"}, name
+        assert "impersonator" not in planned or user == BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_USER")
+
+
+def test_the_brokers_policies_are_the_plans(built: list[Manifest]) -> None:
+    cluster = named(built, "RabbitmqCluster", "rabbitmq")["metadata"]["name"]
+    vhost = BrokerSetupConfig.default_of("RABBITMQ_VHOST")
+    expected = {}
+    for policy in broker_plan(built).policies:
+        settings = broker_setup.policy_settings(policy)
+        expected[policy.name] = {
+            "rabbitmqClusterReference": {"name": cluster},
+            "vhost": vhost,
+            "name": policy.name,
+            "pattern": settings["pattern"],
+            "applyTo": settings["apply-to"],
+            "priority": settings["priority"],
+            "definition": settings["definition"],
+        }
+    found = {document["spec"]["name"]: document["spec"] for document in of_kind(built, "Policy")}
+    assert found == expected
+    # RabbitMQ 4, whose dead-letter queues would otherwise have a delivery limit of 20.
+    assert broker_major(built) >= 4
+    assert found["eda.users_service.dlq"]["definition"] == {"delivery-limit": -1}
+
+
+def test_each_process_signs_in_to_the_broker_as_its_own_user(built: list[Manifest]) -> None:
+    # Never as the administrator (the RabbitmqCluster's default user, whose Secret no process reads):
+    # each as the user named after it, with the password of the Secret its User imports.
+    cluster = named(built, "RabbitmqCluster", "rabbitmq")["metadata"]["name"]
+    signed_in = set()
     for workload in workloads(built):
-        given = given_variables(built, the_container(workload))
-        if "RABBITMQ_URL" in given:
-            assert given["RABBITMQ_URL"] == expected, workload["metadata"]["name"]
+        container = the_container(workload)
+        secrets = {
+            variable["valueFrom"]["secretKeyRef"]["name"]
+            for variable in container.get("env", [])
+            if "valueFrom" in variable
+        }
+        assert f"{cluster}-default-user" not in secrets, workload["metadata"]["name"]
+        given = given_variables(built, container)
+        if "RABBITMQ_URL" not in given:
+            continue
+        user = module_run_by(container)
+        assert user in bus().services, f"{workload['metadata']['name']} runs {user}"
+        secret = named(built, "User", kubernetes_name(user))["spec"]["importCredentialsSecret"]["name"]
+        password = secret_placeholder(secret, "password")
+        assert given["RABBITMQ_URL"] == f"amqp://{user}:{password}@{cluster}:5672/", workload["metadata"][
+            "name"
+        ]
+        signed_in.add(user)
+    assert signed_in == broker_users_connecting(built) - {
+        BrokerSetupConfig.default_of("RABBITMQ_OPERATOR_USER")
+    }
 
 
 def test_the_gateway_reaches_each_service_through_its_service_object(built: list[Manifest]) -> None:
