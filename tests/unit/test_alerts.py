@@ -8,6 +8,7 @@ checked without a Prometheus server.
   job, and reads only metrics the services export, by labels they have (tests/observability.py's
   list, which tests/integration/test_dashboard_metrics.py holds the running services to; that test
   also lets the real Prometheus evaluate the rules on what the services export).
+- Kubernetes gets exactly the same rules: the PrometheusRule of deploy/k8s/overlays/prod.
 - The dashboard's Alerts row shows what every rule watches, at the rule's threshold.
 """
 
@@ -34,6 +35,7 @@ from tests.observability import (
     parse_query,
 )
 from tests.support import require_tool
+from tests.unit.test_k8s_manifests import build, of_kind
 
 SEVERITIES = frozenset({"warning", "critical"})
 RULE_FIELDS = frozenset({"alert", "expr", "for", "keep_firing_for", "labels", "annotations"})
@@ -148,6 +150,18 @@ def test_each_rule_reads_what_the_services_export_and_names_no_job(name: str) ->
     )
     for function, series in parsed.ranged:
         assert METRICS[SERIES[series]].kind == "counter", f"{function}() of the gauge {series}"
+
+
+# --- Kubernetes -----------------------------------------------------------------------------------
+
+
+def test_kubernetes_prod_gets_exactly_these_rules_and_dev_none() -> None:
+    (rule,) = of_kind(build("prod"), "PrometheusRule")
+    assert rule["spec"]["groups"] == alert_rule_groups(), (
+        "deploy/k8s/overlays/prod/alerts.yaml must hold the groups of deploy/observability/alerts.yml"
+    )
+    # dev runs on a laptop's cluster, which has no Prometheus operator to take it.
+    assert not of_kind(build("dev"), "PrometheusRule")
 
 
 # --- the dashboard --------------------------------------------------------------------------------

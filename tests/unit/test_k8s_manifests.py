@@ -6,9 +6,10 @@
   strictly (an unknown field is an error, as with the API server's strict field validation), for the
   oldest Kubernetes these manifests support (1.30: the preStop `sleep` action) and the newest the
   pinned package knows.
-- The operators' objects (CloudNativePG's Cluster, the RabbitMQ operator's RabbitmqCluster) are
-  validated with jsonschema against their CRDs' published schemas, vendored in k8s-crds/ (whose
-  headers say from where, and what was left out), closed to unknown fields in the same way.
+- The operators' objects (CloudNativePG's Cluster, the RabbitMQ operator's RabbitmqCluster, the
+  Prometheus operator's PrometheusRule) are validated with jsonschema against their CRDs' published
+  schemas, vendored in k8s-crds/ (whose headers say from where, and what was left out), closed to
+  unknown fields in the same way.
 - Then what this project holds itself to: probes on the right paths and ports, resources, locked-down
   pods, the drain fitting in the grace period, replicas and database instances, the settings each
   process is given against its config class (as tests/unit/test_compose.py does for docker compose),
@@ -66,6 +67,7 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CRD_SCHEMAS = {
     ("postgresql.cnpg.io/v1", "Cluster"): "postgresql.cnpg.io_clusters.yaml",
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"): "rabbitmq.com_rabbitmqclusters.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
 }
 
 # Which config class reads the environment of a container, by the module it runs (`python -m …`).
@@ -300,6 +302,7 @@ def expected_objects(overlay: str, tag: str) -> set[tuple[str, str]]:
         expected |= {("HorizontalPodAutoscaler", name) for name in processes}
         expected |= {("PodDisruptionBudget", name) for name in (*processes, "rabbitmq")}
         expected |= {("Ingress", "gateway")}
+        expected |= {("PrometheusRule", "eda-reference")}
     return expected
 
 
@@ -355,17 +358,26 @@ def crd_errors(document: Manifest) -> list[str]:
     return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(document)]
 
 
-def test_every_operator_object_is_valid_for_its_crd(built: list[Manifest]) -> None:
+def test_every_operator_object_is_valid_for_its_crd(overlay: str, built: list[Manifest]) -> None:
     operated = [document for document in built if (document["apiVersion"], document["kind"]) in CRD_SCHEMAS]
-    assert {document["kind"] for document in operated} == {"Cluster", "RabbitmqCluster"}
+    operators = {"Cluster", "RabbitmqCluster"} | ({"PrometheusRule"} if overlay == "prod" else set())
+    assert {document["kind"] for document in operated} == operators
     for document in operated:
         assert crd_errors(document) == [], f"{document['kind']}/{document['metadata']['name']}"
+
+
+def spoiled_rule(rules: Manifest, change: dict[str, str]) -> Manifest:
+    """The PrometheusRule with its first rule changed."""
+    spoiled = copy.deepcopy(rules)
+    spoiled["spec"]["groups"][0]["rules"][0].update(change)
+    return spoiled
 
 
 def test_the_schema_checks_refuse_what_the_api_server_would() -> None:
     # A check that passes everything proves nothing: each of these must fail.
     cluster = named(build("prod"), "Cluster", "users-db")
     rabbitmq = named(build("prod"), "RabbitmqCluster", "rabbitmq")
+    rules = named(build("prod"), "PrometheusRule", "eda-reference")
     spoiled = [
         {**cluster, "spec": {**cluster["spec"], "instance": 3}},  # a misspelt field
         {**cluster, "spec": {**cluster["spec"], "instances": 0}},
@@ -376,6 +388,7 @@ def test_the_schema_checks_refuse_what_the_api_server_would() -> None:
         # A real field, but one the vendored part leaves out: it must be copied in before it is used.
         {**rabbitmq, "spec": {**rabbitmq["spec"], "tls": {"secretName": "rabbitmq-tls"}}},
         {**rabbitmq, "spec": {**rabbitmq["spec"], "image": 4}},
+        *(spoiled_rule(rules, change) for change in ({"expression": "up == 0"}, {"for": "5 minutes"})),
     ]
     for document in spoiled:
         assert crd_errors(document), document["spec"]
