@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVABILITY_DIR = ROOT / "deploy" / "observability"
 PROMETHEUS_CONFIG = OBSERVABILITY_DIR / "prometheus.yml"
+ALERT_RULES = OBSERVABILITY_DIR / "alerts.yml"
+ALERT_TESTS = OBSERVABILITY_DIR / "alerts.test.yml"
 GRAFANA_DIR = OBSERVABILITY_DIR / "grafana"
 GRAFANA_PROVISIONING = GRAFANA_DIR / "provisioning"
 GRAFANA_DASHBOARDS = GRAFANA_DIR / "dashboards"
@@ -57,12 +61,17 @@ METRICS: dict[str, Metric] = {
     "events_dead_lettered_total": _metric("counter", {"type"}, SERVICES),
     "outbox_lag_seconds": _metric("gauge", set(), SERVICES),
     "outbox_unpublished_events": _metric("gauge", set(), SERVICES),
+    "outbox_set_aside_events": _metric("gauge", set(), SERVICES),
+    "queue_messages": _metric("gauge", {"queue"}, SERVICES),
+    "bus_queues_missing": _metric("gauge", set(), SERVICES),
+    "orders_pending_past_deadline": _metric("gauge", set(), {ORDERS}),
     "saga_duration_seconds": _metric("histogram", {"outcome"}, {ORDERS}),
 }
 # Every series name a query may select, and the metric it belongs to.
 SERIES: dict[str, str] = {series: name for name, metric in METRICS.items() for series in metric.series(name)}
-# Series that Prometheus writes itself for every target, not read from /metrics.
-PROMETHEUS_SERIES = frozenset({"up"})
+# Series that Prometheus writes itself, not read from /metrics: `up` for every target, and `ALERTS`
+# for every alert pending or firing (deploy/observability/alerts.yml), labelled like the alert.
+PROMETHEUS_SERIES = frozenset({"up", "ALERTS"})
 # Labels that Prometheus adds to every series it scrapes.
 TARGET_LABELS = frozenset({"job", "instance"})
 
@@ -177,6 +186,23 @@ GRAFANA_INTERVALS = re.compile(
 
 def without_grafana_variables(expression: str, interval: str = "1m") -> str:
     return GRAFANA_INTERVALS.sub(interval, expression)
+
+
+# --- the alerting rules ------------------------------------------------------------------------
+
+
+def alert_rule_groups() -> list[dict[str, Any]]:
+    """The rule groups of deploy/observability/alerts.yml, as Prometheus reads them."""
+    groups: list[dict[str, Any]] = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return groups
+
+
+def alert_rules() -> dict[str, dict[str, Any]]:
+    """Every alerting rule, by its alert's name."""
+    rules = [rule for group in alert_rule_groups() for rule in group["rules"]]
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert len(by_name) == len(rules), "two alerts with the same name"
+    return by_name
 
 
 # --- the Prometheus text format ----------------------------------------------------------------

@@ -6,11 +6,15 @@ the gateway and the saga approves it; then /metrics of each process is read, as 
 The names come from tests/observability.py, the one list the static checks of the dashboard
 (tests/unit/test_observability.py) use too. Where Debian's Prometheus is installed, the last test
 also lets the real Prometheus scrape the three processes with deploy/observability/prometheus.yml
-(its targets moved to where the test's processes listen) and runs every dashboard query on it.
+(its targets moved to where the test's processes listen) and runs every dashboard query on it;
+then it evaluates the alerting rules (deploy/observability/alerts.yml) on what the services really
+export: every rule without an error, none pending after a healthy order, and a real dead letter
+raising DeadLettersWaiting.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 import shutil
 import uuid
@@ -18,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 import yaml
@@ -32,6 +37,7 @@ from gateway.config import GatewayConfig
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
+from shared.topology import EXCHANGE
 from tests.conftest import CreateDatabase
 from tests.integration.conftest import Client
 from tests.observability import (
@@ -44,6 +50,7 @@ from tests.observability import (
     SERIES,
     USERS,
     Exposition,
+    alert_rules,
     dashboard_queries,
     series_used_by_dashboards,
     without_grafana_variables,
@@ -67,12 +74,16 @@ async def processes(
 ) -> Processes:
     """The three processes on one vhost, as compose runs them. Not held to the OpenAPI contracts:
     tests/integration/test_contract_coverage.py does that; this test is about /metrics."""
-    users = await aiohttp_client(create_users_app(users_config))
+    # The queues counted every second, not every 15: the alerting rules read those counts.
+    users = await aiohttp_client(
+        create_users_app(dataclasses.replace(users_config, queue_check_interval=1.0))
+    )
     orders_config = OrdersConfig(
         database_url=Secret(await create_database("orders")),
         rabbitmq_url=Secret(broker.url_for("orders_service")),
         jwt_public_key_file=str(key_pair.public),
         startup_timeout=5,
+        queue_check_interval=1.0,
     )
     orders = await aiohttp_client(create_orders_app(orders_config))
     # Built from the environment the way `python -m gateway` builds it.
@@ -188,15 +199,17 @@ async def test_after_one_approved_order_the_counters_tell_its_story(processes: P
 # --- with the real Prometheus, where it is installed ---------------------------------------------
 
 PROMETHEUS = shutil.which("prometheus")
+SCRAPE_INTERVAL = "1s"
 
 
-def config_for(targets: dict[str, str], scrape_interval: str) -> dict[str, Any]:
-    """deploy/observability/prometheus.yml with each job's target moved; nothing else changed."""
+def config_for(targets: dict[str, str], interval: str) -> dict[str, Any]:
+    """deploy/observability/prometheus.yml with each job's target moved, scrapes and rule evaluations
+    as often as `interval`, and the rule files named where they are; nothing else changed."""
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    config["global"]["scrape_interval"] = scrape_interval
-    config["global"]["scrape_timeout"] = scrape_interval
+    config["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / name) for name in config["rule_files"]]
     return config
 
 
@@ -231,6 +244,32 @@ async def prometheus(config: dict[str, Any], folder: Path) -> AsyncIterator[str]
             await process.wait()
 
 
+class PrometheusApi:
+    """The parts of Prometheus's HTTP API the tests read."""
+
+    def __init__(self, url: str, http: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.http = http
+
+    async def _get(self, path: str, **params: str) -> Any:
+        async with self.http.get(f"{self.url}/api/v1/{path}", params=params) as response:
+            answer = await response.json()
+            assert answer["status"] == "success", f"{path} {params}: {answer}"
+            return answer["data"]
+
+    async def query(self, expression: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self._get("query", query=expression))["result"]
+        return result
+
+    async def alerting_rules(self) -> list[dict[str, Any]]:
+        return [rule for group in (await self._get("rules"))["groups"] for rule in group["rules"]]
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """The alerts pending or firing now."""
+        alerts: list[dict[str, Any]] = (await self._get("alerts"))["alerts"]
+        return alerts
+
+
 @pytest.fixture
 def prometheus_installed() -> None:
     require_tool(
@@ -240,33 +279,75 @@ def prometheus_installed() -> None:
     )
 
 
-@pytest.mark.usefixtures("prometheus_installed")  # first: without it, the processes are not even started
-async def test_the_real_prometheus_scrapes_every_job_and_runs_every_dashboard_query(
-    processes: Processes, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def scraped(
+    prometheus_installed: None, processes: Processes, tmp_path: Path
+) -> AsyncIterator[PrometheusApi]:
+    """The real Prometheus, with deploy/observability's configuration and rules, scraping the three
+    processes after one order went through them."""
     await approved_order(processes[GATEWAY])
     targets = {job: f"{client.host}:{client.port}" for job, client in processes.items()}
     async with (
-        prometheus(config_for(targets, "1s"), tmp_path) as url,
+        prometheus(config_for(targets, SCRAPE_INTERVAL), tmp_path) as url,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
     ):
-
-        async def query(expression: str) -> list[dict[str, Any]]:
-            async with http.get(f"{url}/api/v1/query", params={"query": expression}) as response:
-                answer = await response.json()
-                assert answer["status"] == "success", f"{expression}: {answer}"
-                result: list[dict[str, Any]] = answer["data"]["result"]
-                return result
+        api = PrometheusApi(url, http)
 
         async def every_job_up() -> bool:
             with contextlib.suppress(aiohttp.ClientError):
-                up = {sample["metric"]["job"]: sample["value"][1] for sample in await query("up")}
+                up = {sample["metric"]["job"]: sample["value"][1] for sample in await api.query("up")}
                 return up == dict.fromkeys(JOBS, "1")
             return False
 
         await eventually(every_job_up, timeout=30, interval=0.5, what="Prometheus scrapes every job")
-        approved = await query('saga_duration_seconds_count{job="orders_service", outcome="APPROVED"}')
-        assert [sample["value"][1] for sample in approved] == ["1"]
-        for panel_query in dashboard_queries():
-            # A range of several scrapes, as $__rate_interval is in Grafana.
-            await query(without_grafana_variables(panel_query.expression, "10s"))
+        yield api
+
+
+async def test_the_real_prometheus_scrapes_every_job_and_runs_every_dashboard_query(
+    scraped: PrometheusApi,
+) -> None:
+    approved = await scraped.query('saga_duration_seconds_count{job="orders_service", outcome="APPROVED"}')
+    assert [sample["value"][1] for sample in approved] == ["1"]
+    for panel_query in dashboard_queries():
+        # A range of several scrapes, as $__rate_interval is in Grafana.
+        await scraped.query(without_grafana_variables(panel_query.expression, "10s"))
+
+
+async def test_the_real_prometheus_evaluates_every_alerting_rule_and_a_dead_letter_raises_its_alert(
+    scraped: PrometheusApi, broker: Vhost
+) -> None:
+    async def every_rule_evaluated() -> list[dict[str, Any]] | None:
+        rules = await scraped.alerting_rules()
+        return rules if all(rule["health"] != "unknown" for rule in rules) else None
+
+    rules = await eventually(every_rule_evaluated, timeout=15, interval=0.5, what="every rule evaluated")
+    assert {rule["name"] for rule in rules} == set(alert_rules())
+    # Each query ran on what the services export, without an error (a join that matches two series
+    # on one side, say), and nothing is wrong with a system that has just approved an order.
+    assert [(rule["name"], rule["lastError"]) for rule in rules if rule["health"] != "ok"] == []
+    assert await scraped.alerts() == []
+
+    # A message no consumer can read: users_service dead-letters it at once.
+    async with await aio_pika.connect(broker.admin_url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(EXCHANGE, ensure=True)
+        await exchange.publish(aio_pika.Message(b"{not json"), routing_key="orders.order.created")
+
+    async def dead_letter_alert() -> list[dict[str, Any]] | None:
+        alerts = [
+            alert for alert in await scraped.alerts() if alert["labels"]["alertname"] == "DeadLettersWaiting"
+        ]
+        return alerts or None
+
+    # Pending: its `for` is a minute, which this test does not wait out (alerts.test.yml does).
+    (alert,) = await eventually(
+        dead_letter_alert, timeout=20, interval=0.5, what="DeadLettersWaiting pending"
+    )
+    assert alert["labels"] == {
+        "alertname": "DeadLettersWaiting",
+        "queue": "users_service.dlq",
+        "severity": "warning",
+    }
+    assert alert["state"] == "pending"
+    assert "make dlq SERVICE=users_service " in alert["annotations"]["description"]
+    assert {alert["labels"]["alertname"] for alert in await scraped.alerts()} == {"DeadLettersWaiting"}

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.observability import (
+    ALERT_RULES,
     GRAFANA_DASHBOARDS,
     GRAFANA_PROVISIONING,
     JOBS,
@@ -163,6 +164,15 @@ def test_prometheus_reads_the_repository_config_and_keeps_its_data_in_a_volume(c
     assert config.read_only
     assert option_value(command, "--config.file") == config.target
     named_volume_at(compose, "prometheus", option_value(command, "--storage.tsdb.path"))
+
+
+def test_prometheus_reads_the_alerting_rules_mounted_beside_its_config(compose: Compose) -> None:
+    config_target = PurePosixPath(mount_of(compose, "prometheus", PROMETHEUS_CONFIG).target)
+    rule_files = yaml_file(PROMETHEUS_CONFIG)["rule_files"]
+    assert rule_files == [ALERT_RULES.name]
+    # A relative path in prometheus.yml is read from the config file's folder.
+    rules = mount_of(compose, "prometheus", ALERT_RULES)
+    assert rules.read_only and PurePosixPath(rules.target) == config_target.parent / rule_files[0]
 
 
 def test_grafana_is_provisioned_from_the_repository_and_keeps_its_data_in_a_volume(compose: Compose) -> None:
