@@ -219,10 +219,17 @@ async def test_messages_of_any_shape_are_dead_lettered_and_the_consumer_goes_on(
 ) -> None:
     stack = await fresh_stack(users_service=QUICK)
     bystander = await new_user(http, stack.url)
-    # For nobody's order, of nobody: users_service rejects it (unknown user), and that is all.
-    valid = Envelope.wrap(
-        OrderCreated(uuid.uuid4(), uuid.uuid4(), 1), source="orders_service", cause=Cause("s", "s")
-    ).to_json()
+    await assert_bystander_served(http, stack.url, bystander)
+    # A real event, applied already: sent again, with hostile headers, it is skipped by the inbox.
+    # (An event about an order nobody placed would not do: its answer would reach orders_service,
+    # which knows no such order, and it would end in orders_service's dead letters.)
+    orders_db = await asyncpg.connect(stack.admin_dsn("orders_service"))
+    try:
+        valid = (
+            await orders_db.fetchval("SELECT body FROM outbox WHERE event_type = $1", OrderCreated.TYPE)
+        ).encode()
+    finally:
+        await orders_db.close()
     shapes: list[tuple[bytes, dict[str, Any]]] = [
         (b"\x00\xff" * 1000, {}),  # not text
         (b"{" * 100_000, {}),  # deep and broken
@@ -233,7 +240,12 @@ async def test_messages_of_any_shape_are_dead_lettered_and_the_consumer_goes_on(
     ]
     for body, headers in shapes:
         await publish_raw(stack.broker, body, OrderCreated.TYPE, headers=headers)
-    # The one valid event among them is applied (once); every other one is a dead letter.
+    # The one valid event among them is skipped as the duplicate it is; every other one is a dead letter.
     await until_dead_lettered(stack, "users_service", len(shapes) - 1, reason="invalid")
+
+    async def duplicate_skipped() -> bool:
+        return "duplicate skipped" in stack.users.log_text()
+
+    await eventually(duplicate_skipped, what="the valid one skipped by the inbox")
     await assert_bystander_served(http, stack.url, bystander)
     await assert_invariants_once_quiet(stack)
