@@ -15,10 +15,11 @@ from gateway.proxy import RetryPolicy, Upstream, forward
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.routes import ORDERS, ROUTES, USERS, Route
+from shared.app_keys import DB_POOL
 from shared.auth import TokenVerifier
 from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewares
 from shared.metrics import METRICS, Metrics
-from shared.service import DB_POOL, database
+from shared.resources import database
 from shared.tracing import Tracing
 
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)

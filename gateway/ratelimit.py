@@ -30,8 +30,8 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from shared.app_keys import DB_POOL
 from shared.db import DATABASE_NOT_ANSWERING
-from shared.service import DB_POOL
 
 log = structlog.get_logger("ratelimit")
 

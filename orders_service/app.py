@@ -10,9 +10,10 @@ from orders_service.deadlines import saga_deadlines
 from orders_service.handlers import handler_table
 from orders_service.metrics import SAGA_METRICS, SagaMetrics
 from orders_service.routes import IDEMPOTENCY_KEY_TTL, routes
+from shared.app_keys import DB_POOL
 from shared.metrics import Metrics
 from shared.periodic import periodically
-from shared.service import DB_POOL, create_service_app
+from shared.service import create_service_app
 
 log = structlog.get_logger("orders_service")
 

@@ -26,9 +26,9 @@ from aiohttp import web
 
 from orders_service import db, saga, services
 from orders_service.metrics import SAGA_METRICS, SagaMetrics
+from shared.app_keys import DB_POOL, OUTBOX
 from shared.envelope import Cause
 from shared.periodic import CleanupContext, periodically
-from shared.service import DB_POOL, OUTBOX
 from shared.unit_of_work import Outbox, unit_of_work
 
 log = structlog.get_logger("deadlines")

@@ -12,11 +12,11 @@ from aiohttp import web
 
 from orders_service import saga, services
 from orders_service.metrics import SAGA_METRICS
+from shared.app_keys import DB_POOL, OUTBOX
 from shared.auth import AUTHENTICATED_USER
 from shared.http import cause_of, json_response
 from shared.openapi import VALIDATED_BODY, VALIDATED_QUERY
 from shared.problems import Problem, not_found, validation_problem
-from shared.service import DB_POOL, OUTBOX
 
 DEFAULT_PAGE_SIZE = 20
 IDEMPOTENCY_KEY_TTL = web.AppKey("idempotency_key_ttl", datetime.timedelta)

@@ -52,6 +52,8 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
 # Asked every few seconds by orchestrators and Prometheus: when they pass, they are not the story.
 QUIET_PATHS = HEALTH_PATHS | {"/metrics"}
+# A readiness check that takes longer than this fails: an orchestrator asks again in a few seconds.
+READINESS_CHECK_TIMEOUT = 2.0
 
 
 def _json_default(value: object) -> str:
@@ -287,7 +289,6 @@ def health_routes(
     checks: Mapping[str, ReadinessCheck],
     *,
     reported: Mapping[str, ReadinessCheck] | None = None,
-    timeout: float = 2.0,
 ) -> list[web.RouteDef]:
     """/healthz says the process is alive; /readyz runs every check, concurrently, and is ready when
     every one of `checks` passes. The `reported` ones are run and shown alongside, but do not decide
@@ -300,7 +301,8 @@ def health_routes(
     async def readyz(_: web.Request) -> web.Response:
         names = list(every_check)
         outcomes = await asyncio.gather(
-            *(asyncio.wait_for(every_check[name](), timeout) for name in names), return_exceptions=True
+            *(asyncio.wait_for(every_check[name](), READINESS_CHECK_TIMEOUT) for name in names),
+            return_exceptions=True,
         )
         report = {
             name: "ok" if outcome is None else _describe_failure(outcome)

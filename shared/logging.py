@@ -32,8 +32,6 @@ from opentelemetry import trace
 SERVICE_WIDTH = 14
 STEP_WIDTH = 20
 SUBJECT_WIDTH = 44
-# The keys a line is made of; any other key follows them as key=value.
-_HTTP_KEYS = ("method", "path", "status", "ms")
 _LEVELS = {"debug": "DBG", "info": "INF", "warning": "WRN", "error": "ERR", "critical": "CRT"}
 _RESET = "\x1b[0m"
 _DIM = "\x1b[2m"

@@ -15,18 +15,20 @@ T = TypeVar("T")
 # does not resolve yet, a Postgres still starting. Anything else (a wrong password, say) fails at once.
 NOT_UP_YET = (OSError, TimeoutError, asyncpg.CannotConnectNowError)
 
+# Soon after a first refusal (a server starting takes a moment), then every few seconds at most.
+FIRST_DELAY = 0.2
+MAX_DELAY = 3.0
+
 
 async def retry_until_deadline(
     attempt: Callable[[], Awaitable[T]],
     *,
     what: str,
     deadline_seconds: float,
-    first_delay: float = 0.2,
-    max_delay: float = 3.0,
 ) -> T:
     """Call `attempt` until it succeeds, backing off exponentially; give up after the deadline."""
     give_up_at = time.monotonic() + deadline_seconds
-    delay = first_delay
+    delay = FIRST_DELAY
     while True:
         try:
             return await attempt()
@@ -42,4 +44,4 @@ async def retry_until_deadline(
                 retry_in=round(delay, 2),
             )
             await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, max_delay)
+            delay = min(delay * 2, MAX_DELAY)

@@ -3,7 +3,7 @@
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from shared.service import CONTRACT
+from shared.app_keys import CONTRACT
 
 
 def undocumented_routes(app: web.Application) -> set[tuple[str, str]]:

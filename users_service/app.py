@@ -4,9 +4,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from shared.app_keys import DB_POOL
 from shared.metrics import METRICS
 from shared.periodic import periodically
-from shared.service import DB_POOL, create_service_app
+from shared.service import create_service_app
 from users_service.config import UsersConfig
 from users_service.handlers import HANDLERS
 from users_service.passwords import PasswordHasher

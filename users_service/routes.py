@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.app_keys import DB_POOL, OUTBOX
 from shared.auth import AUTHENTICATED_USER
 from shared.http import address_bucket, cause_of, forwarded_client, json_response
 from shared.openapi import VALIDATED_BODY
 from shared.problems import Problem, busy, not_found, unauthorized
-from shared.service import DB_POOL, OUTBOX
 from users_service import services
 from users_service.passwords import HashingBusy, PasswordHasher
 from users_service.tokens import TokenIssuer

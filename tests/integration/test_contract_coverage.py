@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shared.app_keys import BROKER, DB_POOL
 from shared.openapi import OpenApiSpec
-from shared.service import BROKER, DB_POOL
 from tests.integration.conftest import Client
 from users_service.config import UsersConfig
 from users_service.routes import PASSWORD_HASHER

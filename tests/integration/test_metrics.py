@@ -7,9 +7,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.rabbitmq import Vhost
 from devstack.waiting import eventually
+from shared.app_keys import DB_POOL
 from shared.envelope import Envelope
 from shared.events import CreditReserved, OrderCreated
-from shared.service import DB_POOL
 from tests.integration.conftest import Client
 from tests.support import publish_raw
 from tests.unit.event_samples import CAUSE

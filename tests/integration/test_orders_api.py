@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from shared.service import DB_POOL
+from shared.app_keys import DB_POOL
 from tests.integration.conftest import Client
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]

@@ -12,9 +12,9 @@ import pytest
 
 from devstack.rabbitmq import Vhost
 from devstack.waiting import eventually
+from shared.app_keys import DB_POOL
 from shared.db import SHARED_MIGRATIONS, apply_migrations
 from shared.retention import prune_inbox, prune_published_outbox
-from shared.service import DB_POOL
 from tests.conftest import CreateDatabase
 from tests.integration.conftest import Client
 from tests.support import publish_raw

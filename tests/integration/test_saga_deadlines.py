@@ -19,8 +19,8 @@ from devstack.waiting import eventually
 from orders_service import db as orders_db
 from orders_service.app import create_app
 from orders_service.config import OrdersConfig
+from shared.app_keys import DB_POOL
 from shared.config import Secret
-from shared.service import DB_POOL
 from tests.conftest import CreateDatabase
 from tests.integration.conftest import Client
 from users_service.tokens import TokenIssuer

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from devstack.keys import KeyPair
-from shared.service import DB_POOL
+from shared.app_keys import DB_POOL
 from tests.integration.conftest import Client
 from users_service.tokens import TokenIssuer
 

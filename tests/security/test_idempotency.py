@@ -20,8 +20,8 @@ from devstack.waiting import eventually
 from orders_service import services
 from orders_service.config import OrdersConfig
 from orders_service.routes import IDEMPOTENCY_KEY_TTL
+from shared.app_keys import DB_POOL
 from shared.config import ConfigError
-from shared.service import DB_POOL
 from tests.integration.conftest import Client
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]

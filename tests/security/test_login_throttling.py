@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from shared.service import DB_POOL
+from shared.app_keys import DB_POOL
 from tests.integration.conftest import Client, held_to_contract
 from users_service.app import create_app
 from users_service.config import UsersConfig

@@ -12,7 +12,7 @@ from gateway.contract import public_contract
 from gateway.routes import ROUTES
 from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
-from shared.service import CONTRACT
+from shared.app_keys import CONTRACT
 from tests.contract import undocumented_routes, unserved_operations
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig

@@ -1,0 +1,142 @@
+"""A service's resources, each a cleanup context: opened in order at start-up, closed in reverse at
+shutdown (aiohttp's `cleanup_ctx`).
+
+    database (pool, migrations) → broker connection → messaging (topology, outbox relay, consumer)
+
+On SIGTERM the consumer stops taking messages and finishes the ones in hand (commit, then ack), the
+relay stops, and the connections close.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from shared.app_keys import BROKER, DB_POOL, MESSAGING_METRICS, OUTBOX
+from shared.broker import BROKER_UNAVAILABLE, connect_broker
+from shared.bus_contract import bus
+from shared.config import DatabaseConfig, ServiceConfig
+from shared.consumer import Consumer, HandlerTable
+from shared.db import apply_migrations, create_pool
+from shared.relay import OutboxRelay
+from shared.topology import declare_topology, queue_depths, queues_for, receivers_of
+
+log = structlog.get_logger("service")
+
+
+def database(
+    config: DatabaseConfig, migrations: list[Path]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The process's pool, under DB_POOL, with its migrations applied first."""
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(
+            config.database_url.value,
+            max_size=config.database_pool_size,
+            startup_timeout=config.startup_timeout,
+        )
+        await apply_migrations(pool, migrations)
+        app[DB_POOL] = pool
+        yield
+        await pool.close()
+
+    return database
+
+
+def broker(config: ServiceConfig) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def broker(app: web.Application) -> AsyncIterator[None]:
+        app[BROKER] = await connect_broker(config.rabbitmq_url.value, startup_timeout=config.startup_timeout)
+        yield
+        try:
+            await asyncio.wait_for(app[BROKER].close(), config.publish_timeout)
+        except TimeoutError:
+            log.warning("the broker connection did not close cleanly in time")
+
+    return broker
+
+
+def messaging(
+    config: ServiceConfig, service: str, handlers: HandlerTable
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def messaging(app: web.Application) -> AsyncIterator[None]:
+        connection = app[BROKER]
+        metrics = app[MESSAGING_METRICS]
+        # The broker user this service signs its messages as (the broker checks it).
+        own_user = URL(config.rabbitmq_url.value).user
+        own = queues_for(service, handlers) if handlers else None
+        receivers = receivers_of(service)
+        # One channel publishes (with confirms; an unroutable event raises), one consumes. The
+        # references are kept here: aio-pika holds robust channels only weakly.
+        publishing = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await declare_topology(
+            publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
+        )
+        relay = OutboxRelay(
+            pool=app[DB_POOL],
+            outbox=app[OUTBOX],
+            exchange=exchange,
+            batch_size=config.outbox_batch_size,
+            poll_interval=config.outbox_poll_interval,
+            publish_timeout=config.publish_timeout,
+            user_id=own_user,
+            metrics=metrics,
+        )
+        relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
+        consumer: Consumer | None = None
+        if own is not None:
+            consuming = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await consuming.set_qos(prefetch_count=config.consumer_prefetch)
+            consumer = Consumer(
+                queues=own,
+                handlers=handlers,
+                pool=app[DB_POOL],
+                outbox=app[OUTBOX],
+                channel=consuming,
+                retry_delays_ms=config.retry_delays,
+                publish_timeout=config.publish_timeout,
+                unavailable_wait=config.database_unavailable_wait,
+                own_user=own_user,
+                publishers=bus().publisher,
+                metrics=metrics,
+            )
+            await consumer.start()
+
+        watched = [q.main for q in [*([own] if own else []), *receivers]] + ([own.dead_letter] if own else [])
+
+        async def keep_the_queues() -> None:
+            """The queues this service consumes from and publishes to must exist, bound: an operator
+            may delete one, or a binding, by hand. Now and then, count what waits in them (the dead
+            letters among them), say what was missing, and declare it all again (which repairs it)."""
+            while True:
+                try:
+                    depths = await queue_depths(connection, watched)
+                    missing = [name for name, depth in depths.items() if depth is None]
+                    metrics.queues_missing.set(len(missing))
+                    for name, depth in depths.items():
+                        metrics.queue_messages.labels(name).set(depth or 0)
+                    if missing:
+                        log.error("queues missing; declaring them again", queues=missing)
+                    await declare_topology(
+                        publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
+                    )
+                    if consumer is not None and own is not None and own.main in missing:
+                        await consumer.start()  # the broker cancelled our consumer with the queue
+                except BROKER_UNAVAILABLE as error:
+                    log.warning("could not look at the queues", error=repr(error))
+                await asyncio.sleep(config.queue_check_interval)
+
+        watch = asyncio.create_task(keep_the_queues(), name=f"{service} queue check")
+        yield
+        watch.cancel()
+        if consumer is not None:
+            await consumer.stop()
+        relay.stop()
+        try:
+            await asyncio.wait_for(relay_task, config.publish_timeout + 1)
+        except TimeoutError:
+            log.warning("outbox relay did not stop in time; its rows will be published after restart")
+
+    return messaging
