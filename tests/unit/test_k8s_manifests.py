@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import functools
 import importlib.util
-import inspect
 import os
 import re
 import shutil
@@ -46,7 +45,7 @@ from shared import broker_setup
 from shared.broker_setup import BrokerSetupConfig
 from shared.bus_contract import bus
 from shared.config import BaseConfig, DatabaseConfig, Secret, ServiceConfig
-from shared.http import health_routes
+from shared.http import READINESS_CHECK_TIMEOUT
 from shared.migrate import MigrationConfig, migration_directories
 from tests.unit.test_compose import (
     image_environment,
@@ -439,7 +438,7 @@ def test_every_process_runs_a_module_that_exists_and_the_configs_cover_them(buil
 
 def test_every_deployment_is_probed_on_its_health_endpoints(built: list[Manifest]) -> None:
     # /readyz may take as long as its slowest check: the gateway asks each upstream's /readyz.
-    readyz_bound = max(inspect.signature(health_routes).parameters["timeout"].default, READINESS_TIMEOUT)
+    readyz_bound = max(READINESS_CHECK_TIMEOUT, READINESS_TIMEOUT)
     for deployment in of_kind(built, "Deployment"):
         name = deployment["metadata"]["name"]
         container = the_container(deployment)
