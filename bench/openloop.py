@@ -155,7 +155,8 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def send(self, scheduled_ns: int) -> None:
-        assert self.transport is not None and self.in_flight is None
+        assert self.transport is not None
+        assert self.in_flight is None
         self.in_flight = (scheduled_ns, time.perf_counter_ns())
         self.transport.write(self.generator.request)
 

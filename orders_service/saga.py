@@ -94,7 +94,8 @@ def announcement(
     """The end of an order, again, for users_service, which has not answered it yet."""
     if status is OrderStatus.CANCELLED:
         return OrderCancelled(order_id, user_id, (cancelled_from or OrderStatus.PENDING).value)
-    assert status is OrderStatus.REJECTED and rejection_reason is not None, status
+    assert status is OrderStatus.REJECTED, status
+    assert rejection_reason is not None, status
     return OrderRejected(order_id, user_id, rejection_reason)
 
 

@@ -46,7 +46,10 @@ def _base64url(data: bytes) -> str:
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    key = load_pem_public_key(Path(path).read_bytes())
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except ValueError as error:  # a private key, say: say which file, as for any other key
+        raise ValueError(f"{path} does not hold an Ed25519 public key ({error})") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{path} does not hold an Ed25519 public key")
     return key

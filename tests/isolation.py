@@ -37,7 +37,9 @@ _defaults_allowed = False
 
 def config_classes() -> list[type[BaseConfig]]:
     """Every config class of the code base (the service packages are imported above for this)."""
-    assert gateway.config and orders_service.config and users_service.config
+    assert gateway.config
+    assert orders_service.config
+    assert users_service.config
     found: list[type[BaseConfig]] = []
     pending: list[type[BaseConfig]] = [BaseConfig]
     while pending:

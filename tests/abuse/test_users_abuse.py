@@ -79,7 +79,8 @@ async def test_a_burst_of_sign_ups_stays_within_the_memory_set_for_it(
     assert set(statuses) <= {201, 503}
     for status, retry_after, text in answers:
         if status == 503:  # refused at once, with when to come back: not queued, not a failure
-            assert retry_after is not None and int(retry_after) >= 1
+            assert retry_after is not None
+            assert int(retry_after) >= 1
             assert "urn:eda-reference:problem:busy" in text
     # The refusals are the service saying "not now", not failing: the gateway's circuit to it stays
     # closed, and the bystander signs in and orders as ever.

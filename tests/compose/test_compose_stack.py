@@ -188,7 +188,8 @@ async def test_a_service_restarted_during_a_burst_of_orders_loses_none(
     finally:
         placing.cancel()
     assert (await containers())[service]["State"]["StartedAt"] != started_at, f"{service} was not restarted"
-    assert burst.restarted_at is not None and len(orders) > burst.restarted_at >= 10
+    assert burst.restarted_at is not None
+    assert len(orders) > burst.restarted_at >= 10
     print(
         f"\n  {service} restarted mid-burst: {len(orders)} orders accepted,"
         f" {burst.restarted_at} of them before the restart returned; refused meanwhile: {dict(burst.refused)}"

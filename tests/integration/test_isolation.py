@@ -19,7 +19,8 @@ async def test_a_process_without_its_database_refuses_to_start_and_says_why(
     orders = service_process("orders_service", "orders_service", env, tmp_path)
     with pytest.raises(AssertionError, match="exited at start"):
         await orders.start(ready_within=60)
-    assert orders.process is not None and orders.process.returncode not in (None, 0)
+    assert orders.process is not None
+    assert orders.process.returncode not in (None, 0)
     assert "tests-must-name-database-url" in orders.log_text()
 
 

@@ -151,7 +151,8 @@ async def test_an_event_that_comes_again_after_its_inbox_row_was_pruned_changes_
     reserved = await users_pool.fetchrow(
         "SELECT event_id, body FROM outbox WHERE event_type = 'users.credit.reserved'"
     )
-    assert created is not None and reserved is not None
+    assert created is not None
+    assert reserved is not None
     await publish_raw(broker, created["body"].encode(), "orders.order.created")
     await publish_raw(broker, reserved["body"].encode(), "users.credit.reserved")
     await _wait_applied_again(users_pool, created["event_id"], "users_service took the create again")

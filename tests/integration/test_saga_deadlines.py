@@ -73,12 +73,14 @@ async def test_an_order_nobody_answers_is_rejected_at_its_deadline_in_its_own_st
         return await ends(pool, order["id"], "orders.order.rejected") or None
 
     [end] = await eventually(rejected, what="the order rejected by its deadline")
-    assert end["data"]["reason"] == "deadline_exceeded" and end["dataversion"] == 2
+    assert end["data"]["reason"] == "deadline_exceeded"
+    assert end["dataversion"] == 2
     assert end["correlationid"] == "story-of-the-slow-order"  # told in the order's own story
     stored = await pool.fetchrow(
         "SELECT status, rejection_reason FROM orders WHERE id = $1", uuid.UUID(order["id"])
     )
-    assert stored is not None and dict(stored) == {
+    assert stored is not None
+    assert dict(stored) == {
         "status": "REJECTED",
         "rejection_reason": "deadline_exceeded",
     }

@@ -93,7 +93,7 @@ async def test_rabbitmq_that_comes_up_late_is_waited_for(servers: Servers, rabbi
 
 
 async def test_a_dependency_that_never_comes_fails_start_up_after_the_deadline() -> None:
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="Connect call failed"):
         await connect_broker(f"amqp://guest:guest@127.0.0.1:{free_port()}/", startup_timeout=0.5)
 
 

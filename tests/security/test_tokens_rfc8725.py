@@ -136,7 +136,8 @@ def test_rfc8725_3_10_rotation_both_keys_verify_then_the_old_one_is_dropped(
     during = TokenVerifier.from_pem_file(
         f"{key_pair.public},{new_pair.public}", issuer=ISSUER, audience=AUDIENCE
     )
-    assert during.user_id(old_token) and during.user_id(new_token)
+    assert during.user_id(old_token)
+    assert during.user_id(new_token)
 
     after = TokenVerifier.from_pem_file(new_pair.public, issuer=ISSUER, audience=AUDIENCE)
     assert after.user_id(new_token)

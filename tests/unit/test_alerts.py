@@ -131,7 +131,8 @@ def test_each_rule_says_how_long_how_bad_and_what_to_do_first(name: str) -> None
     rule = alert_rules()[name]
     assert set(rule) <= RULE_FIELDS, f"{set(rule) - RULE_FIELDS}"
     assert "for" in rule, "how long the condition must hold (0s where at once, with the reason beside it)"
-    assert set(rule["labels"]) == {"severity"} and rule["labels"]["severity"] in SEVERITIES
+    assert set(rule["labels"]) == {"severity"}
+    assert rule["labels"]["severity"] in SEVERITIES
     assert set(rule["annotations"]) == {"summary", "description"}
     assert FIRST_STEP.search(rule["annotations"]["description"]), "a make target or a log line to look at"
 
@@ -142,7 +143,8 @@ def test_each_rule_reads_what_the_services_export_and_names_no_job(name: str) ->
     # Prometheus names the jobs: compose and Kubernetes differently.
     assert not NAMES_A_JOB.search(expression), expression
     parsed = parse_query(expression)
-    assert parsed.metrics and parsed.metrics <= set(SERIES), sorted(parsed.metrics - set(SERIES))
+    assert parsed.metrics
+    assert parsed.metrics <= set(SERIES), sorted(parsed.metrics - set(SERIES))
     metrics = {METRICS[SERIES[series]] for series in parsed.metrics}
     allowed = set(TARGET_LABELS).union(*(metric.labels for metric in metrics))
     assert parsed.labels <= allowed, (
@@ -205,4 +207,5 @@ def test_the_alerts_row_shows_what_each_rule_watches_at_its_threshold(name: str)
         assert quantity in expressions, f"{panel['title']!r} shows neither {condition!r} nor {quantity!r}"
         steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
         red = [step["value"] for step in steps if step["color"] == "red"]
-        assert len(red) == 1 and float(threshold) <= red[0] <= float(threshold) + 1, (panel["title"], red)
+        assert len(red) == 1, (panel["title"], red)
+        assert float(threshold) <= red[0] <= float(threshold) + 1, (panel["title"], red)

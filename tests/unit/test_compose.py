@@ -202,7 +202,8 @@ def seconds(duration: str) -> float:
     """A compose duration such as `15s`, `1m30s` or `500ms`."""
     units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
     parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", duration)
-    assert parts and "".join(number + unit for number, unit in parts) == duration, duration
+    assert parts, duration
+    assert "".join(number + unit for number, unit in parts) == duration, duration
     return sum(float(number) * units[unit] for number, unit in parts)
 
 
@@ -367,7 +368,8 @@ def test_every_long_running_service_has_a_health_check_and_restarts(compose: Com
 def test_the_key_generator_runs_once(compose: Compose) -> None:
     keygen = service(compose, "keygen")
     assert keygen.get("restart") == "no"  # quoted in YAML: a bare `no` would be the boolean false
-    assert "healthcheck" not in keygen and "ports" not in keygen
+    assert "healthcheck" not in keygen
+    assert "ports" not in keygen
     assert command(compose, "keygen")[:3] == ["python", "-m", "users_service.keygen"]
     assert importlib.util.find_spec("users_service.keygen") is not None
 
@@ -375,7 +377,8 @@ def test_the_key_generator_runs_once(compose: Compose) -> None:
 def test_the_broker_setup_runs_once_as_the_administrator(compose: Compose) -> None:
     setup = service(compose, BROKER_SETUP)
     assert setup.get("restart") == "no"
-    assert "healthcheck" not in setup and "ports" not in setup
+    assert "healthcheck" not in setup
+    assert "ports" not in setup
     assert command(compose, BROKER_SETUP) == ["python", "-m", "shared.broker_setup"]
     assert importlib.util.find_spec("shared.broker_setup") is not None
     config = broker_setup_of(compose)
@@ -450,7 +453,8 @@ def test_the_services_share_one_image_built_from_the_dockerfile(compose: Compose
         assert (ROOT / declared["build"]["context"] / declared["build"]["dockerfile"]).resolve() == DOCKERFILE
     instructions = dockerfile_instructions()
     arguments = [index for index, i in enumerate(instructions) if i.keyword == "ARG"]
-    assert arguments and arguments[0] < [i.keyword for i in instructions].index("FROM"), "FROM cannot see it"
+    assert arguments, "no ARG PYTHON_IMAGE"
+    assert arguments[0] < [i.keyword for i in instructions].index("FROM"), "FROM cannot see it"
     name, _, dockerfile_default = instructions[arguments[0]].arguments.partition("=")
     assert name == "PYTHON_IMAGE"
     assert service(compose, "users_service")["build"]["args"] == {"PYTHON_IMAGE": dockerfile_default}
@@ -508,7 +512,8 @@ def test_the_gateway_reaches_each_service_by_its_compose_name_and_port(compose: 
     for setting, upstream in UPSTREAM_SETTINGS.items():
         target = url(given[setting])
         assert target.scheme == "http"
-        assert target.hostname == upstream and upstream in compose["services"]
+        assert target.hostname == upstream
+        assert upstream in compose["services"]
         assert target.port == config_of(compose, upstream).http_port
         assert target.path in {"", "/"}
 
@@ -542,7 +547,8 @@ def test_each_service_uses_the_database_and_role_the_init_script_creates(name: s
     database = url(environment(compose, name)["DATABASE_URL"])
     postgres = environment(compose, "postgres")
     assert database.scheme == "postgresql"
-    assert database.hostname == "postgres" and "postgres" in compose["services"]
+    assert database.hostname == "postgres"
+    assert "postgres" in compose["services"]
     assert database.port in {None, 5432}
     assert database.path == "/" + script[f"{prefix}_DB_NAME"]
     assert database.username == script[f"{prefix}_DB_USER"]
@@ -569,7 +575,8 @@ def test_the_init_script_is_mounted_where_postgres_runs_it(compose: Compose) -> 
         for mount in mounts(compose, "postgres")
         if mount.target.startswith("/docker-entrypoint-initdb.d/")
     ]
-    assert len(init) == 1 and init[0].read_only
+    assert len(init) == 1
+    assert init[0].read_only
     assert (ROOT / init[0].source).resolve() == INIT_SCRIPT
     assert init[0].target.endswith(".sh")
     assert Mount("postgres-data", "/var/lib/postgresql/data", False) in mounts(compose, "postgres")
@@ -636,7 +643,8 @@ def test_key_files_are_read_from_the_volumes_the_key_generator_writes(compose: C
         written = option(keygen, KEY_SETTINGS[setting])
         read_from = mount_holding(compose, name, path)
         written_to = mount_holding(compose, "keygen", written)
-        assert read_from.is_named_volume and read_from.source in compose["volumes"]
+        assert read_from.is_named_volume
+        assert read_from.source in compose["volumes"]
         assert read_from.source == written_to.source, f"{name} reads {setting} from another volume"
         assert PurePosixPath(path).name == PurePosixPath(written).name
         assert read_from.read_only, f"{name} could overwrite the key pair"
@@ -702,9 +710,9 @@ def test_the_image_is_built_in_two_stages_from_one_base() -> None:
     runtime_copies = [i for i in stages()[1] if i.keyword in {"COPY", "ADD"}]
     assert runtime_copies, "the runtime stage copies nothing from the builder"
     for copy in runtime_copies:
-        assert f"--from={builder}" in copy.arguments.split() and copy_sources(copy) == ["/opt/venv"], (
-            f"the runtime stage gets the virtual environment only, not {copy.arguments}"
-        )
+        only_the_venv = f"the runtime stage gets the virtual environment only, not {copy.arguments}"
+        assert f"--from={builder}" in copy.arguments.split(), only_the_venv
+        assert copy_sources(copy) == ["/opt/venv"], only_the_venv
 
 
 def test_the_image_runs_as_a_user_other_than_root() -> None:
@@ -722,12 +730,16 @@ def test_the_image_installs_the_production_lock_with_hashes_and_the_project_not_
     installs = pip_installs(stages()[0])
     assert not pip_installs(stages()[-1]), "the runtime stage installs nothing: it copies the venv"
     lock = [words for words in installs if "requirements.lock" in words]
-    assert len(lock) == 1 and "--require-hashes" in lock[0] and "--no-deps" in lock[0]
+    assert len(lock) == 1
+    assert "--require-hashes" in lock[0]
+    assert "--no-deps" in lock[0]
     assert lock[0][lock[0].index("requirements.lock") - 1] in {"-r", "--requirement"}
     project = [words for words in installs if "." in words]
-    assert len(project) == 1 and not {"-e", "--editable"} & set(project[0])
+    assert len(project) == 1
+    assert not {"-e", "--editable"} & set(project[0])
     everything = " ".join(i.arguments for i in dockerfile_instructions())
-    assert "requirements-dev.lock" not in everything and "[dev]" not in everything
+    assert "requirements-dev.lock" not in everything
+    assert "[dev]" not in everything
 
 
 def test_every_file_the_dockerfile_copies_exists_and_is_in_the_build_context() -> None:

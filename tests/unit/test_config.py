@@ -128,4 +128,5 @@ def test_outside_development_the_gateway_refuses_the_flow_page_and_default_secre
     configured = GatewayConfig.from_env(
         {**production, "FLOW_ENABLED": "false", "DATABASE_URL": "postgresql://gateway_svc:s3cret@db/gateway"}
     )
-    assert configured.rate_limited and not configured.flow_enabled
+    assert configured.rate_limited
+    assert not configured.flow_enabled

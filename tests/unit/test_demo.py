@@ -164,7 +164,8 @@ def test_make_demo_compose_runs_the_demo_as_the_operator_inside_the_compose_netw
     # broker as the operator, with the password compose gives it (from .env), never as a service.
     compose, _ = load_compose()
     assert container == TOOLS
-    assert "RABBITMQ_OPERATOR_URL" not in given and "RABBITMQ_URL" not in given
+    assert "RABBITMQ_OPERATOR_URL" not in given
+    assert "RABBITMQ_URL" not in given
     broker = urlsplit(environment(compose, container)["RABBITMQ_OPERATOR_URL"])
     assert (broker.hostname, broker.username) == (
         "rabbitmq",

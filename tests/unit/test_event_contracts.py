@@ -268,7 +268,8 @@ async def test_writing_a_valid_event_stores_exactly_the_checked_body() -> None:
     )
     [(_, (event_id, event_type, body))] = connection.executed
     assert (event_id, event_type) == (envelope.id, "users.credit.reserved")
-    assert isinstance(body, str) and Envelope.from_json(body.encode()) == envelope
+    assert isinstance(body, str)
+    assert Envelope.from_json(body.encode()) == envelope
 
 
 # ---- on the way in: a message that breaks its contract is an InvalidEvent -------------------------
@@ -403,7 +404,8 @@ def test_a_received_event_with_fields_its_consumer_does_not_know_is_accepted() -
     document["data"]["currency"] = "EUR"  # added by a newer producer, as the versioning rule allows
     document["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     event = Envelope.from_json(orjson.dumps(document)).event()
-    assert isinstance(event, CreditReserved) and event.to_data() == known
+    assert isinstance(event, CreditReserved)
+    assert event.to_data() == known
 
 
 # ---- the consumer dead-letters an invalid message at once, and acks it ----------------------------

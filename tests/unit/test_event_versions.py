@@ -47,7 +47,8 @@ def test_version_1_and_version_2_reach_the_handler_as_the_same_event() -> None:
     # One handler, which never sees a version, and so decides the same for both.
     handlers = cast(dict[type, functools.partial[Any]], handler_table(SagaMetrics(CollectorRegistry())))
     assert handlers[type(from_v1)].func is handlers[type(from_v2)].func is on_credit_rejected
-    assert isinstance(from_v1, CreditRejected) and isinstance(from_v2, CreditRejected)
+    assert isinstance(from_v1, CreditRejected)
+    assert isinstance(from_v2, CreditRejected)
     decide = saga.on_credit_rejected
     assert decide(ORDER_ID, USER_ID, saga.OrderStatus.PENDING, from_v1.reason) == decide(
         ORDER_ID, USER_ID, saga.OrderStatus.PENDING, from_v2.reason

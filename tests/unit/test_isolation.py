@@ -55,7 +55,8 @@ def test_the_unusable_value_says_what_was_forgotten_and_no_client_accepts_it() -
     value = unusable("DATABASE_URL")
     assert value == "tests-must-name-database-url:"
     scheme, _, rest = value.partition(":")
-    assert scheme not in {"postgresql", "postgres", "amqp", "amqps", "http", "https"} and rest == ""
+    assert scheme not in {"postgresql", "postgres", "amqp", "amqps", "http", "https"}
+    assert rest == ""
 
 
 def test_the_defaults_themselves_are_there_when_asked_for() -> None:

@@ -687,7 +687,8 @@ def test_each_overlay_says_its_environment_and_the_flow_page_is_dev_only(
     given = given_variables(built, the_container(named(built, "Deployment", "gateway")))
     assert ("RABBITMQ_URL" in given) is gateway.flow_enabled, "the broker's credentials only where used"
     # Both overlays keep the rate limits on, so both run the gateway's database.
-    assert gateway.rate_limited and "DATABASE_URL" in given
+    assert gateway.rate_limited
+    assert "DATABASE_URL" in given
 
 
 def test_each_process_is_given_exactly_the_credentials_it_uses(built: list[Manifest]) -> None:
@@ -896,7 +897,8 @@ def test_the_gateway_reaches_each_service_through_its_service_object(built: list
     assert isinstance(gateway, GatewayConfig)
     for upstream_url in (gateway.users_service_url, gateway.orders_service_url):
         target = urlsplit(upstream_url)
-        assert target.scheme == "http" and target.path in {"", "/"}
+        assert target.scheme == "http"
+        assert target.path in {"", "/"}
         service = named(built, "Service", str(target.hostname))
         (port,) = [port for port in service["spec"]["ports"] if port["port"] == target.port]
         (deployment,) = [
@@ -904,7 +906,8 @@ def test_the_gateway_reaches_each_service_through_its_service_object(built: list
             for d in of_kind(built, "Deployment")
             if selects({"matchLabels": service["spec"]["selector"]}, pod_labels(d))
         ]
-        assert port["targetPort"] == "http" and deployment["metadata"]["name"] == service["metadata"]["name"]
+        assert port["targetPort"] == "http"
+        assert deployment["metadata"]["name"] == service["metadata"]["name"]
         assert target.port == config_of(built, deployment).http_port
 
 
@@ -922,9 +925,8 @@ def test_key_files_come_from_the_key_secrets_and_only_users_service_has_the_priv
                 continue
             assert mount["readOnly"] is True, name
             mode = secret["defaultMode"]
-            assert mode & 0o007 in (0, 0o004) and not mode & 0o222, (
-                f"{name}: {secret['secretName']} mode {mode:o}"
-            )
+            assert mode & 0o007 in (0, 0o004), f"{name}: {secret['secretName']} mode {mode:o}"
+            assert not mode & 0o222, f"{name}: {secret['secretName']} mode {mode:o}"
             if secret["secretName"] == "jwt-private-key":
                 holders_of_private_key.add(name)
                 # Readable through the pod's group, which is the image user's group: no one else's.
@@ -941,7 +943,8 @@ def test_key_files_come_from_the_key_secrets_and_only_users_service_has_the_priv
                     if PurePosixPath(path).parent == PurePosixPath(m["mountPath"])
                 ]
                 assert len(mounted) == 1, f"{name}: {path} is not in a mounted Secret"
-                assert "secret" in volumes[mounted[0]["name"]] and PurePosixPath(path).name == file_name
+                assert "secret" in volumes[mounted[0]["name"]]
+                assert PurePosixPath(path).name == file_name
     assert holders_of_private_key == {"users-service"}
 
 
@@ -982,7 +985,8 @@ def test_the_migration_jobs_run_once_per_release(built: list[Manifest]) -> None:
         # A Job's name becomes a label value of its pods: a DNS label of at most 63 characters.
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?", name), name
         spec = pod_spec(job)
-        assert spec["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] > 0
+        assert spec["restartPolicy"] == "Never"
+        assert job["spec"]["backoffLimit"] > 0
         # A Job's template cannot change: nothing in it may change without a release, and a generated
         # ConfigMap's name changes with any setting.
         assert "envFrom" not in the_container(job)

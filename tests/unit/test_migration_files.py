@@ -17,7 +17,7 @@ def test_files_are_applied_in_numeric_order(tmp_path: Path) -> None:
 def test_misnamed_or_duplicated_migrations_are_refused(tmp_path: Path, names: list[str]) -> None:
     for name in names:
         (tmp_path / name).write_text("SELECT 1;")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not named NNN_lower_snake.sql|two migrations share number"):
         migration_files(tmp_path)
 
 

@@ -101,7 +101,8 @@ def mount_of(compose: Compose, name: str, source: Path) -> Mount:
 
 def named_volume_at(compose: Compose, name: str, target: str) -> Mount:
     found = [mount for mount in mounts(compose, name) if mount.target == target]
-    assert len(found) == 1 and found[0].is_named_volume, f"{name} keeps {target} outside a named volume"
+    assert len(found) == 1, f"{name} keeps {target} outside a named volume"
+    assert found[0].is_named_volume, f"{name} keeps {target} outside a named volume"
     assert found[0].source in compose["volumes"]
     return found[0]
 
@@ -133,7 +134,9 @@ def test_each_image_is_pinned_and_can_be_replaced_by_a_variable(name: str) -> No
     image = service(compose, name)["image"]
     assert image == defaults[variable], f"{name}'s image is not ${{{variable}:-...}}"
     repository, _, tag = image.rpartition(":")
-    assert repository and tag and tag != "latest", f"{image} is not pinned to a version"
+    assert repository, f"{image} names no repository"
+    assert tag, f"{image} is not pinned to a version"
+    assert tag != "latest", f"{image} is not pinned to a version"
     assert any(character.isdigit() for character in tag)
     replaced = load_compose({variable: "eda-standin/replacement:1"})[0]
     assert service(replaced, name)["image"] == "eda-standin/replacement:1"
@@ -172,12 +175,14 @@ def test_prometheus_reads_the_alerting_rules_mounted_beside_its_config(compose: 
     assert rule_files == [ALERT_RULES.name]
     # A relative path in prometheus.yml is read from the config file's folder.
     rules = mount_of(compose, "prometheus", ALERT_RULES)
-    assert rules.read_only and PurePosixPath(rules.target) == config_target.parent / rule_files[0]
+    assert rules.read_only
+    assert PurePosixPath(rules.target) == config_target.parent / rule_files[0]
 
 
 def test_grafana_is_provisioned_from_the_repository_and_keeps_its_data_in_a_volume(compose: Compose) -> None:
     provisioning = mount_of(compose, "grafana", GRAFANA_PROVISIONING)
-    assert provisioning.read_only and provisioning.target == GRAFANA_PROVISIONING_PATH
+    assert provisioning.read_only
+    assert provisioning.target == GRAFANA_PROVISIONING_PATH
     assert mount_of(compose, "grafana", GRAFANA_DASHBOARDS).read_only
     named_volume_at(compose, "grafana", "/var/lib/grafana")
 
@@ -227,7 +232,8 @@ def test_tracing_is_off_unless_an_endpoint_is_given(compose: Compose, name: str)
 def test_the_suggested_endpoint_is_jaegers_otlp_http_port_on_the_compose_network(compose: Compose) -> None:
     endpoint = url(commented_example(OTEL_SETTING))
     assert endpoint.scheme == "http"
-    assert endpoint.hostname == "jaeger" and "jaeger" in compose["services"]
+    assert endpoint.hostname == "jaeger"
+    assert "jaeger" in compose["services"]
     assert endpoint.port == OTLP_HTTP_PORT
     assert str(OTLP_HTTP_PORT) in [str(port) for port in service(compose, "jaeger")["expose"]]
     # The SDK appends /v1/traces to the base URL this variable holds.
@@ -294,7 +300,8 @@ def test_the_data_sources_are_prometheus_and_jaeger_by_their_compose_names(compo
     for kind, name in {"prometheus": "prometheus", "jaeger": "jaeger"}.items():
         address = url(by_type[kind]["url"])
         assert address.scheme == "http"
-        assert address.hostname == name and service(compose, name)["profiles"] == [PROFILE]
+        assert address.hostname == name
+        assert service(compose, name)["profiles"] == [PROFILE]
         assert address.port == UI_PORTS[name][0], f"{name}'s API is served on its UI port"
         assert by_type[kind]["access"] == "proxy", "Grafana's server asks, not the browser"
 
@@ -317,7 +324,9 @@ def dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 def test_every_panel_has_a_title_a_description_and_a_place_of_its_own(dashboard: dict[str, Any]) -> None:
-    assert dashboard["uid"] and dashboard["title"] and dashboard.get("description")
+    assert dashboard["uid"]
+    assert dashboard["title"]
+    assert dashboard.get("description")
     found = list(panels(dashboard))
     assert len({panel["id"] for panel in found}) == len(found), "two panels with one id"
     cells: dict[tuple[int, int], str] = {}
@@ -327,7 +336,8 @@ def test_every_panel_has_a_title_a_description_and_a_place_of_its_own(dashboard:
             # A learner reads the dashboard: each panel says what it shows and what to look for.
             assert len(panel.get("description", "")) >= 40, f"{panel['title']!r} explains nothing"
         place = panel["gridPos"]
-        assert 0 <= place["x"] and place["x"] + place["w"] <= 24, f"{panel['title']!r} is wider than the grid"
+        assert place["x"] >= 0, f"{panel['title']!r} starts left of the grid"
+        assert place["x"] + place["w"] <= 24, f"{panel['title']!r} is wider than the grid"
         for x in range(place["x"], place["x"] + place["w"]):
             for y in range(place["y"], place["y"] + place["h"]):
                 assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
