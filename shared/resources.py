@@ -8,10 +8,12 @@ relay stops, and the connections close.
 """
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
 from yarl import URL
 
@@ -21,8 +23,9 @@ from shared.bus_contract import bus
 from shared.config import DatabaseConfig, ServiceConfig
 from shared.consumer import Consumer, HandlerTable
 from shared.db import apply_migrations, create_pool
+from shared.metrics import MessagingMetrics
 from shared.relay import OutboxRelay
-from shared.topology import declare_topology, queue_depths, queues_for, receivers_of
+from shared.topology import ConsumerQueues, declare_topology, queue_depths, queues_for, receivers_of
 
 log = structlog.get_logger("service")
 
@@ -61,9 +64,11 @@ def broker(config: ServiceConfig) -> Callable[[web.Application], AsyncIterator[N
 def messaging(
     config: ServiceConfig, service: str, handlers: HandlerTable
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The topology, the outbox relay, the consumer (for a service that handles events) and the
+    queue keeper; on the way out, the consumer finishes what it holds before the relay stops."""
+
     async def messaging(app: web.Application) -> AsyncIterator[None]:
         connection = app[BROKER]
-        metrics = app[MESSAGING_METRICS]
         # The broker user this service signs its messages as (the broker checks it).
         own_user = URL(config.rabbitmq_url.value).user
         own = queues_for(service, handlers) if handlers else None
@@ -82,55 +87,14 @@ def messaging(
             poll_interval=config.outbox_poll_interval,
             publish_timeout=config.publish_timeout,
             user_id=own_user,
-            metrics=metrics,
+            metrics=app[MESSAGING_METRICS],
         )
         relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
-        consumer: Consumer | None = None
-        if own is not None:
-            consuming = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await consuming.set_qos(prefetch_count=config.consumer_prefetch)
-            consumer = Consumer(
-                queues=own,
-                handlers=handlers,
-                pool=app[DB_POOL],
-                outbox=app[OUTBOX],
-                channel=consuming,
-                retry_delays_ms=config.retry_delays,
-                publish_timeout=config.publish_timeout,
-                unavailable_wait=config.database_unavailable_wait,
-                own_user=own_user,
-                publishers=bus().publisher,
-                metrics=metrics,
-            )
-            await consumer.start()
-
-        watched = [q.main for q in [*([own] if own else []), *receivers]] + ([own.dead_letter] if own else [])
-
-        async def keep_the_queues() -> None:
-            """The queues this service consumes from and publishes to must exist, bound: an operator
-            may delete one, or a binding, by hand. Now and then, count what waits in them (the dead
-            letters among them), say what was missing, and declare it all again (which repairs it)."""
-            while True:
-                try:
-                    depths = await queue_depths(connection, watched)
-                    missing = [name for name, depth in depths.items() if depth is None]
-                    metrics.queues_missing.set(len(missing))
-                    for name, depth in depths.items():
-                        metrics.queue_messages.labels(name).set(depth or 0)
-                    if missing:
-                        log.error("queues missing; declaring them again", queues=missing)
-                    await declare_topology(
-                        publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
-                    )
-                    if consumer is not None and own is not None and own.main in missing:
-                        await consumer.start()  # the broker cancelled our consumer with the queue
-                except BROKER_UNAVAILABLE as error:
-                    log.warning("could not look at the queues", error=repr(error))
-                await asyncio.sleep(config.queue_check_interval)
-
-        watch = asyncio.create_task(keep_the_queues(), name=f"{service} queue check")
+        consumer = await _consume(app, config, own, handlers, own_user) if own is not None else None
+        keeper = QueueKeeper(connection, publishing, own, receivers, consumer, config, app[MESSAGING_METRICS])
+        keeping = asyncio.create_task(keeper.run(), name=f"{service} queue check")
         yield
-        watch.cancel()
+        keeping.cancel()
         if consumer is not None:
             await consumer.stop()
         relay.stop()
@@ -140,3 +104,71 @@ def messaging(
             log.warning("outbox relay did not stop in time; its rows will be published after restart")
 
     return messaging
+
+
+async def _consume(
+    app: web.Application,
+    config: ServiceConfig,
+    own: ConsumerQueues,
+    handlers: HandlerTable,
+    own_user: str | None,
+) -> Consumer:
+    channel = await app[BROKER].channel(publisher_confirms=True, on_return_raises=True)
+    await channel.set_qos(prefetch_count=config.consumer_prefetch)
+    consumer = Consumer(
+        queues=own,
+        handlers=handlers,
+        pool=app[DB_POOL],
+        outbox=app[OUTBOX],
+        channel=channel,
+        retry_delays_ms=config.retry_delays,
+        publish_timeout=config.publish_timeout,
+        unavailable_wait=config.database_unavailable_wait,
+        own_user=own_user,
+        publishers=bus().publisher,
+        metrics=app[MESSAGING_METRICS],
+    )
+    await consumer.start()
+    return consumer
+
+
+@dataclasses.dataclass
+class QueueKeeper:
+    """The queues this service consumes from and publishes to must exist, bound: an operator may
+    delete one, or a binding, by hand. Now and then, count what waits in them (the dead letters among
+    them), say what was missing, and declare it all again (which repairs it)."""
+
+    connection: AbstractConnection
+    channel: AbstractChannel  # the publishing one
+    own: ConsumerQueues | None
+    receivers: list[ConsumerQueues]
+    consumer: Consumer | None
+    config: ServiceConfig
+    metrics: MessagingMetrics
+
+    @property
+    def watched(self) -> list[str]:
+        mine = [self.own.main, self.own.dead_letter] if self.own is not None else []
+        return mine + [receiver.main for receiver in self.receivers]
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except BROKER_UNAVAILABLE as error:
+                log.warning("could not look at the queues", error=repr(error))
+            await asyncio.sleep(self.config.queue_check_interval)
+
+    async def check(self) -> None:
+        depths = await queue_depths(self.connection, self.watched)
+        missing = [name for name, depth in depths.items() if depth is None]
+        self.metrics.queues_missing.set(len(missing))
+        for name, depth in depths.items():
+            self.metrics.queue_messages.labels(name).set(depth or 0)
+        if missing:
+            log.error("queues missing; declaring them again", queues=missing)
+        await declare_topology(
+            self.channel, own=self.own, receivers=self.receivers, retry_delays_ms=self.config.retry_delays
+        )
+        if self.consumer is not None and self.own is not None and self.own.main in missing:
+            await self.consumer.start()  # the broker cancelled our consumer with the queue
