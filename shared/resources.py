@@ -91,7 +91,7 @@ def messaging(
         )
         relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
         consumer = await _consume(app, config, own, handlers, own_user) if own is not None else None
-        keeper = QueueKeeper(connection, publishing, own, receivers, consumer, config, app[MESSAGING_METRICS])
+        keeper = QueueKeeper(connection, publishing, own, receivers, config, app[MESSAGING_METRICS])
         keeping = asyncio.create_task(keeper.run(), name=f"{service} queue check")
         yield
         keeping.cancel()
@@ -136,13 +136,16 @@ async def _consume(
 class QueueKeeper:
     """The queues this service consumes from and publishes to must exist, bound: an operator may
     delete one, or a binding, by hand. Now and then, count what waits in them (the dead letters among
-    them), say what was missing, and declare it all again (which repairs it)."""
+    them), say what was missing, and declare it all again (which repairs it).
+
+    The consumer needs nothing of it: when its queue is deleted, the broker cancels it, and aio-pika's
+    robust channel declares the queue again and consumes anew (tests/integration/test_queue_keeper.py).
+    The keeper repairs the rest: a binding deleted alone, the queues this service only publishes to."""
 
     connection: AbstractConnection
     channel: AbstractChannel  # the publishing one
     own: ConsumerQueues | None
     receivers: list[ConsumerQueues]
-    consumer: Consumer | None
     config: ServiceConfig
     metrics: MessagingMetrics
 
@@ -170,5 +173,3 @@ class QueueKeeper:
         await declare_topology(
             self.channel, own=self.own, receivers=self.receivers, retry_delays_ms=self.config.retry_delays
         )
-        if self.consumer is not None and self.own is not None and self.own.main in missing:
-            await self.consumer.start()  # the broker cancelled our consumer with the queue

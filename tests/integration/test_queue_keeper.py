@@ -71,8 +71,8 @@ async def reserves_credit(users: Client, broker: Vhost) -> None:
 async def test_a_queue_deleted_while_the_service_runs_is_declared_again_and_consumed_from(
     users: Client, servers: Servers, broker: Vhost
 ) -> None:
+    # Deleted (the API answers once it is): repaired so fast that looking for its absence would race.
     await servers.rabbitmq.management.request("DELETE", f"queues/{quote(broker.name, safe='')}/{QUEUE}")
-    assert not await queue_exists(broker)
     await eventually(lambda: queue_exists(broker), what="the queue declared again")
     await reserves_credit(users, broker)
 
@@ -82,6 +82,5 @@ async def test_a_binding_deleted_while_the_service_runs_is_declared_again(
 ) -> None:
     binding = f"bindings/{quote(broker.name, safe='')}/e/{EXCHANGE}/q/{QUEUE}/{OrderCreated.TYPE}"
     await servers.rabbitmq.management.request("DELETE", binding)
-    assert not await bound(servers, broker, OrderCreated.TYPE)
     await eventually(lambda: bound(servers, broker, OrderCreated.TYPE), what="the binding declared again")
     await reserves_credit(users, broker)
