@@ -138,9 +138,9 @@ class QueueKeeper:
     delete one, or a binding, by hand. Now and then, count what waits in them (the dead letters among
     them), say what was missing, and declare it all again (which repairs it).
 
-    The consumer needs nothing of it: when its queue is deleted, the broker cancels it, and aio-pika's
-    robust channel declares the queue again and consumes anew (tests/integration/test_queue_keeper.py).
-    The keeper repairs the rest: a binding deleted alone, the queues this service only publishes to."""
+    The consumer needs no more than that: when its queue is deleted, the broker cancels it, and
+    aio-pika's robust channel keeps trying to consume anew, which succeeds once the queue is back
+    (tests/integration/test_queue_keeper.py)."""
 
     connection: AbstractConnection
     channel: AbstractChannel  # the publishing one
