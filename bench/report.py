@@ -105,9 +105,22 @@ def _cell(summary: dict[str, Any], digits: int = 0) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
+    """The run as text: the machine, then each result (R1 to R5), memory, CPU, targets, profiles."""
+    sections = [
+        _header(results),
+        _gateway_sections(results["r1_gateway_throughput"], results["r2_gateway_latency"]),
+        _saga_sections(results["r3_saga_throughput"], results["r4_saga_latency"]),
+        _relay_section(results["r5_relay"]),
+        _memory_section(results["memory"]),
+        _cpu_section(results),
+        _targets_section(results["targets"]),
+        _profile_section(results.get("profile")),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _header(results: dict[str, Any]) -> list[str]:
     machine = results["machine"]
-    r1, r2 = results["r1_gateway_throughput"], results["r2_gateway_latency"]
-    r3, r4, r5 = results["r3_saga_throughput"], results["r4_saga_latency"], results["r5_relay"]
     rounds = results["settings"]["rounds"]
     lines = [
         f"Benchmark ({results['mode']}), {results['started_at']}: "
@@ -118,35 +131,42 @@ def table(results: dict[str, Any]) -> str:
         "under test",
         f"median [min-max] over {rounds} round(s); load average at start "
         f"{machine['load_average_at_start'][0]:.2f}, at end {results['load_average_at_end'][0]:.2f}",
-        *(
-            [
-                f"WARNING: {machine['cpu_busy_before_start']:.0%} of the CPUs were busy before the run "
-                "started: other work shared the machine, and these figures show it"
-            ]
-            if machine["cpu_busy_before_start"] > QUIET_BUSY
-            else []
-        ),
-        "",
-        f"R1 gateway throughput, {r1['request']}, {r1['generator']} (requests/s)",
     ]
-    labels = {
-        "direct": "orders_service directly",
-        "nginx": "nginx -> orders_service",
-        "gateway": "gateway -> orders_service",
-    }
-    for name, label in labels.items():
+    if machine["cpu_busy_before_start"] > QUIET_BUSY:
+        lines.append(
+            f"WARNING: {machine['cpu_busy_before_start']:.0%} of the CPUs were busy before the run "
+            "started: other work shared the machine, and these figures show it"
+        )
+    return lines
+
+
+GATEWAY_LABELS = {
+    "direct": "orders_service directly",
+    "nginx": "nginx -> orders_service",
+    "gateway": "gateway -> orders_service",
+}
+PERCENTILES = ("p50", "p99", "p99.9")
+
+
+def _gateway_sections(r1: dict[str, Any], r2: dict[str, Any]) -> list[str]:
+    lines = ["", f"R1 gateway throughput, {r1['request']}, {r1['generator']} (requests/s)"]
+    for name, label in GATEWAY_LABELS.items():
         lines.append(f"  {label:<34} {_cell(r1['throughput'][name])}")
     lines.append(f"  {'gateway / nginx':<34} {_cell(r1['ratio_gateway_nginx'], 2)}")
     lines += ["", f"R2 latency at {r2['rate']:.0f} requests/s, open loop (ms: p50 / p99 / p99.9)"]
-    for name, label in labels.items():
-        cells = " / ".join(_cell(r2["latency"][name][key], 2) for key in ("p50", "p99", "p99.9"))
+    for name, label in GATEWAY_LABELS.items():
+        cells = " / ".join(_cell(r2["latency"][name][key], 2) for key in PERCENTILES)
         lines.append(f"  {label:<34} {cells}")
     for name in ("gateway", "nginx"):
-        cells = " / ".join(_cell(r2[f"{name}_added"][key], 2) for key in ("p50", "p99", "p99.9"))
+        cells = " / ".join(_cell(r2[f"{name}_added"][key], 2) for key in PERCENTILES)
         lines.append(f"  {name + ' added':<34} {cells}")
-    lag = " / ".join(_cell(r2["generator_lag"][key], 2) for key in ("p50", "p99", "p99.9"))
+    lag = " / ".join(_cell(r2["generator_lag"][key], 2) for key in PERCENTILES)
     lines.append(f"  {'generator lag (its own)':<34} {lag}")
-    lines += [
+    return lines
+
+
+def _saga_sections(r3: dict[str, Any], r4: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "R3 saga throughput (orders reaching a final state per second)",
         f"  {'saga, sustained':<34} {_cell(r3['saga'], 1)}",
@@ -155,9 +175,9 @@ def table(results: dict[str, Any]) -> str:
         f"  {'saga / raw':<34} {_cell(r3['ratio'], 2)}",
         "",
         f"R4 saga latency at {r4['rate']:.1f} orders/s, POST to final event (ms: p50 / p99 / p99.9)",
-        f"  {'saga':<34} " + " / ".join(_cell(r4["latency"][key], 1) for key in ("p50", "p99", "p99.9")),
+        f"  {'saga':<34} " + " / ".join(_cell(r4["latency"][key], 1) for key in PERCENTILES),
         f"  {'POST answered (part of it)':<34} "
-        + " / ".join(_cell(r4["post_answered"][key], 1) for key in ("p50", "p99", "p99.9")),
+        + " / ".join(_cell(r4["post_answered"][key], 1) for key in PERCENTILES),
         f"  {'sum of parts (p50)':<34} {r4['parts_sum']:.1f}  = "
         + " + ".join(f"{name} {value:.1f}" for name, value in r4["parts_p50"].items()),
         f"  {'saga p50 / sum of parts':<34} {_cell(r4['ratio_p50_to_parts'], 2)}",
@@ -169,48 +189,62 @@ def table(results: dict[str, Any]) -> str:
             f"  {'relay wake, commit to publish':<34} p50 {stats['p50']:.2f} / p99 {stats['p99']:.2f} / "
             f"max {stats['max']:.2f} ms over {stats['count']:.0f} events"
         )
-    lines += [
+    return lines
+
+
+def _relay_section(r5: dict[str, Any]) -> list[str]:
+    return [
         "",
         f"R5 relay ({r5['events_per_round']} events per round; events/s)",
         f"  {'outbox relay':<34} {_cell(r5['relay'])}",
         f"  {'raw aio-pika, same confirms':<34} {_cell(r5['raw_aio_pika'])}",
         f"  {'relay / raw':<34} {_cell(r5['ratio'], 2)}",
-        "",
-        "Memory, MB resident: idle / peak under "
-        + " / ".join(results["memory"]["peaks"])
-        + " / idle after load",
     ]
-    memory = results["memory"]
+
+
+def _memory_section(memory: dict[str, Any]) -> list[str]:
     phases = list(memory["peaks"])
+    lines = ["", "Memory, MB resident: idle / peak under " + " / ".join(phases) + " / idle after load"]
     for name in (*SERVICES, "nginx"):
         figures: list[float] = [memory["idle"].get(name, math.nan)]
         figures += [memory["peaks"][phase].get(name, math.nan) for phase in phases]
         figures.append(memory["idle_after_load"].get(name, math.nan))
         lines.append(f"  {name:<34} " + " / ".join(f"{figure:.0f}" for figure in figures))
-    lines += [
-        "",
-        "CPU, cores busy (of " + str(machine["nproc"]) + "): whole machine / this benchmark's processes",
-    ]
+    return lines
+
+
+def _cpu_section(results: dict[str, Any]) -> list[str]:
+    nproc = results["machine"]["nproc"]
+    lines = ["", f"CPU, cores busy (of {nproc}): whole machine / this benchmark's processes"]
     for phase, cpu in results.get("cpu_by_phase", {}).items():
         lines.append(
             f"  {phase:<34} {cpu['machine_busy_cores']:.2f} / {cpu['bench_tree_cores']:.2f}  "
             "(the rest: Postgres, RabbitMQ and anything else running)"
         )
-    lines += ["", "Targets (ratios from this run; measured, not asserted)"]
-    for target in results["targets"]:
+    return lines
+
+
+def _targets_section(targets: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "Targets (ratios from this run; measured, not asserted)"]
+    for target in targets:
         verdict = "PASS" if target["pass"] else "MISS"
         value, (low, high) = target["value"], target["spread"]
         lines.append(
             f"  {target['id']:<4} {target['what']:<42} {value:8.2f} [{low:.2f}-{high:.2f}]  "
             f"target {target['target']:<8} {verdict}"
         )
-    if "profile" in results:
-        lines += ["", "Profiles (py-spy, share of active samples)"]
-        for name, summary in results["profile"].items():
-            lines.append(f"  {name}: busy {summary['busy_fraction']}")
-            for function, share in summary["self"][:12]:
-                lines.append(f"    self {share:5.1f}%  {function}")
-    return "\n".join(lines)
+    return lines
+
+
+def _profile_section(profile: dict[str, Any] | None) -> list[str]:
+    if profile is None:
+        return []
+    lines = ["", "Profiles (py-spy, share of active samples)"]
+    for name, summary in profile.items():
+        lines.append(f"  {name}: busy {summary['busy_fraction']}")
+        for function, share in summary["self"][:12]:
+            lines.append(f"    self {share:5.1f}%  {function}")
+    return lines
 
 
 def _bars(axis: Any, labels: list[str], summaries: list[dict[str, Any]], colours: list[str]) -> None:

@@ -169,6 +169,49 @@ async def saga_throughput(
     }
 
 
+class _OpenLoop:
+    """One latency run's orders: when each was answered and finished, relative to its schedule."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        customers: Sequence[Customer],
+        final: FinalStates,
+        measure_from: float,
+    ) -> None:
+        self.session, self.url, self.customers, self.final = session, url, customers, final
+        self.measure_from = measure_from
+        self.answered: list[float] = []
+        self.finished: list[float] = []
+        self.lags: list[float] = []
+        self.errors = 0
+        self.pending: set[str] = set()
+        self.all_done = asyncio.Event()
+        self.sent_all = False
+
+    async def one(self, index: int, scheduled: float) -> None:
+        lag = time.perf_counter() - scheduled
+        order_id = await post_order(self.session, self.url, self.customers[index % len(self.customers)])
+        measured = scheduled >= self.measure_from
+        if order_id is None:
+            self.errors += measured
+            return
+        if measured:
+            self.answered.append((time.perf_counter() - scheduled) * 1000)
+            self.lags.append(lag * 1000)
+        self.pending.add(order_id)
+
+        def done(moment: float) -> None:
+            self.pending.discard(order_id)
+            if measured:
+                self.finished.append((moment - scheduled) * 1000)
+            if self.sent_all and not self.pending:
+                self.all_done.set()
+
+        self.final.when_final(order_id, done)
+
+
 async def saga_latency(
     session: aiohttp.ClientSession,
     url: str,
@@ -184,60 +227,30 @@ async def saga_latency(
     the earlier ones have been answered; the saga's time ends when its final event arrives."""
     total = max(1, int(rate * (warmup + duration)))
     start = time.perf_counter() + 0.05
-    measure_from = start + warmup
-    answered: list[float] = []
-    finished: list[float] = []
-    lags: list[float] = []
-    errors = 0
-    pending: set[str] = set()
-    all_done = asyncio.Event()
-    sent_all = False
+    run = _OpenLoop(session, url, customers, final, measure_from=start + warmup)
     tasks: set[asyncio.Task[None]] = set()
-
-    async def one(index: int, scheduled: float) -> None:
-        nonlocal errors
-        lag = time.perf_counter() - scheduled
-        order_id = await post_order(session, url, customers[index % len(customers)])
-        measured = scheduled >= measure_from
-        if order_id is None:
-            errors += measured
-            return
-        if measured:
-            answered.append((time.perf_counter() - scheduled) * 1000)
-            lags.append(lag * 1000)
-        pending.add(order_id)
-
-        def done(moment: float) -> None:
-            pending.discard(order_id)
-            if measured:
-                finished.append((moment - scheduled) * 1000)
-            if sent_all and not pending:
-                all_done.set()
-
-        final.when_final(order_id, done)
-
     for index in range(total):
         scheduled = start + index / rate
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(one(index, scheduled))
+        task = asyncio.create_task(run.one(index, scheduled))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.gather(*tasks)
-    sent_all = True
-    if pending:
+    run.sent_all = True
+    if run.pending:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_done.wait(), drain_timeout)
+            await asyncio.wait_for(run.all_done.wait(), drain_timeout)
     return {
         "rate": rate,
-        "orders": len(finished),
-        "post_errors": errors,
-        "undecided": len(pending),
-        "final_ms": latency_percentiles(finished),
-        "post_answered_ms": latency_percentiles(answered),
-        "send_lag_ms": latency_percentiles(lags),
+        "orders": len(run.finished),
+        "post_errors": run.errors,
+        "undecided": len(run.pending),
+        "final_ms": latency_percentiles(run.finished),
+        "post_answered_ms": latency_percentiles(run.answered),
+        "send_lag_ms": latency_percentiles(run.lags),
     }
 
 

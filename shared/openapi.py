@@ -279,33 +279,29 @@ def _nul_characters(document: Any) -> Iterator[dict[str, str]]:
             pending.extend((value, [*path, str(index)]) for index, value in enumerate(node))
 
 
+# What each rule requires, said without the value (it may be a password).
+_RULES = {
+    "type": "must be of type {}",
+    "minLength": "must be at least {} characters long",
+    "maxLength": "must be at most {} characters long",
+    "minimum": "must be at least {}",
+    "maximum": "must be at most {}",
+    "minItems": "must have at least {} items",
+    "maxItems": "must have at most {} items",
+    "pattern": "must match the pattern {}",
+    "const": "must be {}",
+}
+
+
 def _describe(error: ValidationError) -> str:
     """A message that names the rule but never echoes the value (it may be a password)."""
     limit: Any = error.validator_value
-    match error.validator:
-        case "type":
-            return f"must be of type {limit}"
-        case "minLength":
-            return f"must be at least {limit} characters long"
-        case "maxLength":
-            return f"must be at most {limit} characters long"
-        case "minimum":
-            return f"must be at least {limit}"
-        case "maximum":
-            return f"must be at most {limit}"
-        case "minItems":
-            return f"must have at least {limit} items"
-        case "maxItems":
-            return f"must have at most {limit} items"
-        case "pattern" if limit == NO_NUL_CHARACTER:
-            return NUL_CHARACTER_REFUSED
-        case "pattern":
-            return f"must match the pattern {limit}"
-        case "enum":
-            return "must be one of " + ", ".join(map(str, limit))
-        case "const":
-            return f"must be {limit}"
-    return f"fails the {error.validator!r} rule"
+    if error.validator == "pattern" and limit == NO_NUL_CHARACTER:
+        return NUL_CHARACTER_REFUSED
+    if error.validator == "enum":
+        return "must be one of " + ", ".join(map(str, limit))
+    rule = _RULES.get(str(error.validator))
+    return rule.format(limit) if rule is not None else f"fails the {error.validator!r} rule"
 
 
 def _entry(path: list[str], detail: str) -> dict[str, str]:

@@ -155,61 +155,80 @@ def _operation_messages(document: dict[str, Any], operation: dict[str, Any]) -> 
     }
 
 
+DURABLE_TOPIC_EXCHANGE = {
+    "name": EXCHANGE,
+    "type": "topic",
+    "durable": True,
+    "autoDelete": False,
+    "vhost": "/",
+}
+
+
 def _routing_problems(document: dict[str, Any]) -> list[str]:
     sent: dict[str, set[Version]] = {}
     received: dict[str, set[Version]] = {}
     watched: set[Version] = set()
     found = []
     for key, operation in document["operations"].items():
-        channel = _follow(document, operation["channel"]["$ref"])
+        channel_ref = operation["channel"]["$ref"]
+        channel = _follow(document, channel_ref)
         amqp = channel["bindings"]["amqp"]
         [service] = [tag["name"] for tag in operation["tags"]]
-        channel_ref = operation["channel"]["$ref"]
         if any(not ref["$ref"].startswith(f"{channel_ref}/messages/") for ref in operation["messages"]):
             found.append(f"operation {key}: a message is not one of its channel's")
         messages = _operation_messages(document, operation)
         if operation["action"] == "send":
             sent.setdefault(service, set()).update(messages)
-            if amqp.get("exchange") != {
-                "name": EXCHANGE,
-                "type": "topic",
-                "durable": True,
-                "autoDelete": False,
-                "vhost": "/",
-            }:
+            if amqp.get("exchange") != DURABLE_TOPIC_EXCHANGE:
                 found.append(f"operation {key}: does not publish to the durable topic exchange {EXCHANGE}")
             continue
-        if amqp.get("is") != "queue":
-            found.append(f"operation {key}: does not receive from a queue")
-        elif amqp["queue"]["durable"]:
+        found += _receiving_problems(document, key, service, channel, messages)
+        if amqp.get("is") == "queue" and amqp["queue"]["durable"]:
             received.setdefault(service, set()).update(messages)
-            if amqp["queue"]["name"] != service:
-                found.append(f"operation {key}: does not consume from the durable queue {service}")
-        else:
+        elif amqp.get("is") == "queue":
             watched |= messages  # a flow tap: it watches, it need not receive
-        channel_messages = {
-            _version_of(_follow(document, ref["$ref"])) for ref in channel["messages"].values()
-        }
-        if channel_messages != messages:
-            found.append(f"operation {key}: receives other messages than its queue is bound to")
+    found += _publishing_problems(sent)
+    found += _handling_problems(received)
+    if watched and watched != set(DECODERS):
+        found.append("a flow tap does not watch every event")
+    return found
+
+
+def _receiving_problems(
+    document: dict[str, Any], key: str, service: str, channel: dict[str, Any], messages: set[Version]
+) -> list[str]:
+    amqp = channel["bindings"]["amqp"]
+    if amqp.get("is") != "queue":
+        return [f"operation {key}: does not receive from a queue"]
+    found = []
+    if amqp["queue"]["durable"] and amqp["queue"]["name"] != service:
+        found.append(f"operation {key}: does not consume from the durable queue {service}")
+    channel_messages = {_version_of(_follow(document, ref["$ref"])) for ref in channel["messages"].values()}
+    if channel_messages != messages:
+        found.append(f"operation {key}: receives other messages than its queue is bound to")
+    return found
+
+
+def _publishing_problems(sent: dict[str, set[Version]]) -> list[str]:
     emitted = {(event.TYPE, event.DATAVERSION) for event in EVENT_TYPES.values()}
-    found += [f"{t} v{v} has no publisher" for t, v in sorted(emitted - set().union(*sent.values()))]
-    found += [
-        f"{t} v{v} is published, but no dataclass emits it"
-        for t, v in sorted(set().union(*sent.values()) - emitted)
-    ]
-    if sum(len(versions) for versions in sent.values()) != len(set().union(*sent.values())):
+    published: set[Version] = set().union(*sent.values())
+    found = [f"{t} v{v} has no publisher" for t, v in sorted(emitted - published)]
+    found += [f"{t} v{v} is published, but no dataclass emits it" for t, v in sorted(published - emitted)]
+    if sum(len(versions) for versions in sent.values()) != len(published):
         found.append("an event type has more than one publisher")
+    return found
+
+
+def _handling_problems(received: dict[str, set[Version]]) -> list[str]:
     expected_received = {
         service: {version for version in DECODERS if version[0] in {event.TYPE for event in table}}
         for service, table in HANDLED.items()
     }
+    found = []
     for service in sorted(received.keys() | expected_received.keys()):
         got, wanted = received.get(service, set()), expected_received.get(service, set())
         found += [f"{service} handles {t} v{v}, which it does not receive" for t, v in sorted(wanted - got)]
         found += [f"{service} receives {t} v{v}, which it does not handle" for t, v in sorted(got - wanted)]
-    if watched and watched != set(DECODERS):
-        found.append("a flow tap does not watch every event")
     return found
 
 
