@@ -510,7 +510,7 @@ class Benchmark:
 
     async def profiles(self, directory: Path) -> dict[str, Any]:
         settings = self.settings
-        directory.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         seconds = max(3.0, settings.duration)
         gateway_pid = self.stack.gateway.pid
         assert gateway_pid is not None
@@ -647,8 +647,9 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
     results["load_average_at_end"] = list(os.getloadavg())
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)
     results["targets"] = report.targets(results)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+    await asyncio.to_thread(output.parent.mkdir, parents=True, exist_ok=True)
+    document = orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+    await asyncio.to_thread(output.write_bytes, document)
     report.chart(results, chart)
     print(report.table(results))
     print(f"\nJSON: {output}\nchart: {chart}")

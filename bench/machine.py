@@ -71,7 +71,8 @@ async def machine_info(servers: Servers, nginx: str, wrk: str) -> dict[str, Any]
             packages[package] = metadata.version(package)
     memory_kb = 0
     with contextlib.suppress(OSError, ValueError):
-        memory_kb = int(re.findall(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[0])
+        meminfo = await asyncio.to_thread(Path("/proc/meminfo").read_text)
+        memory_kb = int(re.findall(r"MemTotal:\s+(\d+)", meminfo)[0])
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model(),
