@@ -3,6 +3,7 @@ a request meets them (middlewares, then the routes), and each step says why it i
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
@@ -14,7 +15,6 @@ from yarl import URL
 from gateway.config import GatewayConfig
 from gateway.contract import public_contract
 from gateway.edge import LOGIN, REGISTRATION, client_address, cors, rate_limits, size_limits
-from gateway.flow import FLOW_HUB, FlowHub, end_streams, flow_events, flow_tap, http_recorder
 from gateway.proxy import CallObserver, RetryPolicy, Upstream, forward
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
 from gateway.resilience import CircuitBreaker, CircuitState
@@ -24,6 +24,9 @@ from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewar
 from shared.metrics import METRICS, Metrics
 from shared.service import DB_POOL, database
 from shared.tracing import Tracing
+
+if TYPE_CHECKING:  # for the annotations only: see flow_page
+    from gateway.flow import FlowPage
 
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 READINESS_TIMEOUT = 2.0
@@ -35,39 +38,31 @@ DOCS_CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 DOCS_HEADERS = {"Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
-# The flow page is the gateway's own files only: no inline script or style (its script sets styles
-# through the DOM, which CSP allows), no eval, no other origin; it reads only its own event stream.
-FLOW_CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-FLOW_HEADERS = {"Content-Security-Policy": FLOW_CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
-FLOW_FILES = {"flow.css": "text/css", "flow.js": "text/javascript", "flow.svg": "image/svg+xml"}
 
 
 def create_app(config: GatewayConfig) -> web.Application:
     """The gateway: the middlewares a request passes, outermost first, then what answers it."""
     metrics = Metrics()
     tracing = Tracing("gateway", enabled=config.tracing_enabled)
-    flow = FlowHub() if config.flow_enabled else None
+    flow = flow_page(config)
     app = web.Application(middlewares=edge_middlewares(config, metrics, tracing, flow))
     if config.rate_limited:
         shared_rate_limits(app, config)
     cors(app, config.cors_origins)
     upstreams = upstream_services(config)
     app.cleanup_ctx.append(upstream_session(config))
-    app.router.add_routes(proxy_routes(config, upstreams, tracing, observer=flow))
+    app.router.add_routes(proxy_routes(config, upstreams, tracing, observer=flow.observer if flow else None))
     app.router.add_routes(readiness_routes(app, upstreams))
     app.router.add_routes(documentation_routes())
     if flow is not None:
-        flow_page(app, flow, config)
+        flow.attach(app)
     app[METRICS] = metrics
     app.router.add_routes(metrics.routes())
     return app
 
 
 def edge_middlewares(
-    config: GatewayConfig, metrics: Metrics, tracing: Tracing, flow: FlowHub | None
+    config: GatewayConfig, metrics: Metrics, tracing: Tracing, flow: "FlowPage | None"
 ) -> list[Middleware]:
     """Outermost first: the standard ones (security headers, request id, logs, metrics, traces,
     problems), then the flow page's recorder, inside the problem middleware but outside the limits
@@ -75,7 +70,7 @@ def edge_middlewares(
     these (shared_rate_limits, edge.cors)."""
     return [
         *standard_middlewares(metrics, tracing, edge=True),
-        *([http_recorder(flow)] if flow is not None else []),
+        *([flow.recorder] if flow is not None else []),
         size_limits(
             max_url_bytes=config.max_url_bytes,
             max_header_bytes=config.max_header_bytes,
@@ -258,35 +253,12 @@ def documentation_routes() -> list[web.AbstractRouteDef]:
     ]
 
 
-def flow_page(app: web.Application, flow: FlowHub, config: GatewayConfig) -> None:
-    """The live flow page (development only): its hub, its tap on the broker, the end of its
-    streams at shutdown, and its routes."""
-    app[FLOW_HUB] = flow
-    app.cleanup_ctx.append(
-        flow_tap(
-            config.rabbitmq_url.value,
-            startup_timeout=config.startup_timeout,
-            shutdown_timeout=config.shutdown_timeout,
-        )
-    )
-    app.on_shutdown.append(end_streams)
-    app.router.add_routes(flow_routes())
+def flow_page(config: GatewayConfig) -> "FlowPage | None":
+    """The live flow page (gateway/flow/), or None when FLOW_ENABLED is off, as it must be outside
+    development: it shows every event's data to anyone. Imported here only, so that a production
+    gateway never loads its code."""
+    if not config.flow_enabled:
+        return None
+    from gateway.flow import FlowPage
 
-
-def flow_routes() -> list[web.AbstractRouteDef]:
-    """/flow (the live sequence diagram), its files, and /flow/events (the stream it draws)."""
-
-    async def page(_: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "flow.html", headers=FLOW_HEADERS)
-
-    def asset(name: str, content_type: str) -> web.RouteDef:
-        async def serve(_: web.Request) -> web.FileResponse:
-            return web.FileResponse(STATIC / name, headers={**FLOW_HEADERS, "Content-Type": content_type})
-
-        return web.get(f"/flow/{name}", serve)
-
-    return [
-        web.get("/flow", page),
-        *(asset(name, content_type) for name, content_type in FLOW_FILES.items()),
-        web.get("/flow/events", flow_events),
-    ]
+    return FlowPage(config)
