@@ -81,13 +81,12 @@ class Subscriber:
 class FlowHub:
     """Fans records out to every open page; keeps the recent ones for pages opened later."""
 
-    def __init__(self, *, history: int = HISTORY, queue_size: int = SUBSCRIBER_QUEUE) -> None:
+    def __init__(self) -> None:
         # Record ids are "<epoch>-<n>": a page reconnecting to a restarted gateway (another epoch)
         # gets the new process's recent records, not a guess based on numbers from the old one.
         self._epoch = uuid.uuid4().hex[:8]
         self._sequence = 0
-        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=history)
-        self._queue_size = queue_size
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=HISTORY)
         self._subscribers: set[Subscriber] = set()
         self._tap_state = TapState.CONNECTING
         self.closed = False
@@ -117,7 +116,7 @@ class FlowHub:
 
     def subscribe(self, last_event_id: str = "") -> Subscriber:
         """A new page, given the tap's state and the recent records it has not seen yet."""
-        subscriber = Subscriber(self._queue_size)
+        subscriber = Subscriber(SUBSCRIBER_QUEUE)
         subscriber.offer(self._status_frame())
         epoch, _, number = last_event_id.partition("-")
         seen = int(number) if epoch == self._epoch and number.isdigit() else 0
