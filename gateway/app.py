@@ -1,17 +1,21 @@
-from collections.abc import AsyncIterator
+"""The gateway's app: `create_app` lists the steps below, each one concern of the edge, in the order
+a request meets them (middlewares, then the routes), and each step says why it is there."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
 import swagger_ui_bundle
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from yarl import URL
 
 from gateway.config import GatewayConfig
 from gateway.contract import public_contract
 from gateway.edge import LOGIN, REGISTRATION, client_address, cors, rate_limits, size_limits
-from gateway.flow import FLOW_HUB, FlowHub, end_streams, flow_events, flow_tap, http_recorder
-from gateway.proxy import RetryPolicy, Upstream, forward
+from gateway.proxy import CallObserver, RetryPolicy, Upstream, forward
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.routes import ORDERS, ROUTES, USERS, Route
@@ -21,6 +25,9 @@ from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewar
 from shared.metrics import METRICS, Metrics
 from shared.resources import database
 from shared.tracing import Tracing
+
+if TYPE_CHECKING:  # for the annotations only: see flow_page
+    from gateway.flow import FlowPage
 
 UPSTREAM_SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
 READINESS_TIMEOUT = 2.0
@@ -32,130 +39,45 @@ DOCS_CONTENT_SECURITY_POLICY = (
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 DOCS_HEADERS = {"Content-Security-Policy": DOCS_CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
-# The flow page is the gateway's own files only: no inline script or style (its script sets styles
-# through the DOM, which CSP allows), no eval, no other origin; it reads only its own event stream.
-FLOW_CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-FLOW_HEADERS = {"Content-Security-Policy": FLOW_CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
-FLOW_FILES = {"flow.css": "text/css", "flow.js": "text/javascript", "flow.svg": "image/svg+xml"}
 
 
 def create_app(config: GatewayConfig) -> web.Application:
+    """The gateway: the middlewares a request passes, outermost first, then what answers it."""
     metrics = Metrics()
     tracing = Tracing("gateway", enabled=config.tracing_enabled)
-    flow = FlowHub() if config.flow_enabled else None
-    app = web.Application(
-        middlewares=[
-            *standard_middlewares(metrics, tracing, edge=True),
-            # Inside the problem middleware but outside the limits: refusals are part of the story.
-            *([http_recorder(flow)] if flow is not None else []),
-            size_limits(
-                max_url_bytes=config.max_url_bytes,
-                max_header_bytes=config.max_header_bytes,
-                max_headers_total_bytes=config.max_headers_total_bytes,
-            ),
-        ]
-    )
+    flow = flow_page(config)
+    app = web.Application(middlewares=edge_middlewares(config, metrics, tracing, flow))
     if config.rate_limited:
         shared_rate_limits(app, config)
     cors(app, config.cors_origins)
-    verifier = TokenVerifier.from_pem_file(
-        config.jwt_public_key_file, issuer=config.jwt_issuer, audience=config.jwt_audience
-    )
-
-    def make_upstream(name: str, url: str) -> Upstream:
-        breaker = CircuitBreaker(
-            name, failure_threshold=config.circuit_failure_threshold, open_seconds=config.circuit_open_seconds
-        )
-        return Upstream(name, URL(url), breaker)
-
-    upstreams = {
-        USERS: make_upstream(USERS, config.users_service_url),
-        ORDERS: make_upstream(ORDERS, config.orders_service_url),
-    }
-    retry = RetryPolicy(retries=config.upstream_retries, backoff=config.upstream_retry_backoff)
-
-    async def upstream_session(app: web.Application) -> AsyncIterator[None]:
-        # One pooled, keep-alive session for all upstream calls; every call is bounded in time.
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(
-                total=config.upstream_timeout, sock_connect=config.upstream_connect_timeout
-            ),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Content-Type"),
-        ) as session:
-            app[UPSTREAM_SESSION] = session
-            yield
-
-    app.cleanup_ctx.append(upstream_session)
-
-    def proxy_to(route: Route) -> web.RouteDef:
-        upstream = upstreams[route.upstream]
-
-        async def handler(request: web.Request) -> web.Response:
-            if route.authenticated:
-                # Refused here, before any upstream work; the service checks the token again.
-                verifier.user_id_from_request(request)
-            return await forward(
-                request,
-                upstream,
-                request.app[UPSTREAM_SESSION],
-                client=client_address(request, config.trusted_proxy_networks),
-                max_body_bytes=config.max_body_bytes,
-                body_timeout=config.request_body_timeout,
-                retry=retry,
-                tracing=tracing,
-                observer=flow,
-            )
-
-        return web.route(route.method, route.path, handler)
-
-    app.router.add_routes([proxy_to(route) for route in ROUTES])
-
-    def upstream_state(upstream: Upstream) -> ReadinessCheck:
-        async def check() -> None:
-            if upstream.breaker.state is CircuitState.OPEN:
-                # Requests to it are refused while its circuit is open; once the open period is
-                # over, the upstream's own readiness is asked again.
-                raise ConnectionError(f"{upstream.name}'s circuit is open")
-            async with app[UPSTREAM_SESSION].get(
-                upstream.base_url / "readyz", timeout=aiohttp.ClientTimeout(total=READINESS_TIMEOUT)
-            ) as answer:
-                if answer.status != 200:
-                    raise ConnectionError(f"{upstream.name} is not ready ({answer.status})")
-
-        return check
-
-    # Readiness is what an orchestrator acts on: a replica that is not ready is taken out of the
-    # load balancer, so that clients go to the replicas that are. That helps only when the cause is
-    # this replica's own. An upstream being down is everyone's: every gateway replica sees it at
-    # once, so making it a readiness condition would take every gateway out together, and with them
-    # the routes of the service that is still up (and the 503 problem with Retry-After that each
-    # client of the failed one would get, for a load balancer's bare error). So the gateway is ready
-    # whenever it can take requests (it answers /readyz only once its upstream session and database
-    # are set up), whatever its upstreams' state; /readyz reports that state, and each route answers
-    # for its own upstream: its circuit breaker turns an outage into a 503 at once.
-    app.router.add_routes(
-        health_routes({}, reported={name: upstream_state(up) for name, up in upstreams.items()})
-    )
+    upstreams = upstream_services(config)
+    app.cleanup_ctx.append(upstream_session(config))
+    app.router.add_routes(proxy_routes(config, upstreams, tracing, observer=flow.observer if flow else None))
+    app.router.add_routes(readiness_routes(app, upstreams))
     app.router.add_routes(documentation_routes())
     if flow is not None:
-        app[FLOW_HUB] = flow
-        app.cleanup_ctx.append(
-            flow_tap(
-                config.rabbitmq_url.value,
-                startup_timeout=config.startup_timeout,
-                shutdown_timeout=config.shutdown_timeout,
-            )
-        )
-        app.on_shutdown.append(end_streams)
-        app.router.add_routes(flow_routes())
+        flow.attach(app)
     app[METRICS] = metrics
     app.router.add_routes(metrics.routes())
     return app
+
+
+def edge_middlewares(
+    config: GatewayConfig, metrics: Metrics, tracing: Tracing, flow: "FlowPage | None"
+) -> list[Middleware]:
+    """Outermost first: the standard ones (security headers, request id, logs, metrics, traces,
+    problems), then the flow page's recorder, inside the problem middleware but outside the limits
+    (refusals are part of the story), then the size limits. The rate limits and CORS come after
+    these (shared_rate_limits, edge.cors)."""
+    return [
+        *standard_middlewares(metrics, tracing, edge=True),
+        *([flow.recorder] if flow is not None else []),
+        size_limits(
+            max_url_bytes=config.max_url_bytes,
+            max_header_bytes=config.max_header_bytes,
+            max_headers_total_bytes=config.max_headers_total_bytes,
+        ),
+    ]
 
 
 def shared_rate_limits(app: web.Application, config: GatewayConfig) -> None:
@@ -187,6 +109,130 @@ def shared_rate_limits(app: web.Application, config: GatewayConfig) -> None:
     app.middlewares.append(rate_limits(requests, stricter, trusted_proxies=config.trusted_proxy_networks))
 
 
+def upstream_services(config: GatewayConfig) -> dict[str, Upstream]:
+    """The services behind the gateway, each with a circuit breaker of its own: one failing service
+    must not take the others' routes with it (gateway/resilience.py)."""
+    urls = {USERS: config.users_service_url, ORDERS: config.orders_service_url}
+    return {
+        name: Upstream(
+            name,
+            URL(url),
+            CircuitBreaker(
+                name,
+                failure_threshold=config.circuit_failure_threshold,
+                open_seconds=config.circuit_open_seconds,
+            ),
+        )
+        for name, url in urls.items()
+    }
+
+
+def upstream_session(config: GatewayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
+    """One pooled, keep-alive session for all upstream calls, under UPSTREAM_SESSION: a connection
+    per call would cost a handshake each time. Every call through it is bounded in time."""
+
+    async def upstream_session(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(
+                total=config.upstream_timeout, sock_connect=config.upstream_connect_timeout
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Content-Type"),
+        ) as session:
+            app[UPSTREAM_SESSION] = session
+            yield
+
+    return upstream_session
+
+
+def proxy_routes(
+    config: GatewayConfig,
+    upstreams: Mapping[str, Upstream],
+    tracing: Tracing,
+    *,
+    observer: CallObserver | None,
+) -> list[web.RouteDef]:
+    """One route per line of the routing table (gateway/routes.py), each forwarding to its service:
+    what is not in the table never reaches a service."""
+    verifier = TokenVerifier.from_pem_file(
+        config.jwt_public_key_file, issuer=config.jwt_issuer, audience=config.jwt_audience
+    )
+    retry = RetryPolicy(retries=config.upstream_retries, backoff=config.upstream_retry_backoff)
+    return [
+        web.route(
+            route.method,
+            route.path,
+            proxy(route, upstreams[route.upstream], config, verifier, retry, tracing, observer),
+        )
+        for route in ROUTES
+    ]
+
+
+def proxy(
+    route: Route,
+    upstream: Upstream,
+    config: GatewayConfig,
+    verifier: TokenVerifier,
+    retry: RetryPolicy,
+    tracing: Tracing,
+    observer: CallObserver | None,
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of one route: a request without a valid token is refused here, before any
+    upstream work, where the route needs one (the service checks the token again)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if route.authenticated:
+            verifier.user_id_from_request(request)
+        return await forward(
+            request,
+            upstream,
+            request.app[UPSTREAM_SESSION],
+            client=client_address(request, config.trusted_proxy_networks),
+            max_body_bytes=config.max_body_bytes,
+            body_timeout=config.request_body_timeout,
+            retry=retry,
+            tracing=tracing,
+            observer=observer,
+        )
+
+    return handler
+
+
+def readiness_routes(app: web.Application, upstreams: Mapping[str, Upstream]) -> list[web.RouteDef]:
+    """/healthz and /readyz, which reports each upstream's state but is not decided by it.
+
+    Readiness is what an orchestrator acts on: a replica that is not ready is taken out of the load
+    balancer, so that clients go to the replicas that are. That helps only when the cause is this
+    replica's own. An upstream being down is everyone's: every gateway replica sees it at once, so
+    making it a readiness condition would take every gateway out together, and with them the routes
+    of the service that is still up (and the 503 problem with Retry-After that each client of the
+    failed one would get, for a load balancer's bare error). So the gateway is ready whenever it can
+    take requests (it answers /readyz only once its upstream session and database are set up),
+    whatever its upstreams' state; /readyz reports that state, and each route answers for its own
+    upstream: its circuit breaker turns an outage into a 503 at once."""
+    return health_routes(
+        {}, reported={name: upstream_readiness(app, upstream) for name, upstream in upstreams.items()}
+    )
+
+
+def upstream_readiness(app: web.Application, upstream: Upstream) -> ReadinessCheck:
+    """An upstream's state as /readyz reports it: its circuit, then its own /readyz."""
+
+    async def check() -> None:
+        if upstream.breaker.state is CircuitState.OPEN:
+            # Requests to it are refused while its circuit is open; once the open period is over,
+            # the upstream's own readiness is asked again.
+            raise ConnectionError(f"{upstream.name}'s circuit is open")
+        async with app[UPSTREAM_SESSION].get(
+            upstream.base_url / "readyz", timeout=aiohttp.ClientTimeout(total=READINESS_TIMEOUT)
+        ) as answer:
+            if answer.status != 200:
+                raise ConnectionError(f"{upstream.name} is not ready ({answer.status})")
+
+    return check
+
+
 def documentation_routes() -> list[web.AbstractRouteDef]:
     """/openapi.json (the public contract) and /docs (Swagger UI, served from a Python package)."""
     contract = dumps(public_contract())
@@ -208,20 +254,12 @@ def documentation_routes() -> list[web.AbstractRouteDef]:
     ]
 
 
-def flow_routes() -> list[web.AbstractRouteDef]:
-    """/flow (the live sequence diagram), its files, and /flow/events (the stream it draws)."""
+def flow_page(config: GatewayConfig) -> "FlowPage | None":
+    """The live flow page (gateway/flow/), or None when FLOW_ENABLED is off, as it must be outside
+    development: it shows every event's data to anyone. Imported here only, so that a production
+    gateway never loads its code."""
+    if not config.flow_enabled:
+        return None
+    from gateway.flow import FlowPage
 
-    async def page(_: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "flow.html", headers=FLOW_HEADERS)
-
-    def asset(name: str, content_type: str) -> web.RouteDef:
-        async def serve(_: web.Request) -> web.FileResponse:
-            return web.FileResponse(STATIC / name, headers={**FLOW_HEADERS, "Content-Type": content_type})
-
-        return web.get(f"/flow/{name}", serve)
-
-    return [
-        web.get("/flow", page),
-        *(asset(name, content_type) for name, content_type in FLOW_FILES.items()),
-        web.get("/flow/events", flow_events),
-    ]
+    return FlowPage(config)

@@ -92,9 +92,9 @@ class RetryPolicy:
 
 
 class CallObserver(Protocol):
-    """Sees each call to an upstream (the flow page's recorder, gateway/flow.py). It is handed the
-    call not yet started and returns what to await: the call itself when it records nothing, so
-    that an unobserved call costs nothing more."""
+    """Sees each call to an upstream (the flow page's recorder, gateway/flow/recorder.py). It is
+    handed the call not yet started and returns what to await: the call itself when it records
+    nothing, so that an unobserved call costs nothing more."""
 
     def observe(
         self, request: web.Request, upstream: str, call: Awaitable[web.Response]

@@ -51,14 +51,12 @@ class SharedTokenBuckets:
         rate: float,
         burst: int,
         lease: int,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self.name = name
         self.rate = rate
         self.burst = burst
         self.lease = max(1, min(lease, burst))
-        self._clock = clock
         self._leased: dict[str, int] = {}
         self._refused_until: dict[str, float] = {}
         self._leasing: dict[str, asyncio.Future[bool]] = {}
@@ -67,7 +65,7 @@ class SharedTokenBuckets:
     async def take(self, client: str) -> float:
         """Take one token for `client`: 0.0 if there was one, else the seconds until there is."""
         while True:
-            now = self._clock()
+            now = time.monotonic()
             refused_until = self._refused_until.get(client, 0.0)
             if now < refused_until:
                 return refused_until - now
@@ -105,7 +103,7 @@ class SharedTokenBuckets:
         if granted:
             self._leased[client] = self._leased.get(client, 0) + granted
         else:
-            self._refused_until[client] = self._clock() + wait
+            self._refused_until[client] = time.monotonic() + wait
         return True
 
     async def _take_from_storage(self, client: str) -> tuple[int, float]:

@@ -13,7 +13,6 @@ import enum
 import math
 import random
 import time
-from collections.abc import Callable
 
 from shared.problems import Problem
 
@@ -30,18 +29,10 @@ class CircuitState(enum.Enum):
 class CircuitBreaker:
     """Per-process state: each gateway replica learns on its own that an upstream is down."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        failure_threshold: int,
-        open_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, name: str, *, failure_threshold: int, open_seconds: float) -> None:
         self.name = name
         self.failure_threshold = failure_threshold
         self.open_seconds = open_seconds
-        self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_in_flight = False
@@ -50,7 +41,7 @@ class CircuitBreaker:
     def state(self) -> CircuitState:
         if self._opened_at is None:
             return CircuitState.CLOSED
-        if self._clock() - self._opened_at < self.open_seconds:
+        if time.monotonic() - self._opened_at < self.open_seconds:
             return CircuitState.OPEN
         return CircuitState.HALF_OPEN
 
@@ -72,7 +63,7 @@ class CircuitBreaker:
     def retry_after(self) -> int:
         if self._opened_at is None:
             return 1
-        remaining = self.open_seconds - (self._clock() - self._opened_at)
+        remaining = self.open_seconds - (time.monotonic() - self._opened_at)
         return max(1, math.ceil(remaining))
 
     def succeeded(self) -> None:
@@ -83,7 +74,7 @@ class CircuitBreaker:
     def failed(self) -> None:
         self._failures += 1
         if self._trial_in_flight or self._failures >= self.failure_threshold:
-            self._opened_at = self._clock()  # (re)open: a failed trial waits a whole period again
+            self._opened_at = time.monotonic()  # (re)open: a failed trial waits a whole period again
         self._trial_in_flight = False
 
     def abandoned(self) -> None:

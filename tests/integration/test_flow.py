@@ -9,6 +9,8 @@ import contextlib
 import dataclasses
 import functools
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,10 +28,11 @@ from devstack.keys import KeyPair
 from devstack.ports import free_port
 from devstack.servers import Servers
 from devstack.waiting import eventually
-from gateway.app import FLOW_CONTENT_SECURITY_POLICY
 from gateway.app import create_app as create_gateway_app
 from gateway.config import GatewayConfig
-from gateway.flow import FLOW_HUB, FLOW_TAP, SUBSCRIBER_QUEUE, FlowRecord, Kind
+from gateway.flow.hub import SUBSCRIBER_QUEUE
+from gateway.flow.records import FlowRecord, Kind
+from gateway.flow.routes import FLOW_CONTENT_SECURITY_POLICY, FLOW_HUB, FLOW_TAP
 from shared.config import ConfigError, Secret
 from shared.topology import EXCHANGE
 from tests.integration.conftest import Client
@@ -393,6 +396,23 @@ async def test_with_flow_disabled_there_is_no_page_no_stream_and_no_queue(
     assert await list_queues(servers, rabbitmq_url) == {}
     async with gateway.get("/healthz") as response:
         assert response.status == 200
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_the_page_s_code_is_loaded_only_when_it_is_enabled(key_pair: KeyPair, enabled: bool) -> None:
+    """A gateway with FLOW_ENABLED off, as in production, loads none of gateway/flow/."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    script = (
+        "import sys\n"
+        "from gateway.app import create_app\n"
+        "from gateway.config import GatewayConfig\n"
+        f"create_app(GatewayConfig(users_service_url={nowhere!r}, orders_service_url={nowhere!r}, "
+        f"jwt_public_key_file={str(key_pair.public)!r}, rate_limit_per_second=0, flow_enabled={enabled}))\n"
+        "print(sorted(name for name in sys.modules if name.startswith('gateway.flow')))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert ("gateway.flow" in run.stdout) is enabled, run.stdout
 
 
 async def test_the_page_is_served_with_a_strict_content_security_policy(lone_gateway: Client) -> None:

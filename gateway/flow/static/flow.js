@@ -1,4 +1,4 @@
-// The live flow page: draws each record of /flow/events (gateway/flow.py) as an arrow between lanes.
+// The live flow page: draws each record of /flow/events (gateway/flow/) as an arrow between lanes.
 // Plain JavaScript, no build step. Every text from the stream goes through textContent or a data
 // attribute, never through HTML, so a path or an event field can never become markup.
 "use strict";
