@@ -9,6 +9,7 @@ fails (or its circuit is open).
 """
 
 import copy
+import dataclasses
 import importlib.resources
 import urllib.parse
 from pathlib import Path
@@ -133,21 +134,9 @@ def public_contract() -> dict[str, Any]:
     for service in SERVICES:
         document = _bundled(service_contract_path(service))
         for path, item in document["paths"].items():
-            if path in GATEWAY_HEALTH:
-                continue  # each service's own health; the gateway publishes its own instead
-            for operation in item.values():
-                if isinstance(operation, dict) and "responses" in operation:
-                    operation["responses"].update(copy.deepcopy(EDGE_REFUSALS))
-                    if "requestBody" in operation:
-                        operation["responses"]["408"] = {"$ref": "#/components/responses/BodyTimeout"}
-                    operation["responses"].update(copy.deepcopy(UPSTREAM_FAILURES))
-            contract["paths"][path] = item
-        for kind, components in document.get("components", {}).items():
-            merged = contract["components"].setdefault(kind, {})
-            for name, component in components.items():
-                if name in merged and merged[name] != component:
-                    raise ValueError(f"two services define components/{kind}/{name} differently")
-                merged[name] = component
+            if path not in GATEWAY_HEALTH:  # each service's own health; the gateway publishes its own
+                contract["paths"][path] = _with_edge_responses(item)
+        _merge_components(contract["components"], document.get("components", {}))
     contract["paths"].update(copy.deepcopy(GATEWAY_HEALTH))
     # What the gateway itself answers is described in the shared contract too.
     shared = yaml.safe_load(SHARED_HTTP_CONTRACT.read_text())["components"]
@@ -159,15 +148,43 @@ def public_contract() -> dict[str, Any]:
     return contract
 
 
+def _with_edge_responses(item: dict[str, Any]) -> dict[str, Any]:
+    """A path's operations, with what the gateway itself may answer for any of them."""
+    for operation in item.values():
+        if isinstance(operation, dict) and "responses" in operation:
+            operation["responses"].update(copy.deepcopy(EDGE_REFUSALS))
+            if "requestBody" in operation:
+                operation["responses"]["408"] = {"$ref": "#/components/responses/BodyTimeout"}
+            operation["responses"].update(copy.deepcopy(UPSTREAM_FAILURES))
+    return item
+
+
+def _merge_components(merged: dict[str, Any], components: dict[str, Any]) -> None:
+    for kind, named in components.items():
+        into = merged.setdefault(kind, {})
+        for name, component in named.items():
+            if name in into and into[name] != component:
+                raise ValueError(f"two services define components/{kind}/{name} differently")
+            into[name] = component
+
+
 def _bundled(path: Path) -> dict[str, Any]:
     """The document, with every reference into another file replaced by a copy of its target
     under the same components name, so that it stands alone."""
     document: dict[str, Any] = yaml.safe_load(path.read_text())
-    components = document.setdefault("components", {})
+    bundler = _Bundler(document.setdefault("components", {}))
+    for key in ("paths", "components"):
+        document[key] = bundler.inline(document[key], path)
+    return document
 
-    def inline(node: Any, base: Path) -> Any:
+
+@dataclasses.dataclass
+class _Bundler:
+    components: dict[str, Any]  # the document's own, which the copies join
+
+    def inline(self, node: Any, base: Path) -> Any:
         if isinstance(node, list):
-            return [inline(item, base) for item in node]
+            return [self.inline(item, base) for item in node]
         if not isinstance(node, dict):
             return node
         reference = node.get("$ref")
@@ -175,30 +192,27 @@ def _bundled(path: Path) -> dict[str, Any]:
             file_part, _, fragment = reference.partition("#")
             target_file = (base.parent / urllib.parse.unquote(file_part)).resolve()
             _, kind, name = fragment.strip("/").split("/")  # only components/<kind>/<name> is used
-            if name not in components.get(kind, {}):
-                external = yaml.safe_load(target_file.read_text())
-                components.setdefault(kind, {})[name] = {}  # placeholder: the target may refer to itself
-                components[kind][name] = inline(external["components"][kind][name], target_file)
-                _copy_internal_dependencies(components[kind][name], external, target_file)
+            if name not in self.components.get(kind, {}):
+                self._adopt(kind, name, yaml.safe_load(target_file.read_text()), target_file)
             return {**node, "$ref": f"#/components/{kind}/{name}"}
-        return {key: inline(value, base) for key, value in node.items()}
+        return {key: self.inline(value, base) for key, value in node.items()}
 
-    def _copy_internal_dependencies(node: Any, external: dict[str, Any], external_file: Path) -> None:
+    def _adopt(self, kind: str, name: str, external: dict[str, Any], external_file: Path) -> None:
+        """Copy a component of another file in, with the components of its own file it refers to."""
+        self.components.setdefault(kind, {})[name] = {}  # placeholder: the target may refer to itself
+        self.components[kind][name] = self.inline(external["components"][kind][name], external_file)
+        self._adopt_dependencies(self.components[kind][name], external, external_file)
+
+    def _adopt_dependencies(self, node: Any, external: dict[str, Any], external_file: Path) -> None:
         # The copied component may refer to others of its own file ("#/components/schemas/Problem").
         if isinstance(node, list):
             for item in node:
-                _copy_internal_dependencies(item, external, external_file)
+                self._adopt_dependencies(item, external, external_file)
         elif isinstance(node, dict):
             reference = node.get("$ref")
             if isinstance(reference, str) and reference.startswith("#/components/"):
                 _, kind, name = reference.strip("#/").split("/")
-                if name not in components.get(kind, {}):
-                    components.setdefault(kind, {})[name] = {}
-                    components[kind][name] = inline(external["components"][kind][name], external_file)
-                    _copy_internal_dependencies(components[kind][name], external, external_file)
+                if name not in self.components.get(kind, {}):
+                    self._adopt(kind, name, external, external_file)
             for value in node.values():
-                _copy_internal_dependencies(value, external, external_file)
-
-    for key in ("paths", "components"):
-        document[key] = inline(document[key], path)
-    return document
+                self._adopt_dependencies(value, external, external_file)

@@ -18,7 +18,8 @@ connection or answered 503 is retried a few times, a write never (it may have ta
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -122,14 +123,9 @@ async def forward(
         if attempt:
             await asyncio.sleep(backoff_delay(attempt - 1, retry.backoff))
             log.info("retrying upstream", upstream=upstream.name, attempt=attempt)
-        upstream.breaker.admit()  # an open circuit answers 503 here, before any call
         try:
-            with tracing.client_span(f"{request.method} {upstream.name}", headers) as span:
-                call: Awaitable[web.Response] = _call(session, request.method, url, headers, body)
-                if observer is not None:
-                    call = observer.observe(request, upstream.name, call)
-                response = await call
-                span.set_attribute("http.response.status_code", response.status)
+            call = functools.partial(_call, session, request.method, url, headers, body)
+            response = await _attempt(request, upstream, call, headers, tracing, observer)
         except aiohttp.ClientConnectorError:
             upstream.breaker.failed()
             log.warning("upstream unreachable", upstream=upstream.name)
@@ -141,18 +137,6 @@ async def forward(
                 title="Upstream unavailable",
                 headers={"Retry-After": "1"},
             ) from None
-        except TimeoutError:
-            # Not retried: a slow upstream made slower by more calls helps no one.
-            upstream.breaker.failed()
-            log.warning("upstream timed out", upstream=upstream.name)
-            raise Problem(504, f"{upstream.name} did not answer in time.", title="Upstream timeout") from None
-        except aiohttp.ClientError as error:
-            upstream.breaker.failed()
-            log.warning("upstream failed", upstream=upstream.name, error=type(error).__name__)
-            raise Problem(502, f"{upstream.name} gave no valid answer.", title="Bad gateway") from None
-        except BaseException:
-            upstream.breaker.abandoned()  # cancelled (the client went away): no verdict on the upstream
-            raise
         if response.status != 503 or _busy(response):
             upstream.breaker.succeeded()
             return response
@@ -160,6 +144,41 @@ async def forward(
         if attempt == retries:
             return response  # the upstream's own 503 problem, as it said it
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _attempt(
+    request: web.Request,
+    upstream: Upstream,
+    call: Callable[[], Awaitable[web.Response]],
+    headers: CIMultiDict[str],
+    tracing: Tracing,
+    observer: CallObserver | None,
+) -> web.Response:
+    """One call of the upstream, through its circuit; what cannot be retried becomes a problem here.
+    An unreachable upstream (ClientConnectorError) is the caller's to retry."""
+    upstream.breaker.admit()  # an open circuit answers 503 here, before any call
+    try:
+        with tracing.client_span(f"{request.method} {upstream.name}", headers) as span:
+            answer = call()
+            if observer is not None:
+                answer = observer.observe(request, upstream.name, answer)
+            response = await answer
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+    except aiohttp.ClientConnectorError:
+        raise
+    except TimeoutError:
+        # Not retried: a slow upstream made slower by more calls helps no one.
+        upstream.breaker.failed()
+        log.warning("upstream timed out", upstream=upstream.name)
+        raise Problem(504, f"{upstream.name} did not answer in time.", title="Upstream timeout") from None
+    except aiohttp.ClientError as error:
+        upstream.breaker.failed()
+        log.warning("upstream failed", upstream=upstream.name, error=type(error).__name__)
+        raise Problem(502, f"{upstream.name} gave no valid answer.", title="Bad gateway") from None
+    except BaseException:
+        upstream.breaker.abandoned()  # cancelled (the client went away): no verdict on the upstream
+        raise
 
 
 def _busy(response: web.Response) -> bool:

@@ -78,12 +78,25 @@ class UnitOfWork:
         self.committed.append(callback)
 
 
+class ConnectionLost(ConnectionError):
+    """The connection broke under a unit of work: the server went away mid-transaction (a restart,
+    a failover), and asyncpg reports it as an error of its own ("the underlying connection is
+    closed", a protocol state it cannot switch). The database is unavailable; the work is not wrong,
+    so it is answered 503, or tried again in place, like any lost connection (shared/db.py)."""
+
+
 @contextlib.asynccontextmanager
 async def unit_of_work(pool: asyncpg.Pool, outbox: Outbox, cause: Cause) -> AsyncIterator[UnitOfWork]:
     async with pool.acquire() as connection:
-        async with connection.transaction():
-            work = UnitOfWork(connection=connection, outbox=outbox, cause=cause)
-            yield work
+        try:
+            async with connection.transaction():
+                work = UnitOfWork(connection=connection, outbox=outbox, cause=cause)
+                yield work
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
+            if _lost(connection):
+                raise ConnectionLost(repr(error)) from error
+            raise  # a misuse of an open connection: a bug
+
         # Committed: only now has the change happened and do its events exist, so only now is it
         # told (the callbacks first: the cause before the events it led to) and the relay woken.
         for callback in work.committed:
@@ -92,3 +105,10 @@ async def unit_of_work(pool: asyncpg.Pool, outbox: Outbox, cause: Cause) -> Asyn
             outbox.nudge()
             for envelope in work.emitted:
                 log.info("outbox written", **envelope.log_fields())
+
+
+def _lost(connection: asyncpg.pool.PoolConnectionProxy) -> bool:
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:  # closed, and already taken back by the pool
+        return True

@@ -140,7 +140,8 @@ async def test_an_order_placed_through_the_api_appears_on_the_flow_page(
     )
     await expect(second.locator(arrow(order_id=order["id"], type="orders.order.approved"))).to_be_hidden()
 
-    assert troubles.seen == [] and second_troubles.seen == []
+    assert troubles.seen == []
+    assert second_troubles.seen == []
     assert await page.evaluate("window.__violations") == []
     assert await second.evaluate("window.__violations") == []
 

@@ -233,7 +233,8 @@ async def test_an_order_placed_through_the_gateway_is_drawn_as_its_http_calls_an
             "orders_service",
             "orders.order.created",
         )
-        assert envelope["data"]["order_id"] == order_id and envelope["data"]["total_cents"] == 2_500
+        assert envelope["data"]["order_id"] == order_id
+        assert envelope["data"]["total_cents"] == 2_500
         assert created["problem"] is None
         # Ids are unique and increasing, so a reconnecting page resumes where it left off.
         numbers = [int(record_id.rpartition("-")[2]) for record_id in stream.ids]
@@ -290,7 +291,8 @@ async def test_a_message_that_is_no_valid_event_is_drawn_with_the_reason_it_will
         await stream.until(lambda: len(stream.records) == 4, what="both messages, published and delivered")
     garbled, _, incomplete, _ = stream.records
     assert (garbled["from"], garbled["to"], garbled["type"]) == ("unknown", "broker", "orders.order.created")
-    assert garbled["envelope"] == "{not json" and garbled["problem"] == "the body is not JSON"
+    assert garbled["envelope"] == "{not json"
+    assert garbled["problem"] == "the body is not JSON"
     assert (incomplete["from"], incomplete["envelope"]) == ("orders_service", wrong)
     assert incomplete["problem"].startswith("not an event envelope")
     assert [r["to"] for r in stream.records if r["kind"] == "event.delivered"] == ["users_service"] * 2
@@ -392,7 +394,8 @@ async def test_with_flow_disabled_there_is_no_page_no_stream_and_no_queue(
         async with gateway.get(path) as response:
             assert response.status == 404, path
             assert response.content_type == "application/problem+json"
-    assert FLOW_HUB not in gateway.app and FLOW_TAP not in gateway.app
+    assert FLOW_HUB not in gateway.app
+    assert FLOW_TAP not in gateway.app
     assert await list_queues(servers, rabbitmq_url) == {}
     async with gateway.get("/healthz") as response:
         assert response.status == 200
@@ -420,10 +423,13 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(lone_gat
     async with flow_stream(gateway) as stream:
         await stream.tap_connected()  # not stopped while it connects (aio-pika would leak the attempt)
     async with gateway.get("/flow") as response:
-        assert response.status == 200 and response.content_type == "text/html"
+        assert response.status == 200
+        assert response.content_type == "text/html"
         assert response.headers["Content-Security-Policy"] == FLOW_CONTENT_SECURITY_POLICY
         page = await response.text()
-    assert "<script>" not in page and "style=" not in page and "http://" not in page
+    assert "<script>" not in page
+    assert "style=" not in page
+    assert "http://" not in page
     for asset, content_type in (
         ("/flow/flow.js", "text/javascript"),
         ("/flow/flow.css", "text/css"),
@@ -431,7 +437,8 @@ async def test_the_page_is_served_with_a_strict_content_security_policy(lone_gat
     ):
         assert f'"{asset}"' in page
         async with gateway.get(asset) as response:
-            assert response.status == 200 and response.content_type == content_type, asset
+            assert response.status == 200, asset
+            assert response.content_type == content_type, asset
     assert "'unsafe-inline'" not in FLOW_CONTENT_SECURITY_POLICY
     assert "default-src 'none'" in FLOW_CONTENT_SECURITY_POLICY
 

@@ -1,0 +1,65 @@
+"""The unit of work on the real Postgres: a change and its events commit together or not at all, and a
+connection that breaks under it is the database being unavailable, not the work being wrong."""
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from shared.db import DATABASE_UNAVAILABLE, SHARED_MIGRATIONS, apply_migrations
+from shared.envelope import Cause
+from shared.events import OrderCreated
+from shared.unit_of_work import ConnectionLost, Outbox, unit_of_work
+from tests.conftest import CreateDatabase
+
+CAUSE = Cause(correlation_id="unit-of-work", causation_id="unit-of-work")
+
+
+@pytest.fixture
+async def pool(create_database: CreateDatabase) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(await create_database("unit_of_work"), min_size=1, max_size=2)
+    await apply_migrations(pool, [SHARED_MIGRATIONS])
+    await pool.execute("CREATE TABLE things (id uuid PRIMARY KEY)")
+    yield pool
+    await pool.close()
+
+
+async def rows(pool: asyncpg.Pool) -> tuple[int, int]:
+    things: int = await pool.fetchval("SELECT count(*) FROM things")
+    events: int = await pool.fetchval("SELECT count(*) FROM outbox")
+    return things, events
+
+
+async def test_a_change_and_its_event_commit_together(pool: asyncpg.Pool) -> None:
+    outbox = Outbox(source="orders_service")
+    async with unit_of_work(pool, outbox, CAUSE) as work:
+        await work.connection.execute("INSERT INTO things VALUES ($1)", uuid.uuid4())
+        await work.emit(OrderCreated(uuid.uuid4(), uuid.uuid4(), 100))
+    assert await rows(pool) == (1, 1)
+    assert outbox.nudged.is_set()  # the relay is woken after the commit
+
+
+async def test_a_failure_rolls_back_the_change_and_its_event(pool: asyncpg.Pool) -> None:
+    outbox = Outbox(source="orders_service")
+    with pytest.raises(ZeroDivisionError):
+        async with unit_of_work(pool, outbox, CAUSE) as work:
+            await work.connection.execute("INSERT INTO things VALUES ($1)", uuid.uuid4())
+            await work.emit(OrderCreated(uuid.uuid4(), uuid.uuid4(), 100))
+            _ = 1 / 0
+    assert await rows(pool) == (0, 0)
+    assert not outbox.nudged.is_set()
+
+
+async def test_a_connection_that_breaks_mid_transaction_is_the_database_unavailable(
+    pool: asyncpg.Pool,
+) -> None:
+    # As when the server goes away (a restart, a failover): asyncpg then raises errors of its own
+    # about a closed connection, which must not read as a bug (500) or a failed message.
+    with pytest.raises(ConnectionLost) as raised:
+        async with unit_of_work(pool, Outbox(source="orders_service"), CAUSE) as work:
+            await work.connection.execute("INSERT INTO things VALUES ($1)", uuid.uuid4())
+            work.connection.terminate()
+            await work.connection.execute("SELECT 1")
+    assert isinstance(raised.value, DATABASE_UNAVAILABLE)
+    assert await rows(pool) == (0, 0)
