@@ -22,32 +22,29 @@ BATCH = 10_000  # rows deleted per statement
 BATCHES_PER_RUN = 10  # a run stops there; the next one goes on
 
 
+# One batch each: the oldest rows no other replica holds. Unpublished outbox rows never match.
+_PRUNE_OUTBOX = """
+    DELETE FROM outbox WHERE id IN (
+        SELECT id FROM outbox WHERE published_at < now() - $1::interval
+        LIMIT $2 FOR UPDATE SKIP LOCKED
+    )
+"""
+_PRUNE_INBOX = """
+    DELETE FROM inbox WHERE event_id IN (
+        SELECT event_id FROM inbox WHERE received_at < now() - $1::interval
+        LIMIT $2 FOR UPDATE SKIP LOCKED
+    )
+"""
+
+
 async def prune_published_outbox(pool: asyncpg.Pool, keep: datetime.timedelta) -> int:
     """Delete published outbox rows older than `keep`; how many."""
-    return await _in_batches(
-        pool,
-        """
-        DELETE FROM outbox WHERE id IN (
-            SELECT id FROM outbox WHERE published_at < now() - $1::interval
-            LIMIT $2 FOR UPDATE SKIP LOCKED
-        )
-        """,
-        keep,
-    )
+    return await _in_batches(pool, _PRUNE_OUTBOX, keep)
 
 
 async def prune_inbox(pool: asyncpg.Pool, keep: datetime.timedelta) -> int:
     """Delete inbox rows older than `keep`; how many."""
-    return await _in_batches(
-        pool,
-        """
-        DELETE FROM inbox WHERE event_id IN (
-            SELECT event_id FROM inbox WHERE received_at < now() - $1::interval
-            LIMIT $2 FOR UPDATE SKIP LOCKED
-        )
-        """,
-        keep,
-    )
+    return await _in_batches(pool, _PRUNE_INBOX, keep)
 
 
 async def _in_batches(pool: asyncpg.Pool, delete: str, keep: datetime.timedelta) -> int:

@@ -67,17 +67,12 @@ async def commit_gate(
     condition over NEW and, for UPDATE, OLD); it is opened on the way out whatever happens."""
     holder = await asyncpg.connect(dsn)
     try:
-        await holder.execute(
-            f"""
-            CREATE OR REPLACE FUNCTION test_commit_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                PERFORM pg_advisory_xact_lock({GATE_KEY});
-                RETURN NULL;
-            END $$;
-            CREATE CONSTRAINT TRIGGER test_commit_gate AFTER {on} ON {table}
-                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({when})
-                EXECUTE FUNCTION test_commit_gate();
-            """
+        await _trigger(
+            holder,
+            "test_commit_gate",
+            f"PERFORM pg_advisory_xact_lock({GATE_KEY}); RETURN NULL;",
+            f"CONSTRAINT TRIGGER test_commit_gate AFTER {on} ON {table} DEFERRABLE INITIALLY DEFERRED"
+            f" FOR EACH ROW WHEN ({when})",
         )
         await holder.execute("SELECT pg_advisory_lock($1)", GATE_KEY)
         gate = CommitGate(holder, table)
@@ -96,15 +91,11 @@ async def refusing(dsn: str, table: str, when: str) -> AsyncIterator[None]:
     transaction rolls back."""
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute(
-            f"""
-            CREATE OR REPLACE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                RAISE EXCEPTION 'refused by the test';
-            END $$;
-            CREATE TRIGGER test_refuse BEFORE INSERT OR UPDATE ON {table}
-                FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION test_refuse();
-            """
+        await _trigger(
+            connection,
+            "test_refuse",
+            "RAISE EXCEPTION 'refused by the test';",
+            f"TRIGGER test_refuse BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW WHEN ({when})",
         )
         try:
             yield
@@ -112,3 +103,13 @@ async def refusing(dsn: str, table: str, when: str) -> AsyncIterator[None]:
             await connection.execute(f"DROP TRIGGER IF EXISTS test_refuse ON {table}")
     finally:
         await connection.close()
+
+
+async def _trigger(connection: asyncpg.Connection, name: str, body: str, trigger: str) -> None:
+    """Install trigger `name`, made by `CREATE <trigger>`, running the PL/pgSQL `body`."""
+    await connection.execute(
+        f"""
+        CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} END $$;
+        CREATE {trigger} EXECUTE FUNCTION {name}();
+        """
+    )

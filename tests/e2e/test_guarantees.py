@@ -43,6 +43,15 @@ async def waiting_in(stack: Stack, queue: str) -> int:
         return declared.declaration_result.message_count or 0
 
 
+async def approved_once(
+    http: aiohttp.ClientSession, stack: Stack, user: User, order_id: str, total_cents: int
+) -> None:
+    """The order ends APPROVED, its credit held once, and the invariants hold."""
+    assert (await final_order(http, stack.url, user, order_id))["status"] == "APPROVED"
+    assert (await me(http, stack.url, user))["credit_used_cents"] == total_cents
+    await assert_invariants_once_quiet(stack)
+
+
 def vhost_path(stack: Stack) -> str:
     return quote(stack.broker.name, safe="")
 
@@ -62,9 +71,7 @@ async def test_an_event_is_acked_only_after_its_effect_commits(
         await gate.abort_waiting()
     assert await count(users_dsn, "SELECT count(*) FROM credit_reservations") == 0, "the crash lost it"
     await stack.start("users_service")
-    assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
-    assert (await me(http, stack.url, user))["credit_used_cents"] == 100
-    await assert_invariants_once_quiet(stack)
+    await approved_once(http, stack, user, order["id"], 100)
 
 
 async def test_a_crash_after_the_confirm_and_before_the_mark_publishes_again_and_changes_nothing(
@@ -96,9 +103,7 @@ async def test_a_crash_after_the_confirm_and_before_the_mark_publishes_again_and
         return "duplicate skipped" in stack.users.log_text()
 
     await eventually(duplicate_skipped, what="users_service to skip the OrderCreated published again")
-    assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
-    assert (await me(http, stack.url, user))["credit_used_cents"] == 100
-    await assert_invariants_once_quiet(stack)
+    await approved_once(http, stack, user, order["id"], 100)
 
 
 async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_by_the_delivery_limit(

@@ -816,20 +816,16 @@ def test_the_brokers_users_and_permissions_are_the_plans(built: list[Manifest]) 
     )
     for user, access in expected.items():
         name = kubernetes_name(user)
-        permission = named(built, "Permission", name)["spec"]
-        assert permission == {
-            "rabbitmqClusterReference": {"name": cluster},
-            "vhost": vhost,
-            "user": user,
-            "permissions": broker_setup.permissions_of(access),
-        }, name
-        topic = named(built, "TopicPermission", name)["spec"]
-        assert topic == {
-            "rabbitmqClusterReference": {"name": cluster},
-            "vhost": vhost,
-            "user": user,
-            "permissions": broker_setup.topic_permissions_of(access),
-        }, name
+        for kind, permissions in (
+            ("Permission", broker_setup.permissions_of(access)),
+            ("TopicPermission", broker_setup.topic_permissions_of(access)),
+        ):
+            assert named(built, kind, name)["spec"] == {
+                "rabbitmqClusterReference": {"name": cluster},
+                "vhost": vhost,
+                "user": user,
+                "permissions": permissions,
+            }, (kind, name)
         account = named(built, "User", name)["spec"]
         assert account["rabbitmqClusterReference"] == {"name": cluster}, name
         assert account["importCredentialsSecret"] == {"name": f"rabbitmq-user-{name}"}, name
