@@ -36,7 +36,7 @@ CANCEL_LATER = 0.15  # of turns: a cancel of an earlier order instead of a new o
 # on a request that will yet take effect, and tries again.
 ATTEMPT_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
 OPERATION_TIME = 20.0  # seconds an operation is tried for, at most; then its outcome stands
-BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds before each retry: about 8 s of tries in all
+BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)  # seconds before each retry (so six attempts at most)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,29 @@ class Customer:
     headers: dict[str, str]
 
 
+async def make_customers(
+    http: aiohttp.ClientSession, gateways: list[str], rng: random.Random
+) -> list[Customer]:
+    """Registered and signed in through the gateways in turn, before any fault."""
+    limits = [ROOMY_LIMIT_CENTS] * ROOMY_CUSTOMERS + [TIGHT_LIMIT_CENTS] * TIGHT_CUSTOMERS
+    customers = []
+    for index, limit in enumerate(limits):
+        gateway = gateways[index % len(gateways)]
+        email = f"chaos-{index}-{rng.getrandbits(48):012x}@example.com"
+        body = {"email": email, "name": f"Chaos {index}", "password": PASSWORD, "credit_limit_cents": limit}
+        async with http.post(f"{gateway}/api/users", json=body) as response:
+            if response.status != 201:
+                raise RuntimeError(f"registering a customer: {response.status} {await response.text()}")
+            user_id = (await response.json())["id"]
+        sign_in = {"email": email, "password": PASSWORD}
+        async with http.post(f"{gateway}/api/auth/token", json=sign_in) as response:
+            if response.status != 200:
+                raise RuntimeError(f"signing a customer in: {response.status} {await response.text()}")
+            token = (await response.json())["access_token"]
+        customers.append(Customer(index, user_id, limit, {"Authorization": f"Bearer {token}"}))
+    return customers
+
+
 class Clients:
     """The clients of both gateways: every operation they attempt ends up in `history`."""
 
@@ -55,25 +78,6 @@ class Clients:
         self.gateways = gateways
         self.started_at = started_at
         self.history: list[Operation] = []
-
-    async def make_customers(self, rng: random.Random) -> list[Customer]:
-        limits = [ROOMY_LIMIT_CENTS] * ROOMY_CUSTOMERS + [TIGHT_LIMIT_CENTS] * TIGHT_CUSTOMERS
-        return [await self._customer(index, limit, rng) for index, limit in enumerate(limits)]
-
-    async def _customer(self, index: int, limit: int, rng: random.Random) -> Customer:
-        email = f"chaos-{index}-{rng.getrandbits(48):012x}@example.com"
-        gateway = self.gateways[index % 2]
-        body = {"email": email, "name": f"Chaos {index}", "password": PASSWORD, "credit_limit_cents": limit}
-        async with self.http.post(f"{gateway}/api/users", json=body) as response:
-            if response.status != 201:
-                raise RuntimeError(f"registering a customer: {response.status} {await response.text()}")
-            user_id = (await response.json())["id"]
-        sign_in = {"email": email, "password": PASSWORD}
-        async with self.http.post(f"{gateway}/api/auth/token", json=sign_in) as response:
-            if response.status != 200:
-                raise RuntimeError(f"signing a customer in: {response.status} {await response.text()}")
-            token = (await response.json())["access_token"]
-        return Customer(index, user_id, limit, {"Authorization": f"Bearer {token}"})
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at

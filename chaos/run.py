@@ -25,7 +25,7 @@ import orjson
 from chaos.check import Anomaly, Decisions, Finding, check_history, decision_times, placed_orders
 from chaos.faults import FaultKind, Injector, plan
 from chaos.history import Kind, Operation, Outcome
-from chaos.load import Clients, Load
+from chaos.load import Clients, Load, make_customers
 from chaos.system import PROCESSES, running_system
 from devstack.invariants import in_flight, is_settled, state_once, violations
 from devstack.keys import make_key_pair
@@ -144,13 +144,16 @@ async def chaos_run(
         connector = aiohttp.TCPConnector(limit=2 * WORKERS)
         async with aiohttp.ClientSession(connector=connector) as http:
             rng = random.Random(f"{settings.seed}/load")
-            clients = Clients(http, system.gateways, time.monotonic())
-            customers = await clients.make_customers(rng)
+            customers = await make_customers(http, system.gateways, rng)
             started_at = time.monotonic()
-            clients.started_at = started_at
+            clients = Clients(http, system.gateways, started_at)
             injector = Injector(system, started_at, out)
             load = Load(clients, customers, rng, settings.rate, until=started_at + settings.duration)
-            await asyncio.gather(load.run(WORKERS), *(injector.run_lane(lane) for lane in faults.values()))
+            # A fault that cannot be undone (a process that does not start again) ends the run.
+            async with asyncio.TaskGroup() as run:
+                run.create_task(load.run(WORKERS))
+                for lane in faults.values():
+                    run.create_task(injector.run_lane(lane))
         out(f"{time.monotonic() - started_at:7.1f} s  load over, every fault undone; draining")
         drain_started = time.monotonic()
         state, _ = await state_once(system.stack, is_settled, timeout=drain_timeout, interval=1.0)
