@@ -11,7 +11,8 @@ while the broker is away):
 
 The plan is a pure function of the seed and the duration: the same seed gives the same faults,
 with the same targets and lengths, at the same times (`plan`). Within a lane, a fault waits for the
-one before it to be over: a recovery (a process's start, RabbitMQ's) takes as long as it takes.
+one before it to be over: a recovery (a process's start, RabbitMQ's) takes as long as it takes, and
+a fault that slips into the load's last seconds is left out.
 Each kind comes up once before any comes up twice (drawn from a shuffled bag), so that even a
 short run sees them all. Every fault is undone however the run ends: the servers and processes are
 left running.
@@ -125,10 +126,14 @@ class Injector:
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at
 
-    async def run_lane(self, faults: list[Fault]) -> None:
+    async def run_lane(self, faults: list[Fault], duration: float) -> None:
+        """Inject the lane's faults in turn; those that slipped (behind slow recoveries) into the
+        load's last seconds are left out, so that every fault strikes a system under load."""
         for fault in faults:
             # The fault's planned time: a wait for a moment, not for a condition.
             await asyncio.sleep(max(0.0, fault.at - self.elapsed()))
+            if self.elapsed() > duration - QUIET_END:
+                return
             await self.inject(fault)
 
     async def inject(self, fault: Fault) -> None:

@@ -153,7 +153,7 @@ async def chaos_run(
             async with asyncio.TaskGroup() as run:
                 run.create_task(load.run(WORKERS))
                 for lane in faults.values():
-                    run.create_task(injector.run_lane(lane))
+                    run.create_task(injector.run_lane(lane, settings.duration))
         out(f"{time.monotonic() - started_at:7.1f} s  load over, every fault undone; draining")
         drain_started = time.monotonic()
         state, _ = await state_once(system.stack, is_settled, timeout=drain_timeout, interval=1.0)
