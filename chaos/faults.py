@@ -114,6 +114,9 @@ def _target(rng: random.Random, kind: FaultKind) -> str:
     return "rabbitmq" if kind is FaultKind.RABBITMQ_STOPPED else "postgres"
 
 
+START_ATTEMPTS = 5
+
+
 class Injector:
     """Injects planned faults into a running system and undoes them."""
 
@@ -122,6 +125,7 @@ class Injector:
         self.started_at = started_at
         self.out = out
         self.injected: list[Fault] = []
+        self.failed_starts: list[str] = []  # "process: why", for each start that failed
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at
@@ -162,10 +166,26 @@ class Injector:
                 try:
                     await asyncio.sleep(fault.hold)
                 finally:
-                    await stack.start(fault.target)
+                    await self.start_again(fault.target)
             case FaultKind.PROCESS_FROZEN:
                 stack.processes[fault.target].pause()
                 try:
                     await asyncio.sleep(fault.hold)
                 finally:
                     stack.processes[fault.target].resume()
+
+    async def start_again(self, name: str) -> None:
+        """Start a killed process again, as a supervisor would: if it exits at start (or is never
+        ready), it is started once more, and that is told, and counted. It is no loss of data (the
+        process never took work), but it is a defect: a service should wait for what it needs."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                await self.system.stack.start(name)
+                return
+            except AssertionError as error:  # devstack's word for "exited at start" or "never ready"
+                if attempt == START_ATTEMPTS:
+                    raise
+                lines = [line for line in str(error).splitlines() if line.strip()]
+                why = f"{name}: {lines[-1].strip() if lines else error!r}"
+                self.failed_starts.append(why)
+                self.out(f"{self.elapsed():7.1f} s  failed start, started again: {why}")

@@ -59,6 +59,7 @@ class Summary:
     decisions: Decisions
     drain_seconds: float
     unclean_exits: dict[str, int]  # process -> exit code on SIGTERM, for those that were not 0
+    failed_starts: list[str]  # processes that exited at start and were started again, and why
 
     def count(self, anomaly: Anomaly) -> int:
         return sum(finding.anomaly is anomaly for finding in self.findings)
@@ -109,11 +110,12 @@ class Summary:
             f"drain                {self.drain_seconds:.1f} s"
             + ("" if not any(self.still_in_flight.values()) else f", never settled: {self.still_in_flight}"),
             "SIGTERM at the end   "
-            + (
-                "every process exited cleanly" if not self.unclean_exits else f"unclean: {self.unclean_exits}"
-            ),
+            + (f"unclean: {self.unclean_exits}" if self.unclean_exits else "every process exited cleanly"),
+            f"failed starts        {len(self.failed_starts)}"
+            + (" (started again; no data at stake, but each is a defect)" if self.failed_starts else ""),
         ]
-        details = [f"  {finding.anomaly}: {finding.detail}" for finding in self.findings[:20]]
+        details = [f"  failed start: {why}" for why in self.failed_starts[:20]]
+        details += [f"  {finding.anomaly}: {finding.detail}" for finding in self.findings[:20]]
         details += [f"  {violation}" for violation in self.violations[:20]]
         return [*lines, *details, f"result               {'PASS' if self.passed else 'FAIL'}"]
 
@@ -136,10 +138,9 @@ async def chaos_run(
         os.environ.get("SAGA_DEADLINE_SECONDS", OrdersConfig.default_of("SAGA_DEADLINE_SECONDS"))
     )
     drain_timeout = deadline + DRAIN_MARGIN
-    # Tokens are issued before the load and must last through it and the drain.
-    token_lifetime = settings.duration + drain_timeout + 600
     keys = make_key_pair(work_dir)
-    async with running_system(servers, keys, work_dir, token_lifetime=token_lifetime) as system:
+    lasting = settings.duration + drain_timeout + 600  # and the start, and the check
+    async with running_system(servers, keys, work_dir, lasting=lasting) as system:
         out(f"system: {', '.join(PROCESSES)}; the -2 processes through relays; logs in {work_dir}")
         connector = aiohttp.TCPConnector(limit=2 * WORKERS)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -174,6 +175,7 @@ async def chaos_run(
         decisions=decision_times(state),
         drain_seconds=drain_seconds,
         unclean_exits={name: code for name, code in exits.items() if code != 0},
+        failed_starts=injector.failed_starts,
     )
     for line in summary.lines():
         out(line)

@@ -56,21 +56,25 @@ class System:
 
 @contextlib.asynccontextmanager
 async def running_system(
-    servers: Servers, keys: KeyPair, log_dir: Path, *, token_lifetime: float
+    servers: Servers, keys: KeyPair, log_dir: Path, *, lasting: float
 ) -> AsyncIterator[System]:
-    """The six processes and the two relays; all stopped and removed on the way out. The processes
-    are not required to exit cleanly there: the run stops them itself first, and says how they did.
-    """
+    """The six processes and the two relays, for a run of `lasting` seconds at most; all stopped
+    and removed on the way out. The processes are not required to exit cleanly there: the run stops
+    them itself first, and says how they did."""
     relays = {
         "rabbitmq": TcpRelay(servers.rabbitmq.host, servers.rabbitmq.amqp_port),
         "postgres": TcpRelay(servers.postgres.host, servers.postgres.port),
     }
     for relay in relays.values():
         await relay.start()
+    # The check reads every event the run caused, and the time each order took from them: none may
+    # be pruned by retention before it.
+    kept = {"OUTBOX_RETENTION_SECONDS": str(int(lasting)), "INBOX_RETENTION_SECONDS": str(int(lasting))}
     service_env = {
         "gateway": UNLIMITED,
         # The clients sign in once, before the faults begin: their tokens must outlive the run.
-        "users_service": {"JWT_TTL_SECONDS": str(int(token_lifetime))},
+        "users_service": {**kept, "JWT_TTL_SECONDS": str(int(lasting))},
+        "orders_service": kept,
     }
     try:
         async with running_stack(servers, keys, log_dir, service_env, require_clean_exit=False) as stack:

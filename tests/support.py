@@ -13,6 +13,8 @@ from aiohttp import web
 
 from devstack.ports import free_port
 from devstack.rabbitmq import Vhost
+from devstack.relay import TcpRelay as TcpRelay  # moved to devstack/ (the chaos run uses it); still here
+from devstack.relay import with_port as with_port
 from shared.broker import connect_once
 from shared.bus_contract import bus
 from shared.topology import EXCHANGE
