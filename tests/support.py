@@ -1,6 +1,5 @@
-"""Helpers for tests: a test's own fake upstream, a raw publish, and what a test does when this machine
-lacks a tool it needs. The TCP relay that network faults are made with is devstack/relay.py (the
-chaos run uses it too)."""
+"""Helpers for tests: a TCP relay to make network faults with (devstack/relay.py), a test's own fake
+upstream, a raw publish, and what a test does when this machine lacks a tool it needs."""
 
 import contextlib
 import os
@@ -13,7 +12,8 @@ from aiohttp import web
 
 from devstack.ports import free_port
 from devstack.rabbitmq import Vhost
-from devstack.relay import TcpRelay as TcpRelay  # moved to devstack/ (the chaos run uses it); still here
+from devstack.relay import TcpRelay as TcpRelay
+from devstack.relay import tcp_relay as tcp_relay
 from devstack.relay import with_port as with_port
 from shared.broker import connect_once
 from shared.bus_contract import bus

@@ -14,12 +14,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from devstack.relay import TcpRelay, with_port
 from devstack.servers import Servers
 from devstack.waiting import eventually
 from tests.e2e.api import FINAL, User, final_order, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import assert_invariants_once_quiet
+from tests.support import TcpRelay, with_port
 
 pytestmark = pytest.mark.faults
 

@@ -24,7 +24,6 @@ from yarl import URL
 
 from devstack.keys import KeyPair
 from devstack.ports import free_port
-from devstack.relay import TcpRelay, with_port
 from devstack.servers import Servers
 from devstack.waiting import eventually
 from gateway.app import FLOW_CONTENT_SECURITY_POLICY
@@ -34,6 +33,7 @@ from gateway.flow import FLOW_HUB, FLOW_TAP, SUBSCRIBER_QUEUE, FlowRecord, Kind
 from shared.config import ConfigError, Secret
 from shared.topology import EXCHANGE
 from tests.integration.conftest import Client
+from tests.support import TcpRelay, with_port
 
 PASSWORD = "correct-horse-battery"
 GatewayFactory = Callable[..., Awaitable[Client]]

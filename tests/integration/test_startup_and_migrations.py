@@ -10,12 +10,12 @@ import pytest
 import structlog
 
 from devstack.ports import free_port
-from devstack.relay import tcp_relay, with_port
 from devstack.servers import Servers
 from devstack.waiting import eventually
 from shared.broker import check_broker, connect_broker
 from shared.db import SHARED_MIGRATIONS, apply_migrations, create_pool
 from tests.conftest import CreateDatabase
+from tests.support import tcp_relay, with_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = [SHARED_MIGRATIONS, ROOT / "orders_service" / "migrations"]
