@@ -2,12 +2,13 @@
 
     gateway   ──▶ users_service,   orders_service      ──▶ Postgres, RabbitMQ directly
     gateway-2 ──▶ users_service-2, orders_service-2    ──▶ Postgres, RabbitMQ through relays
+                                                           (gateway-2's Postgres too)
 
 A gateway has one URL per upstream, so each is paired with one replica of each service (as in
 tests/e2e/test_replicas.py); the clients know both gateways and fail over between them. The
-replicas of a service compete for its one queue and its one outbox. The "-2" processes reach
-Postgres and RabbitMQ through TCP relays (devstack/relay.py), so that a fault can cut every
-connection they have at once, as a broken network link or a load balancer's reset would.
+replicas of a service compete for its one queue and its one outbox. The "-2" processes reach their
+servers through TCP relays (devstack/relay.py), so that a fault can cut every connection they have
+at once, as a broken network link or a load balancer's reset would.
 """
 
 import contextlib
