@@ -20,7 +20,7 @@ GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
 .PHONY: help install dev databases broker keys test test-quick test-containers test-compose lint format lock clean \
-	dlq dlq-replay outbox outbox-retry demo demo-throwaway demo-compose stack bench
+	dlq dlq-replay outbox outbox-retry demo demo-throwaway demo-compose stack bench chaos
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -151,3 +151,8 @@ clean: ## remove the virtual environment and caches (keeps .keys)
 
 bench: $(BIN)/.bench-installed ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Servers of its own, as the tests choose them (DEVSTACK_SERVERS): it restarts and kills them.
+DURATION ?= 600
+chaos: install ## faults at random under load, then nothing lost or doubled: make chaos DURATION=600 [SEED=n] [RATE=r]
+	$(BIN)/python -m chaos --duration $(DURATION) $(if $(SEED),--seed $(SEED)) $(if $(RATE),--rate $(RATE))

@@ -32,6 +32,12 @@ async def connected(connection: ConnectionT, *, timeout: float = CONNECT_TIMEOUT
     event loop left to close it on."""
     try:
         await connection.connect(timeout=timeout)
+    except StopAsyncIteration as error:
+        await asyncio.shield(connection.close())
+        # aiormq's word for a socket that was at its end before the broker's first frame: a broker
+        # that is starting, or a TCP proxy in front of one that is down. As it is, it would escape the
+        # start-up retry, and end the async generator (a cleanup context) it crossed.
+        raise ConnectionError("the broker closed the connection before the AMQP handshake") from error
     except BaseException:
         await asyncio.shield(connection.close())
         raise

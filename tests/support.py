@@ -1,7 +1,6 @@
-"""Helpers for tests: a TCP relay to make network faults with, a test's own fake upstream, and what a
-test does when this machine lacks a tool it needs."""
+"""Helpers for tests: a TCP relay to make network faults with (devstack/relay.py), a test's own fake
+upstream, a raw publish, and what a test does when this machine lacks a tool it needs."""
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -10,10 +9,12 @@ import aio_pika
 import pytest
 from aio_pika.abc import HeadersType
 from aiohttp import web
-from yarl import URL
 
 from devstack.ports import free_port
 from devstack.rabbitmq import Vhost
+from devstack.relay import TcpRelay as TcpRelay
+from devstack.relay import tcp_relay as tcp_relay
+from devstack.relay import with_port as with_port
 from shared.broker import connect_once
 from shared.bus_contract import bus
 from shared.topology import EXCHANGE
@@ -27,84 +28,6 @@ def require_tool(found: object, message: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-
-
-def with_port(url: str, port: int) -> str:
-    """`url` with another port: a service pointed at a relay instead of the server behind it."""
-    return str(URL(url).with_port(port))
-
-
-class TcpRelay:
-    """A TCP relay in front of a real server (Postgres, RabbitMQ) that a test can switch on late, or
-    freeze in one direction: a network fault made on purpose, with no change to the code under test.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._upstream_flowing = asyncio.Event()
-        self._upstream_flowing.set()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    def hold_upstream(self) -> None:
-        """Keep back every byte the client sends (requests, publishes, acks); deliver the rest."""
-        self._upstream_flowing.clear()
-
-    def release_upstream(self) -> None:
-        self._upstream_flowing.set()
-
-    def sever(self) -> None:
-        """Cut every connection at once; bytes held back are lost, as on a real broken link."""
-        for writer in self._writers:
-            writer.transport.abort()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        try:
-            server_reader, server_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_writer.close()
-            return
-        self._writers |= {client_writer, server_writer}
-        await asyncio.gather(
-            self._pipe(client_reader, server_writer, self._upstream_flowing),
-            self._pipe(server_reader, client_writer, None),
-        )
-
-    @staticmethod
-    async def _pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event | None
-    ) -> None:
-        try:
-            while data := await reader.read(65536):
-                if flowing is not None:
-                    await flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-
-@contextlib.asynccontextmanager
-async def tcp_relay(target_host: str, target_port: int, listen_port: int) -> AsyncIterator[None]:
-    """Relay connections from `listen_port` to a real server: stands for "the server comes up now"."""
-    relay = TcpRelay(target_host, target_port)
-    relay.port = listen_port
-    await relay.start()
-    try:
-        yield
-    finally:
-        await relay.close()
 
 
 @contextlib.asynccontextmanager
