@@ -9,11 +9,13 @@ relay stops, and the connections close.
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiohttp import web
 from yarl import URL
 
@@ -25,9 +27,11 @@ from shared.consumer import Consumer, HandlerTable
 from shared.db import apply_migrations, create_pool
 from shared.metrics import MessagingMetrics
 from shared.relay import OutboxRelay
+from shared.retry import retry_until_deadline
 from shared.topology import ConsumerQueues, declare_topology, queue_depths, queues_for, receivers_of
 
 log = structlog.get_logger("service")
+T = TypeVar("T")
 
 
 def database(
@@ -73,12 +77,19 @@ def messaging(
         own_user = URL(config.rabbitmq_url.value).user
         own = queues_for(service, handlers) if handlers else None
         receivers = receivers_of(service)
-        # One channel publishes (with confirms; an unroutable event raises), one consumes. The
-        # references are kept here: aio-pika holds robust channels only weakly.
-        publishing = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await declare_topology(
-            publishing, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
-        )
+
+        async def topology() -> tuple[AbstractChannel, AbstractExchange]:
+            # One channel publishes (with confirms; an unroutable event raises), one consumes. The
+            # references are kept here: aio-pika holds robust channels only weakly.
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            declared = await declare_topology(
+                channel, own=own, receivers=receivers, retry_delays_ms=config.retry_delays
+            )
+            return channel, declared
+
+        # Connected is not enough: the connection may drop again while the topology is declared (a
+        # broker still starting, a network blip), and that is no reason to exit.
+        publishing, exchange = await _while_the_broker_comes_back(topology, config, "rabbitmq topology")
         relay = OutboxRelay(
             pool=app[DB_POOL],
             outbox=app[OUTBOX],
@@ -90,7 +101,11 @@ def messaging(
             metrics=app[MESSAGING_METRICS],
         )
         relay_task = asyncio.create_task(relay.run(), name=f"{service} outbox relay")
-        consumer = await _consume(app, config, own, handlers, own_user) if own is not None else None
+        consumer = None
+        if own is not None:
+            consumer = await _while_the_broker_comes_back(
+                functools.partial(_consume, app, config, own, handlers, own_user), config, "rabbitmq consumer"
+            )
         keeper = QueueKeeper(connection, publishing, own, receivers, config, app[MESSAGING_METRICS])
         keeping = asyncio.create_task(keeper.run(), name=f"{service} queue check")
         yield
@@ -104,6 +119,14 @@ def messaging(
             log.warning("outbox relay did not stop in time; its rows will be published after restart")
 
     return messaging
+
+
+async def _while_the_broker_comes_back(
+    attempt: Callable[[], Awaitable[T]], config: ServiceConfig, what: str
+) -> T:
+    return await retry_until_deadline(
+        attempt, what=what, deadline_seconds=config.startup_timeout, retrying=BROKER_UNAVAILABLE
+    )
 
 
 async def _consume(

@@ -25,14 +25,16 @@ async def retry_until_deadline(
     *,
     what: str,
     deadline_seconds: float,
+    retrying: tuple[type[BaseException], ...] = NOT_UP_YET,
 ) -> T:
-    """Call `attempt` until it succeeds, backing off exponentially; give up after the deadline."""
+    """Call `attempt` until it succeeds, backing off exponentially, while it fails with one of
+    `retrying`; give up after the deadline."""
     give_up_at = time.monotonic() + deadline_seconds
     delay = FIRST_DELAY
     while True:
         try:
             return await attempt()
-        except NOT_UP_YET as error:
+        except retrying as error:
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 log.error("dependency never became reachable", dependency=what, error=repr(error))
