@@ -192,7 +192,7 @@ class Benchmark:
         order_id = await post_order(self.session, self.stack.orders.url, self.customers[0])
         if order_id is None:
             raise RuntimeError("could not place the order that R1 and R2 read")
-        await eventually(self._final(order_id), timeout=30, what="the first order reached its final state")
+        await eventually(self._final(order_id), within=30, what="the first order reached its final state")
         self.order_path = f"/api/orders/{order_id}"
 
     def _final(self, order_id: str) -> Any:
@@ -489,7 +489,7 @@ class Benchmark:
             return len(delays) >= 3 * orders
 
         with contextlib.suppress(RuntimeError):
-            await eventually(every_publish_logged, timeout=10, what="every publish logged", interval=0.1)
+            await eventually(every_publish_logged, within=10, what="every publish logged", interval=0.1)
         by_type: dict[str, list[float]] = {}
         for event_type, delay in delays:
             by_type.setdefault(event_type, []).append(delay)
@@ -611,7 +611,7 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
                         return response.status == 200
                 return False
 
-            await eventually(nginx_ready, timeout=20, what=f"nginx ready\n{nginx.log_text()}")
+            await eventually(nginx_ready, within=20, what=f"nginx ready\n{nginx.log_text()}")
             final = await exits.enter_async_context(final_states(stack.rabbitmq_url))
             bench = Benchmark(settings, stack, nginx, wrk_binary, session, final, work_dir)
             await bench.prepare()

@@ -29,7 +29,7 @@ def envelopes(count: int) -> list[Envelope]:
     ]
 
 
-async def relay_throughput(orders_dsn: str, count: int, timeout: float) -> dict[str, Any]:
+async def relay_throughput(orders_dsn: str, count: int, within: float) -> dict[str, Any]:
     """Commit `count` outbox rows at once and let the running relay publish them.
 
     No nudge reaches the relay from outside its process, so it finds them at its next poll; the
@@ -50,7 +50,7 @@ async def relay_throughput(orders_dsn: str, count: int, timeout: float) -> dict[
             )
             return bool(waiting == 0)
 
-        await eventually(published, timeout=timeout, what="the relay published every row", interval=0.02)
+        await eventually(published, within=within, what="the relay published every row", interval=0.02)
         batches = await connection.fetch(
             """
             SELECT published_at, count(*) AS rows FROM outbox WHERE event_id = ANY($1::uuid[])

@@ -414,7 +414,7 @@ async def relay(servers: Servers, settings: Settings, replicas: int) -> dict[str
     async with system(servers) as running, aiohttp.ClientSession() as http:
         orders = await running.start("orders_service", replicas)
         before = total_cpu_seconds(pids_of(orders))
-        measured = await relay_throughput(running.databases["orders"], settings.relay_events, timeout=120)
+        measured = await relay_throughput(running.databases["orders"], settings.relay_events, within=120)
         # Over the whole call, idle polls included: an upper bound of what relaying one event costs.
         spent = total_cpu_seconds(pids_of(orders)) - before
         result: dict[str, float] = {
@@ -445,7 +445,7 @@ async def consumer(servers: Servers, settings: Settings, replicas: int) -> dict[
                 done: int = await users_db.fetchval("SELECT count(*) FROM inbox")
                 return done >= settings.consumer_events
 
-            await eventually(applied, timeout=300, what="every event applied", interval=0.1)
+            await eventually(applied, within=300, what="every event applied", interval=0.1)
             cpu = watch.stop()
             row = await users_db.fetchrow(
                 "SELECT count(*) AS n, max(received_at) AS last FROM inbox WHERE received_at >= $1", all_ready

@@ -157,7 +157,7 @@ async def chaos_run(
                     run.create_task(injector.run_lane(lane, settings.duration))
         out(f"{time.monotonic() - started_at:7.1f} s  load over, every fault undone; draining")
         drain_started = time.monotonic()
-        state, _ = await state_once(system.stack, is_settled, timeout=drain_timeout, interval=1.0)
+        state, _ = await state_once(system.stack, is_settled, within=drain_timeout, interval=1.0)
         drain_seconds = time.monotonic() - drain_started
         orders = await placed_orders(system.stack.admin_dsn("orders_service"))
         findings = check_history(clients.history, orders, state)

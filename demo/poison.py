@@ -43,7 +43,7 @@ def poison_order_created(user_id: str, total_cents: int, *, story: str) -> Envel
 
 
 async def connect(rabbitmq_url: str) -> AbstractConnection:
-    return await connect_once(rabbitmq_url, timeout=CONNECT_TIMEOUT)
+    return await connect_once(rabbitmq_url, handshake_timeout=CONNECT_TIMEOUT)
 
 
 async def publish(connection: AbstractConnection, envelope: Envelope) -> None:

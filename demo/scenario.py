@@ -178,7 +178,7 @@ class Demo:
 
             await wait_for(
                 released,
-                timeout=self.settings.timeout,
+                within=self.settings.timeout,
                 interval=POLL_INTERVAL,
                 on_timeout=lambda: (
                     f"credit used still {money(seen)} after {self.settings.timeout:g} s, "
@@ -213,7 +213,7 @@ class Demo:
 
             await wait_for(
                 replayed,
-                timeout=self.settings.timeout,
+                within=self.settings.timeout,
                 interval=DEAD_LETTER_POLL_INTERVAL,
                 on_timeout=lambda: f"{short(event_id)} not in {poison.DEAD_LETTER_QUEUE} to replay",
             )
@@ -249,7 +249,7 @@ class Demo:
 
         decided = await wait_for(
             final,
-            timeout=self.settings.timeout,
+            within=self.settings.timeout,
             interval=POLL_INTERVAL,
             on_timeout=lambda: f"still {seen} after {self.settings.timeout:g} s, expected {expect}",
         )
@@ -261,7 +261,7 @@ class Demo:
     async def dead_letter(self, event_id: str, *, not_at: str | None = None) -> DeadLetter:
         return await wait_for(
             lambda: poison.find_dead_letter(self.settings.rabbitmq_url, event_id, not_at=not_at),
-            timeout=self.settings.timeout,
+            within=self.settings.timeout,
             interval=DEAD_LETTER_POLL_INTERVAL,
             on_timeout=lambda: (
                 f"{short(event_id)} not in {poison.DEAD_LETTER_QUEUE} after {self.settings.timeout:g} s"

@@ -81,13 +81,13 @@ def _describe(error: BaseException) -> str:
 async def wait_for(
     probe: Callable[[], Awaitable[T | None]],
     *,
-    timeout: float,
+    within: float,
     interval: float,
     on_timeout: Callable[[], str],
 ) -> T:
     """Poll `probe` until it returns something other than None; past the deadline the step fails,
     with `on_timeout()` as its outcome (what was seen last)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = await probe()
         if result is not None:

@@ -24,7 +24,7 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def docker(*arguments: str, stdin: bytes | None = None, timeout: float = 120.0) -> str:
+async def docker(*arguments: str, stdin: bytes | None = None, within: float = 120.0) -> str:
     """Run `docker ARGUMENTS...`; return its standard output, or raise DockerError."""
     if shutil.which("docker") is None:
         raise DockerError("the docker command is not installed")
@@ -36,11 +36,11 @@ async def docker(*arguments: str, stdin: bytes | None = None, timeout: float = 1
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        output, errors = await asyncio.wait_for(process.communicate(stdin), timeout)
+        output, errors = await asyncio.wait_for(process.communicate(stdin), within)
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise DockerError(f"docker {' '.join(arguments)}: no answer within {timeout:.0f} s") from None
+        raise DockerError(f"docker {' '.join(arguments)}: no answer within {within:.0f} s") from None
     if process.returncode != 0:
         text = (errors or output).decode(errors="replace").strip()
         raise DockerError(f"docker {' '.join(arguments)}: {text}")
@@ -50,7 +50,7 @@ async def docker(*arguments: str, stdin: bytes | None = None, timeout: float = 1
 async def engine_answers() -> str | None:
     """The engine's version if a Docker engine answers this user, else None."""
     try:
-        return await docker("version", "--format", "{{.Server.Version}}", timeout=ENGINE_TIMEOUT) or None
+        return await docker("version", "--format", "{{.Server.Version}}", within=ENGINE_TIMEOUT) or None
     except DockerError:
         return None
 

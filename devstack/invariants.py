@@ -187,44 +187,63 @@ def _i3_no_effect_twice(state: SystemState) -> list[str]:
 
 
 def _i4_no_change_without_its_event(state: SystemState) -> list[str]:
-    found = []
-    orders_events = {(row["event_type"], subject_of(row["data"])) for row in state.orders_outbox}
-    expected_event = {
-        "APPROVED": "orders.order.approved",
-        "REJECTED": "orders.order.rejected",
-        "CANCELLED": "orders.order.cancelled",
-    }
-    for order in state.orders:
-        for kind in ["orders.order.created", expected_event.get(order["status"])]:
-            if kind and (kind, str(order["id"])) not in orders_events:
-                found.append(f"I4: order {order['id']} is {order['status']} but {kind} was never written")
-    users_events = {(row["event_type"], subject_of(row["data"])) for row in state.users_outbox}
-    for reservation in state.reservations:
-        status, order_id = reservation["status"], str(reservation["order_id"])
-        needed = {
-            "RESERVED": ["users.credit.reserved"],
-            "RELEASED": ["users.credit.reserved", "users.credit.released"],
-            "REJECTED": ["users.credit.rejected"],
-            "CANCELLED_BEFORE_CREATED": ["users.credit.rejected"],
-        }.get(status, [])
-        found += [
-            f"I4: reservation {order_id} is {status} without {kind}"
-            for kind in needed
-            if (kind, order_id) not in users_events
-        ]
-    for row in [*state.orders_outbox, *state.users_outbox]:
-        if row["published_at"] is None:
-            found.append(f"I4: {row['event_type']} {row['event_id']} was never published")
+    return [
+        *_orders_without_events(state),
+        *_reservations_without_events(state),
+        *_events_not_delivered(state),
+    ]
+
+
+# The events each state must have been announced with.
+ORDER_EVENTS = {
+    "APPROVED": ["orders.order.created", "orders.order.approved"],
+    "REJECTED": ["orders.order.created", "orders.order.rejected"],
+    "CANCELLED": ["orders.order.created", "orders.order.cancelled"],
+}
+RESERVATION_EVENTS = {
+    "RESERVED": ["users.credit.reserved"],
+    "RELEASED": ["users.credit.reserved", "users.credit.released"],
+    "REJECTED": ["users.credit.rejected"],
+    "CANCELLED_BEFORE_CREATED": ["users.credit.rejected"],
+}
+
+
+def _orders_without_events(state: SystemState) -> list[str]:
+    written = {(row["event_type"], subject_of(row["data"])) for row in state.orders_outbox}
+    return [
+        f"I4: order {order['id']} is {order['status']} but {kind} was never written"
+        for order in state.orders
+        for kind in ORDER_EVENTS.get(order["status"], ["orders.order.created"])
+        if (kind, str(order["id"])) not in written
+    ]
+
+
+def _reservations_without_events(state: SystemState) -> list[str]:
+    written = {(row["event_type"], subject_of(row["data"])) for row in state.users_outbox}
+    return [
+        f"I4: reservation {reservation['order_id']} is {reservation['status']} without {kind}"
+        for reservation in state.reservations
+        for kind in RESERVATION_EVENTS.get(reservation["status"], [])
+        if (kind, str(reservation["order_id"])) not in written
+    ]
+
+
+def _events_not_delivered(state: SystemState) -> list[str]:
+    found = [
+        f"I4: {row['event_type']} {row['event_id']} was never published"
+        for row in [*state.orders_outbox, *state.users_outbox]
+        if row["published_at"] is None
+    ]
     # Published is not enough: every event a service consumes must have reached its inbox.
-    for row in state.orders_outbox:
-        if row["event_type"] in bus().receives("users_service") and row["event_id"] not in state.users_inbox:
-            found.append(f"I4: users_service never applied {row['event_type']} {row['event_id']}")
-    for row in state.users_outbox:
-        if (
-            row["event_type"] in bus().receives("orders_service")
-            and row["event_id"] not in state.orders_inbox
-        ):
-            found.append(f"I4: orders_service never applied {row['event_type']} {row['event_id']}")
+    for outbox, receiver, inbox in (
+        (state.orders_outbox, "users_service", state.users_inbox),
+        (state.users_outbox, "orders_service", state.orders_inbox),
+    ):
+        found += [
+            f"I4: {receiver} never applied {row['event_type']} {row['event_id']}"
+            for row in outbox
+            if row["event_type"] in bus().receives(receiver) and row["event_id"] not in inbox
+        ]
     return found
 
 
@@ -235,7 +254,7 @@ def subject_of(data: Any) -> str:
 
 
 async def state_once(
-    stack: Stack, condition: Callable[[SystemState], bool], *, timeout: float, interval: float = 0.2
+    stack: Stack, condition: Callable[[SystemState], bool], *, within: float, interval: float = 0.2
 ) -> tuple[SystemState, bool]:
     """The state once `condition` (is_quiet, is_settled) holds, and True; or, after `timeout`, the
     state as it is, and False. Each look reads every order and event: after a long run, look less
@@ -246,14 +265,14 @@ async def state_once(
         return state if condition(state) else None
 
     try:
-        return await eventually(met, timeout=timeout, interval=interval, what=condition.__name__), True
+        return await eventually(met, within=within, interval=interval, what=condition.__name__), True
     except AssertionError:
         return await read_state(stack), False
 
 
-async def assert_invariants_once_quiet(stack: Stack, *, timeout: float = 60.0) -> SystemState:
+async def assert_invariants_once_quiet(stack: Stack, *, within: float = 60.0) -> SystemState:
     """Wait (with a deadline) until nothing is in flight, then check I1 to I4 and say what broke."""
-    state, quiet = await state_once(stack, is_quiet, timeout=timeout)
+    state, quiet = await state_once(stack, is_quiet, within=within)
     if not quiet:
         raise AssertionError(
             f"never quiet; in flight: {in_flight(state)}; queued: {state.queued};"

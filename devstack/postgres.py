@@ -121,7 +121,7 @@ class Postgres(abc.ABC):
                 await connection.close()
             return True
 
-        await eventually(answers, timeout=deadline, interval=0.1, what=f"{self.describe()} ready")
+        await eventually(answers, within=deadline, interval=0.1, what=f"{self.describe()} ready")
 
     @abc.abstractmethod
     def describe(self) -> str: ...
@@ -290,8 +290,9 @@ class ContainerPostgres(Postgres):
         variables = [
             argument for key, value in environment.items() for argument in ("--env", f"{key}={value}")
         ]
+        commands = await asyncio.to_thread(script.read_bytes)
         return await docker.docker(
-            "exec", "--interactive", *variables, self.name, "bash", "-s", stdin=script.read_bytes()
+            "exec", "--interactive", *variables, self.name, "bash", "-s", stdin=commands
         )
 
 

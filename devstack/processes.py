@@ -71,7 +71,7 @@ class ServiceProcess:
             await self.kill()  # never left running behind a failed start
             raise
 
-    async def wait_ready(self, path: str = "/readyz", timeout: float = READY_DEADLINE) -> None:
+    async def wait_ready(self, path: str = "/readyz", within: float = READY_DEADLINE) -> None:
         async with aiohttp.ClientSession() as session:
 
             async def ready() -> bool:
@@ -82,7 +82,7 @@ class ServiceProcess:
                         return response.status == 200
                 return False
 
-            await eventually(ready, timeout=timeout, interval=0.1, what=f"{self.name}: {path} answers 200")
+            await eventually(ready, within=within, interval=0.1, what=f"{self.name}: {path} answers 200")
 
     async def stop(self) -> int:
         """SIGTERM, then wait for a clean exit; the exit code tells whether the shutdown was graceful.

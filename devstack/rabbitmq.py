@@ -143,7 +143,7 @@ class RabbitMQ(abc.ABC):
             self.version = str(overview.get("rabbitmq_version", ""))
             return True
 
-        await eventually(answers, timeout=deadline, interval=0.2, what=f"{self.describe()} ready")
+        await eventually(answers, within=deadline, interval=0.2, what=f"{self.describe()} ready")
 
     @abc.abstractmethod
     def describe(self) -> str: ...

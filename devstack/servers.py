@@ -155,7 +155,7 @@ async def _image_for(service: str, standin_repository: str) -> str | None:
         return standins[0]
     if shipped:
         with contextlib.suppress(docker.DockerError):
-            await docker.docker("pull", "--quiet", shipped, timeout=600)
+            await docker.docker("pull", "--quiet", shipped, within=600)
             return shipped
     return None
 
@@ -194,7 +194,8 @@ async def started(
         postgres = ContainerPostgres(choice.postgres_image, settings=settings)
         rabbitmq = ContainerRabbitMQ(choice.rabbitmq_image)
     elif choice.kind == "private":
-        assert choice.postgres_bin_dir is not None and choice.rabbitmq_bin_dir is not None
+        assert choice.postgres_bin_dir is not None
+        assert choice.rabbitmq_bin_dir is not None
         remove_abandoned_instances()
         postgres = PrivatePostgres(choice.postgres_bin_dir, settings=settings)
         rabbitmq = PrivateRabbitMQ(choice.rabbitmq_bin_dir)

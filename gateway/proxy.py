@@ -203,7 +203,7 @@ async def _call(
         return web.Response(status=answer.status, body=content, headers=_downstream_headers(answer))
 
 
-async def _body(request: web.Request, max_body_bytes: int, timeout: float) -> bytes | None:
+async def _body(request: web.Request, max_body_bytes: int, within: float) -> bytes | None:
     """The whole request body (see the module's notes), or a problem that names the client's fault."""
     if not request.body_exists:
         return None
@@ -212,13 +212,13 @@ async def _body(request: web.Request, max_body_bytes: int, timeout: float) -> by
         raise Problem(413, f"The request body is over {max_body_bytes} bytes.")
     body = bytearray()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             # At most one byte over the limit is read: enough to know that a body without a
             # declared length is too long.
             while len(body) <= max_body_bytes and not request.content.at_eof():
                 body += await request.content.read(max_body_bytes + 1 - len(body))
     except TimeoutError:
-        raise Problem(408, f"The request body did not arrive within {timeout:g} seconds.") from None
+        raise Problem(408, f"The request body did not arrive within {within:g} seconds.") from None
     except (ConnectionError, web.RequestPayloadError):
         # The client reset the connection, or sent a body that does not match its framing. It will
         # most likely never read this answer; the log line records what happened.

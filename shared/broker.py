@@ -26,12 +26,12 @@ BROKER_UNAVAILABLE: tuple[type[BaseException], ...] = (
 CONNECT_TIMEOUT = 5.0
 
 
-async def connected(connection: ConnectionT, *, timeout: float = CONNECT_TIMEOUT) -> ConnectionT:
+async def connected(connection: ConnectionT, *, handshake_timeout: float = CONNECT_TIMEOUT) -> ConnectionT:
     """Connect `connection`, or close it if that fails. aio_pika.connect() would leave a failed (or
     cancelled) attempt's half-made connection to the garbage collector, which may find it with no
     event loop left to close it on."""
     try:
-        await connection.connect(timeout=timeout)
+        await connection.connect(timeout=handshake_timeout)
     except StopAsyncIteration as error:
         await asyncio.shield(connection.close())
         # aiormq's word for a socket that was at its end before the broker's first frame: a broker
@@ -44,9 +44,11 @@ async def connected(connection: ConnectionT, *, timeout: float = CONNECT_TIMEOUT
     return connection
 
 
-async def connect_once(url: str, *, timeout: float = CONNECT_TIMEOUT) -> aio_pika.Connection:
+async def connect_once(url: str, *, handshake_timeout: float = CONNECT_TIMEOUT) -> aio_pika.Connection:
     """A plain connection, for a tool's short job: no reconnecting, no retry."""
-    return await connected(aio_pika.Connection(aio_pika.connection.make_url(url)), timeout=timeout)
+    return await connected(
+        aio_pika.Connection(aio_pika.connection.make_url(url)), handshake_timeout=handshake_timeout
+    )
 
 
 async def connect_broker(url: str, *, startup_timeout: float) -> AbstractRobustConnection:

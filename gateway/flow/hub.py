@@ -65,10 +65,10 @@ class Subscriber:
         self._ready.clear()
         return frames, lost
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until there is something to send; False if `timeout` passed first."""
+    async def wait(self, within: float) -> bool:
+        """Wait until there is something to send; False if `within` seconds passed first."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await self._ready.wait()
         except TimeoutError:
             return False

@@ -105,7 +105,7 @@ class EventTap:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="flow tap")
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, close_within: float) -> None:
         self._closing = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -113,7 +113,7 @@ class EventTap:
                 await self._task
         if self._connection is not None:
             try:
-                await asyncio.wait_for(self._connection.close(), timeout)
+                await asyncio.wait_for(self._connection.close(), close_within)
             except TimeoutError:
                 log.warning("the flow tap's broker connection did not close cleanly in time")
         self._hub.set_tap_state(TapState.CLOSED)

@@ -21,7 +21,7 @@ BYSTANDER_DEADLINE = 30.0
 async def assert_bystander_served(http: aiohttp.ClientSession, url: str, user: User) -> None:
     """Another user's order still ends APPROVED within the deadline: the saga runs for everyone."""
     order = await place_order(http, url, user, 1_000)
-    decided = await final_order(http, url, user, order["id"], timeout=BYSTANDER_DEADLINE)
+    decided = await final_order(http, url, user, order["id"], within=BYSTANDER_DEADLINE)
     assert decided["status"] == "APPROVED", decided
 
 

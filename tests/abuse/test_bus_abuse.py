@@ -42,9 +42,7 @@ async def until_dead_lettered(stack: Stack, service: str, count: int, *, reason:
     async def all_there() -> bool:
         return await dead_letters_of(stack, service, reason=reason) == count
 
-    await eventually(
-        all_there, timeout=60, interval=0.5, what=f"{count} dead letters ({reason}) of {service}"
-    )
+    await eventually(all_there, within=60, interval=0.5, what=f"{count} dead letters ({reason}) of {service}")
 
 
 async def test_retry_counters_from_a_peer_never_stop_a_consumer(fresh_stack: StackFactory, http: Any) -> None:
@@ -211,7 +209,7 @@ async def assert_decided(http: Any, stack: Stack, user: User, order_id: str, sta
         current = (await get_order(http, stack.url, user, order_id))["status"]
         return current if current != "PENDING" else None
 
-    assert await eventually(decided, timeout=BYSTANDER_DEADLINE, what=f"order {order_id} decided") == status
+    assert await eventually(decided, within=BYSTANDER_DEADLINE, what=f"order {order_id} decided") == status
 
 
 async def test_messages_of_any_shape_are_dead_lettered_and_the_consumer_goes_on(

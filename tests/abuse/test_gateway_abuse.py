@@ -136,14 +136,14 @@ async def test_one_service_down_leaves_the_other_services_routes_in_rotation(
     async with http.get(f"{stack.url}/api/users/me", headers=bystander.headers) as response:
         assert response.status in {502, 503}  # users_service's own routes say it is away
     await stack.start("users_service")
-    decided = await final_order(http, stack.url, bystander, pending["id"], timeout=BYSTANDER_DEADLINE)
+    decided = await final_order(http, stack.url, bystander, pending["id"], within=BYSTANDER_DEADLINE)
     assert decided["status"] == "APPROVED"
 
     async def both_ready() -> bool:
         async with http.get(f"{stack.url}/readyz") as response:
             return bool((await response.json())["checks"] == {"users_service": "ok", "orders_service": "ok"})
 
-    await eventually(both_ready, timeout=BYSTANDER_DEADLINE, what="users_service reported ready again")
+    await eventually(both_ready, within=BYSTANDER_DEADLINE, what="users_service reported ready again")
 
 
 def nested(depth: int) -> str:

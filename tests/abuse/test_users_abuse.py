@@ -147,7 +147,7 @@ async def test_sign_in_counts_are_purged_once_their_window_has_ended(
         async def purged() -> bool:
             return bool(await connection.fetchval("SELECT count(*) FROM sign_in_attempts") == 0)
 
-        await eventually(purged, timeout=window + BYSTANDER_DEADLINE, what="the ended windows purged")
+        await eventually(purged, within=window + BYSTANDER_DEADLINE, what="the ended windows purged")
     finally:
         await connection.close()
     await assert_bystander_served(http, stack.url, bystander)

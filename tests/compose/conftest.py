@@ -32,7 +32,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def docker(*arguments: str, timeout: float = 120.0, stdin: bytes | None = None) -> str:
+async def docker(*arguments: str, within: float = 120.0, stdin: bytes | None = None) -> str:
     """Run the Docker CLI (given `stdin`, if any); return its standard output, or fail with
     everything it said."""
     process = await asyncio.create_subprocess_exec(
@@ -44,19 +44,19 @@ async def docker(*arguments: str, timeout: float = 120.0, stdin: bytes | None = 
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        output, errors = await asyncio.wait_for(process.communicate(stdin), timeout)
+        output, errors = await asyncio.wait_for(process.communicate(stdin), within)
     except TimeoutError:
         process.kill()
         await process.wait()
-        raise AssertionError(f"docker {' '.join(arguments)} took over {timeout} s") from None
+        raise AssertionError(f"docker {' '.join(arguments)} took over {within} s") from None
     assert process.returncode == 0, f"docker {' '.join(arguments)}: {errors.decode()}{output.decode()}"
     return output.decode(errors="replace")
 
 
-async def docker_compose(*arguments: str, timeout: float = 120.0, stdin: bytes | None = None) -> str:
+async def docker_compose(*arguments: str, within: float = 120.0, stdin: bytes | None = None) -> str:
     """`docker compose` on the stack under test, with the options every run uses (no `.env`)."""
     return await docker(
-        "compose", *COMPOSE_OPTIONS, "--project-name", PROJECT, *arguments, timeout=timeout, stdin=stdin
+        "compose", *COMPOSE_OPTIONS, "--project-name", PROJECT, *arguments, within=within, stdin=stdin
     )
 
 

@@ -108,7 +108,7 @@ async def test_the_walkthrough_register_sign_in_order_approved_cancel(
     async def released() -> bool:
         return bool((await me(http, gateway_url, user))["credit_used_cents"] == 0)
 
-    await eventually(released, timeout=30, what="the cancelled order's credit released")
+    await eventually(released, within=30, what="the cancelled order's credit released")
 
 
 async def test_bad_requests_get_problems(http: aiohttp.ClientSession, gateway_url: str) -> None:
@@ -144,7 +144,7 @@ async def test_a_request_id_is_in_the_logs_of_every_container_it_crossed(
                 return False
         return True
 
-    await eventually(logged_by_both, timeout=15, interval=0.5, what="the request id in both containers' logs")
+    await eventually(logged_by_both, within=15, interval=0.5, what="the request id in both containers' logs")
 
 
 # --- the saga across the containers -------------------------------------------------------------
@@ -181,7 +181,7 @@ async def test_a_service_restarted_during_a_burst_of_orders_loses_none(
     burst = Burst(http, gateway_url, users)
     placing = asyncio.create_task(burst.run())
     try:
-        await eventually(lambda: burst.has_accepted(10), timeout=30, what="10 orders before the restart")
+        await eventually(lambda: burst.has_accepted(10), within=30, what="10 orders before the restart")
         await docker_compose("restart", service)
         burst.restarted_at = len(burst.accepted)
         orders = await asyncio.wait_for(placing, timeout=120)
@@ -197,7 +197,7 @@ async def test_a_service_restarted_during_a_burst_of_orders_loses_none(
     for order in orders:
         owner = order["owner"]
         assert isinstance(owner, User)
-        assert (await final_order(http, gateway_url, owner, str(order["id"]), timeout=60))["status"] in FINAL
+        assert (await final_order(http, gateway_url, owner, str(order["id"]), within=60))["status"] in FINAL
     listed = await assert_credit_matches_approved_orders(http, gateway_url, users)
     # Orders whose 202 the client never saw (a 502 mid-restart) must be decided too, not PENDING.
     assert {str(order["id"]) for order in orders} <= {order["id"] for order in listed}
@@ -256,7 +256,7 @@ PUBLISH_PROBE = ROOT / "tests" / "publish_probe.py"
 async def publish_in_the_stack(container: str, *probe: str) -> dict[str, Any]:
     """Run tests/publish_probe.py in the container, as its process signs in to the broker."""
     output = await docker_compose(
-        "exec", "-T", container, "python", "-", *probe, stdin=PUBLISH_PROBE.read_bytes(), timeout=60
+        "exec", "-T", container, "python", "-", *probe, stdin=PUBLISH_PROBE.read_bytes(), within=60
     )
     report: dict[str, Any] = json.loads(output.splitlines()[-1])
     assert report["user"] == container, f"{container} signs in as {report['user']}, not as its own user"
@@ -317,7 +317,7 @@ async def probe_in_the_stack(*probe: str, environment: dict[str, str] | None = N
         "-",
         *probe,
         stdin=PROBES.read_bytes(),
-        timeout=240,
+        within=240,
     )
     report: dict[str, Any] = json.loads(output.splitlines()[-1])
     assert report["broker"].split(".")[0] == "4", f"the stack runs RabbitMQ {report['broker']}"
@@ -385,7 +385,7 @@ async def assert_credit_matches_approved_orders(
             approved = sum(order["total_cents"] for order in orders if order["status"] == "APPROVED")
             return (orders, account) if account["credit_used_cents"] == approved else None
 
-        orders, account = await eventually(settled, timeout=60, interval=0.2, what=f"{user.email} settled")
+        orders, account = await eventually(settled, within=60, interval=0.2, what=f"{user.email} settled")
         assert account["credit_used_cents"] <= account["credit_limit_cents"]
         listed += orders
     return listed

@@ -59,10 +59,10 @@ async def me(http: aiohttp.ClientSession, url: str, user: User) -> dict[str, Any
 
 
 async def final_order(
-    http: aiohttp.ClientSession, url: str, user: User, order_id: str, timeout: float = 30.0
+    http: aiohttp.ClientSession, url: str, user: User, order_id: str, within: float = 30.0
 ) -> dict[str, Any]:
     async def decided() -> dict[str, Any] | None:
         order = await get_order(http, url, user, order_id)
         return order if order["status"] in FINAL else None
 
-    return await eventually(decided, timeout=timeout, what=f"order {order_id} decided")
+    return await eventually(decided, within=within, what=f"order {order_id} decided")

@@ -35,11 +35,11 @@ class CommitGate:
         )
         return count
 
-    async def wait_for_one(self, what: str, timeout: float = 30.0) -> None:
+    async def wait_for_one(self, what: str, within: float = 30.0) -> None:
         async def someone_waiting() -> bool:
             return await self.waiting() > 0
 
-        await eventually(someone_waiting, timeout=timeout, what=what)
+        await eventually(someone_waiting, within=within, what=what)
 
     async def abort_waiting(self) -> None:
         """End the waiting transactions: rolled back, as after a crash of their client."""

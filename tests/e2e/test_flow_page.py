@@ -29,17 +29,22 @@ WAIT_MS = 20_000
 
 
 @pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
+def chromium() -> str:
     require_tool(
         CHROMIUM if Path(CHROMIUM).exists() else None,
         f"no Chromium at {CHROMIUM}: install Debian's `chromium`, or set CHROMIUM_PATH",
     )
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+async def browser(chromium: str) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        launched = await playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=CHROMIUM_ARGS
         )
-        yield chromium
-        await chromium.close()
+        yield launched
+        await launched.close()
 
 
 @pytest.fixture

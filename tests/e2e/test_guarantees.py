@@ -133,7 +133,7 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_by_
             return "held" if await gate.waiting() > 0 else None
 
         what = "the message held, or dead-lettered"
-        while await eventually(held_or_dead_lettered, timeout=30, what=what) == "held":
+        while await eventually(held_or_dead_lettered, within=30, what=what) == "held":
             assert kills <= delivery_limit + 1, f"still delivered after {kills} crashes"
             await stack.users.kill()
             await gate.abort_waiting()
@@ -278,7 +278,7 @@ async def test_a_cancel_that_overtakes_its_create_on_the_broker_leaves_no_credit
         query = "SELECT count(*) FROM inbox WHERE event_type = 'orders.order.created'"
         return await count(users_dsn, query) == 1
 
-    await eventually(create_delivered_late, timeout=60, what="the create delivered after the cancel")
+    await eventually(create_delivered_late, within=60, what="the create delivered after the cancel")
     assert (await get_order(http, stack.url, user, order["id"]))["status"] == "CANCELLED"
     assert (await me(http, stack.url, user))["credit_used_cents"] == 0
     await assert_invariants_once_quiet(stack)
@@ -297,6 +297,6 @@ async def test_events_for_a_queue_deleted_while_its_service_was_down_are_kept_un
     )
     orders = [await place_order(http, stack.url, user, 100 + n) for n in range(5)]
     await stack.start("users_service")
-    decided = [await final_order(http, stack.url, user, order["id"], timeout=60) for order in orders]
+    decided = [await final_order(http, stack.url, user, order["id"], within=60) for order in orders]
     assert {order["status"] for order in decided} == {"APPROVED"}
     await assert_invariants_once_quiet(stack)

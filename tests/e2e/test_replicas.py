@@ -78,7 +78,7 @@ class TwoGateways:
                 self.failovers += 1
             return None  # both down for the moment (a circuit still open): again, shortly
 
-        return await eventually(attempt, timeout=20, what=f"{method} {path} answered by a gateway")
+        return await eventually(attempt, within=20, what=f"{method} {path} answered by a gateway")
 
 
 @dataclasses.dataclass
@@ -139,20 +139,20 @@ async def test_killing_one_replica_of_each_service_mid_burst_loses_and_duplicate
     burst = Burst(TwoGateways(http, gateways), users)
 
     placing = asyncio.create_task(burst.run(BURST))
-    await eventually(lambda: _accepted(burst, KILL_SERVICES_AT), timeout=30, what="the burst under way")
+    await eventually(lambda: _accepted(burst, KILL_SERVICES_AT), within=30, what="the burst under way")
     # Killed only once every replica has shown it does its share, so the survivors demonstrably
     # take over work, rather than having done it all along.
-    await eventually(lambda: _all_replicas_working(stack), timeout=30, what="every replica consuming")
+    await eventually(lambda: _all_replicas_working(stack), within=30, what="every replica consuming")
     survivors_at_kill = _log_offsets(stack, [replica_2(service) for service in SERVICES])
     await asyncio.gather(stack.users.kill(), stack.orders.kill())
     accepted_at_kill = len(burst.accepted)
-    await eventually(lambda: _accepted(burst, KILL_GATEWAY_AT), timeout=30, what="the burst going on")
+    await eventually(lambda: _accepted(burst, KILL_GATEWAY_AT), within=30, what="the burst going on")
     await stack.gateway.kill()
     await placing
 
     assert accepted_at_kill < BURST, "the burst ended before the kill: nothing left for the survivors"
     assert burst.client.failovers > 0, "no request ever needed the other gateway: the kills went unseen"
-    state = await assert_invariants_once_quiet(stack, timeout=30)
+    state = await assert_invariants_once_quiet(stack, within=30)
     _assert_each_order_once_and_each_event_applied_once(state, burst)
     for name, offset in survivors_at_kill.items():
         assert "consumed" in stack.processes[name].log_text()[offset:], f"{name} did no work after the kill"
@@ -162,7 +162,7 @@ async def test_killing_one_replica_of_each_service_mid_burst_loses_and_duplicate
     await stack.start("gateway")
     restarted_at = _log_offsets(stack, list(SERVICES))
     await burst.run(AFTER_RESTART)
-    state = await assert_invariants_once_quiet(stack, timeout=30)
+    state = await assert_invariants_once_quiet(stack, within=30)
     _assert_each_order_once_and_each_event_applied_once(state, burst)
     for name, offset in restarted_at.items():
         assert "consumed" in stack.processes[name].log_text()[offset:], f"{name} took no share after restart"

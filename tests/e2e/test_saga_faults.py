@@ -44,7 +44,7 @@ async def all_final(http: aiohttp.ClientSession, stack: Stack, orders: list[dict
     for order in orders:
         owner = order["owner"]
         assert isinstance(owner, User)
-        decided = await final_order(http, stack.url, owner, str(order["id"]), timeout=60)
+        decided = await final_order(http, stack.url, owner, str(order["id"]), within=60)
         assert decided["status"] in FINAL
 
 

@@ -86,7 +86,7 @@ async def test_once_deleted_the_service_declares_it_under_the_policy(servers: Se
         listed = await servers.rabbitmq.management.queues(broker.name)
         return next((q for q in listed if q["name"] == USERS.main and "policy" in q), None)
 
-    queue = await eventually(declared, timeout=30, interval=0.5, what=f"{USERS.main} under its policy")
+    queue = await eventually(declared, within=30, interval=0.5, what=f"{USERS.main} under its policy")
     assert queue["arguments"] == QUORUM
     assert queue["policy"] == f"eda.{USERS.service}", "what the arguments said, the policy says now"
 

@@ -121,7 +121,7 @@ async def approved_order(gateway: Client) -> str:
         assert status in {"PENDING", "APPROVED"}, f"the saga decided {status}"
         return status == "APPROVED"
 
-    await eventually(approved, timeout=SAGA_DEADLINE, what=f"order {order_id} approved")
+    await eventually(approved, within=SAGA_DEADLINE, what=f"order {order_id} approved")
     return order_id
 
 
@@ -193,7 +193,7 @@ async def test_after_one_approved_order_the_counters_tell_its_story(processes: P
             and orders.value("outbox_lag_seconds") == 0
         )
 
-    await eventually(told, timeout=10, what="the events and the saga counted, the outboxes drained")
+    await eventually(told, within=10, what="the events and the saga counted, the outboxes drained")
 
 
 # --- with the real Prometheus, where it is installed ---------------------------------------------
@@ -299,7 +299,7 @@ async def scraped(
                 return up == dict.fromkeys(JOBS, "1")
             return False
 
-        await eventually(every_job_up, timeout=30, interval=0.5, what="Prometheus scrapes every job")
+        await eventually(every_job_up, within=30, interval=0.5, what="Prometheus scrapes every job")
         yield api
 
 
@@ -320,7 +320,7 @@ async def test_the_real_prometheus_evaluates_every_alerting_rule_and_a_dead_lett
         rules = await scraped.alerting_rules()
         return rules if all(rule["health"] != "unknown" for rule in rules) else None
 
-    rules = await eventually(every_rule_evaluated, timeout=15, interval=0.5, what="every rule evaluated")
+    rules = await eventually(every_rule_evaluated, within=15, interval=0.5, what="every rule evaluated")
     assert {rule["name"] for rule in rules} == set(alert_rules())
     # Each query ran on what the services export, without an error (a join that matches two series
     # on one side, say), and nothing is wrong with a system that has just approved an order.
@@ -340,9 +340,7 @@ async def test_the_real_prometheus_evaluates_every_alerting_rule_and_a_dead_lett
         return alerts or None
 
     # Pending: its `for` is a minute, which this test does not wait out (alerts.test.yml does).
-    (alert,) = await eventually(
-        dead_letter_alert, timeout=20, interval=0.5, what="DeadLettersWaiting pending"
-    )
+    (alert,) = await eventually(dead_letter_alert, within=20, interval=0.5, what="DeadLettersWaiting pending")
     assert alert["labels"] == {
         "alertname": "DeadLettersWaiting",
         "queue": "users_service.dlq",

@@ -121,13 +121,13 @@ class FlowStream:
             self.lost += orjson.loads(fields["data"])["records"]
         return True
 
-    async def until(self, condition: Callable[[], bool], *, what: str, timeout: float = 20.0) -> None:
+    async def until(self, condition: Callable[[], bool], *, what: str, within: float = 20.0) -> None:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 while not condition():
                     assert await self.read_one(), f"the stream ended before {what}"
         except TimeoutError:
-            raise AssertionError(f"not within {timeout} s: {what}") from None
+            raise AssertionError(f"not within {within} s: {what}") from None
 
     async def tap_connected(self) -> None:
         await self.until(lambda: self.tap_states[-1:] == ["connected"], what="the tap connected")
@@ -340,7 +340,7 @@ async def test_a_slow_page_loses_old_records_and_never_holds_up_the_gateway(lone
             await fast.until(lambda: bool(fast.find(label="n4999")), what="the last record on the fast page")
         assert slow.lost_in_all > 0, "the stalled page's oldest records were dropped"
         # Its stream is cut once writing to it has stalled for WRITE_TIMEOUT; its page would reconnect.
-        await eventually(lambda: _true(not hub.subscribers), timeout=15, what="the stalled page dropped")
+        await eventually(lambda: _true(not hub.subscribers), within=15, what="the stalled page dropped")
     finally:
         stalled.close()
 

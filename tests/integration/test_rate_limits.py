@@ -80,7 +80,7 @@ async def test_the_bucket_refills_at_its_rate(pool: asyncpg.Pool) -> None:
     async def refilled() -> bool:
         return await passed(limiter, "client")
 
-    await eventually(refilled, timeout=2.0, interval=0.01, what="a token after 1/20 s")
+    await eventually(refilled, within=2.0, interval=0.01, what="a token after 1/20 s")
 
 
 async def test_without_its_storage_the_limiter_lets_requests_through(pool: asyncpg.Pool) -> None:

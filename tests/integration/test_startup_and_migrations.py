@@ -103,4 +103,4 @@ async def _until_logged(logs: list[MutableMapping[str, Any]], dependency: str) -
     async def waiting() -> bool:
         return any(entry.get("dependency") == dependency for entry in logs)
 
-    await eventually(waiting, timeout=10, what=f"a 'waiting for {dependency}' log line")
+    await eventually(waiting, within=10, what=f"a 'waiting for {dependency}' log line")

@@ -2,7 +2,7 @@
 connection that breaks under it is the database being unavailable, not the work being wrong."""
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from shared.db import DATABASE_UNAVAILABLE, SHARED_MIGRATIONS, apply_migrations
 from shared.envelope import Cause
 from shared.events import OrderCreated
-from shared.unit_of_work import ConnectionLost, Outbox, unit_of_work
+from shared.unit_of_work import ConnectionLost, Outbox, UnitOfWork, unit_of_work
 from tests.conftest import CreateDatabase
 
 CAUSE = Cause(correlation_id="unit-of-work", causation_id="unit-of-work")
@@ -40,13 +40,29 @@ async def test_a_change_and_its_event_commit_together(pool: asyncpg.Pool) -> Non
     assert outbox.nudged.is_set()  # the relay is woken after the commit
 
 
+async def write_then(
+    pool: asyncpg.Pool, outbox: Outbox, then: Callable[[UnitOfWork], Awaitable[None]]
+) -> None:
+    """A change and its event, then `then` in the same unit of work."""
+    async with unit_of_work(pool, outbox, CAUSE) as work:
+        await work.connection.execute("INSERT INTO things VALUES ($1)", uuid.uuid4())
+        await work.emit(OrderCreated(uuid.uuid4(), uuid.uuid4(), 100))
+        await then(work)
+
+
+async def a_bug(_: UnitOfWork) -> None:
+    raise ZeroDivisionError
+
+
+async def a_broken_connection(work: UnitOfWork) -> None:
+    work.connection.terminate()
+    await work.connection.execute("SELECT 1")
+
+
 async def test_a_failure_rolls_back_the_change_and_its_event(pool: asyncpg.Pool) -> None:
     outbox = Outbox(source="orders_service")
     with pytest.raises(ZeroDivisionError):
-        async with unit_of_work(pool, outbox, CAUSE) as work:
-            await work.connection.execute("INSERT INTO things VALUES ($1)", uuid.uuid4())
-            await work.emit(OrderCreated(uuid.uuid4(), uuid.uuid4(), 100))
-            _ = 1 / 0
+        await write_then(pool, outbox, a_bug)
     assert await rows(pool) == (0, 0)
     assert not outbox.nudged.is_set()
 
@@ -57,9 +73,6 @@ async def test_a_connection_that_breaks_mid_transaction_is_the_database_unavaila
     # As when the server goes away (a restart, a failover): asyncpg then raises errors of its own
     # about a closed connection, which must not read as a bug (500) or a failed message.
     with pytest.raises(ConnectionLost) as raised:
-        async with unit_of_work(pool, Outbox(source="orders_service"), CAUSE) as work:
-            await work.connection.execute("INSERT INTO things VALUES ($1)", uuid.uuid4())
-            work.connection.terminate()
-            await work.connection.execute("SELECT 1")
+        await write_then(pool, Outbox(source="orders_service"), a_broken_connection)
     assert isinstance(raised.value, DATABASE_UNAVAILABLE)
     assert await rows(pool) == (0, 0)

@@ -20,7 +20,7 @@ from shared.retry import NOT_UP_YET
 class HangsUpBeforeTheHandshake(aio_pika.Connection):
     closed_by_caller = False
 
-    async def connect(self, timeout: TimeoutType = None) -> None:
+    async def connect(self, timeout: TimeoutType = None) -> None:  # noqa: ASYNC109 (aio-pika's signature)
         raise StopAsyncIteration  # what aiormq raises on a socket already at its end
 
     async def close(self, exc: aiormq.abc.ExceptionType | None = aiormq.exceptions.ConnectionClosed) -> None:
