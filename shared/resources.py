@@ -162,8 +162,10 @@ class QueueKeeper:
     them), say what was missing, and declare it all again (which repairs it).
 
     The consumer needs no more than that: when its queue is deleted, the broker cancels it, and
-    aio-pika's robust channel keeps trying to consume anew, which succeeds once the queue is back
-    (tests/integration/test_queue_keeper.py)."""
+    aio-pika's robust channel keeps trying to consume anew (every reconnect interval, 5 s), which
+    succeeds once the queue is back (tests/integration/test_queue_keeper.py). Consuming again from
+    here as well would leave two consumers once aio-pika's came back, one of them unknown to the
+    drain at shutdown."""
 
     connection: AbstractConnection
     channel: AbstractChannel  # the publishing one

@@ -65,7 +65,9 @@ async def reserves_credit(users: Client, broker: Vhost) -> None:
         count: int = await users.app[DB_POOL].fetchval(query, created.order_id)
         return count == 1
 
-    await eventually(reserved, what="the order consumed, its credit reserved")
+    # aio-pika tries to consume anew every few seconds (its reconnect interval, 5 s), so this takes
+    # up to two of them after the queue is back.
+    await eventually(reserved, within=30, what="the order consumed, its credit reserved")
 
 
 async def test_a_queue_deleted_while_the_service_runs_is_declared_again_and_consumed_from(
