@@ -29,10 +29,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
+import aiormq
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from shared.broker import BROKER_UNAVAILABLE
 from shared.db import DATABASE_UNAVAILABLE
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import Event
@@ -94,6 +96,23 @@ class Consumer:
         self._queue = await self.channel.get_queue(self.queues.main, ensure=True)
         self._consumer_tag = await self._queue.consume(self._on_message)
         log.info("consuming", queue=self.queues.main)
+
+    async def consuming(self) -> bool:
+        """Whether the broker still delivers to this consumer: it cancels a consumer whose queue is
+        deleted, and aio-pika's own attempts to consume again are not to be relied on."""
+        underlay = await self.channel.get_underlay_channel()
+        return isinstance(underlay, aiormq.Channel) and self._consumer_tag in underlay.consumers
+
+    async def consume_again(self) -> None:
+        """Consume anew, once the queue is back (shared/resources.py's QueueKeeper). The old consumer
+        is cancelled first, so that aio-pika never restores it beside the new one."""
+        if self._stopping or self._queue is None:
+            return
+        if self._consumer_tag is not None:
+            with contextlib.suppress(*BROKER_UNAVAILABLE):
+                await self._queue.cancel(self._consumer_tag)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        log.warning("consuming again: the broker had cancelled this consumer", queue=self.queues.main)
 
     async def stop(self) -> None:
         """Take no new messages, and let the ones in hand finish (their acks included)."""

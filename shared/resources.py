@@ -106,7 +106,7 @@ def messaging(
             consumer = await _while_the_broker_comes_back(
                 functools.partial(_consume, app, config, own, handlers, own_user), config, "rabbitmq consumer"
             )
-        keeper = QueueKeeper(connection, publishing, own, receivers, config, app[MESSAGING_METRICS])
+        keeper = QueueKeeper(connection, publishing, own, receivers, consumer, config, app[MESSAGING_METRICS])
         keeping = asyncio.create_task(keeper.run(), name=f"{service} queue check")
         yield
         keeping.cancel()
@@ -161,16 +161,14 @@ class QueueKeeper:
     delete one, or a binding, by hand. Now and then, count what waits in them (the dead letters among
     them), say what was missing, and declare it all again (which repairs it).
 
-    The consumer needs no more than that: when its queue is deleted, the broker cancels it, and
-    aio-pika's robust channel keeps trying to consume anew (every reconnect interval, 5 s), which
-    succeeds once the queue is back (tests/integration/test_queue_keeper.py). Consuming again from
-    here as well would leave two consumers once aio-pika's came back, one of them unknown to the
-    drain at shutdown."""
+    When its own queue is deleted, the broker cancels this service's consumer: once the queue is
+    back, the keeper has the consumer consume anew (tests/integration/test_queue_keeper.py)."""
 
     connection: AbstractConnection
     channel: AbstractChannel  # the publishing one
     own: ConsumerQueues | None
     receivers: list[ConsumerQueues]
+    consumer: Consumer | None
     config: ServiceConfig
     metrics: MessagingMetrics
 
@@ -198,3 +196,5 @@ class QueueKeeper:
         await declare_topology(
             self.channel, own=self.own, receivers=self.receivers, retry_delays_ms=self.config.retry_delays
         )
+        if self.consumer is not None and not await self.consumer.consuming():
+            await self.consumer.consume_again()
