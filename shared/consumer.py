@@ -98,21 +98,32 @@ class Consumer:
         log.info("consuming", queue=self.queues.main)
 
     async def consuming(self) -> bool:
-        """Whether the broker still delivers to this consumer: it cancels a consumer whose queue is
-        deleted, and aio-pika's own attempts to consume again are not to be relied on."""
+        """Whether the broker still delivers to this consumer, as far as it has said: it cancels a
+        consumer whose queue is deleted (basic.cancel)."""
         underlay = await self.channel.get_underlay_channel()
         return isinstance(underlay, aiormq.Channel) and self._consumer_tag in underlay.consumers
 
-    async def consume_again(self) -> None:
-        """Consume anew, once the queue is back (shared/resources.py's QueueKeeper). The old consumer
-        is cancelled first, so that aio-pika never restores it beside the new one."""
-        if self._stopping or self._queue is None:
+    async def consume_again(self, channel: AbstractChannel) -> None:
+        """Consume anew on `channel`, once the queue is back (shared/resources.py's QueueKeeper).
+
+        A new channel, because the old one may hold a consumer the broker never cancelled: a quorum
+        queue deleted and at once declared again keeps delivering to it, and the old channel drops
+        what arrives (RabbitMQ 3.10; tests/integration/test_queue_keeper.py). Closing that channel
+        gives back whatever it held. The messages in hand finish first: their acks go on the old one."""
+        if self._stopping:
+            await channel.close()
             return
-        if self._consumer_tag is not None:
+        old = self.channel
+        if self._queue is not None and self._consumer_tag is not None:
             with contextlib.suppress(*BROKER_UNAVAILABLE):
-                await self._queue.cancel(self._consumer_tag)
-        self._consumer_tag = await self._queue.consume(self._on_message)
-        log.warning("consuming again: the broker had cancelled this consumer", queue=self.queues.main)
+                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), self.publish_timeout)
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        with contextlib.suppress(*BROKER_UNAVAILABLE):
+            await asyncio.wait_for(old.close(), self.publish_timeout)
+        self.channel = channel
+        await self.start()
+        log.warning("consuming again, on a new channel: the queue had been deleted", queue=self.queues.main)
 
     async def stop(self) -> None:
         """Take no new messages, and let the ones in hand finish (their acks included)."""

@@ -8,6 +8,7 @@ relay stops, and the connections close.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -106,10 +107,12 @@ def messaging(
             consumer = await _while_the_broker_comes_back(
                 functools.partial(_consume, app, config, own, handlers, own_user), config, "rabbitmq consumer"
             )
-        keeper = QueueKeeper(connection, publishing, own, receivers, consumer, config, app[MESSAGING_METRICS])
+        keeper = QueueKeeper(connection, own, receivers, consumer, config, app[MESSAGING_METRICS])
         keeping = asyncio.create_task(keeper.run(), name=f"{service} queue check")
         yield
         keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
         if consumer is not None:
             await consumer.stop()
         relay.stop()
@@ -129,6 +132,13 @@ async def _while_the_broker_comes_back(
     )
 
 
+async def _consumer_channel(connection: AbstractConnection, config: ServiceConfig) -> AbstractChannel:
+    """The consumer's channel: it also publishes (retries, dead letters), with confirms."""
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    await channel.set_qos(prefetch_count=config.consumer_prefetch)
+    return channel
+
+
 async def _consume(
     app: web.Application,
     config: ServiceConfig,
@@ -136,14 +146,12 @@ async def _consume(
     handlers: HandlerTable,
     own_user: str | None,
 ) -> Consumer:
-    channel = await app[BROKER].channel(publisher_confirms=True, on_return_raises=True)
-    await channel.set_qos(prefetch_count=config.consumer_prefetch)
     consumer = Consumer(
         queues=own,
         handlers=handlers,
         pool=app[DB_POOL],
         outbox=app[OUTBOX],
-        channel=channel,
+        channel=await _consumer_channel(app[BROKER], config),
         retry_delays_ms=config.retry_delays,
         publish_timeout=config.publish_timeout,
         unavailable_wait=config.database_unavailable_wait,
@@ -161,11 +169,11 @@ class QueueKeeper:
     delete one, or a binding, by hand. Now and then, count what waits in them (the dead letters among
     them), say what was missing, and declare it all again (which repairs it).
 
-    When its own queue is deleted, the broker cancels this service's consumer: once the queue is
-    back, the keeper has the consumer consume anew (tests/integration/test_queue_keeper.py)."""
+    When its own queue is deleted, the broker cancels this service's consumer, or, if the queue is
+    declared again at once, may not say so: once the queue is back, the keeper has the consumer
+    consume anew on a new channel (tests/integration/test_queue_keeper.py)."""
 
     connection: AbstractConnection
-    channel: AbstractChannel  # the publishing one
     own: ConsumerQueues | None
     receivers: list[ConsumerQueues]
     consumer: Consumer | None
@@ -193,8 +201,16 @@ class QueueKeeper:
             self.metrics.queue_messages.labels(name).set(depth or 0)
         if missing:
             log.error("queues missing; declaring them again", queues=missing)
-        await declare_topology(
-            self.channel, own=self.own, receivers=self.receivers, retry_delays_ms=self.config.retry_delays
-        )
-        if self.consumer is not None and not await self.consumer.consuming():
-            await self.consumer.consume_again()
+        # A channel of its own: a queue deleted since the look closes it, not the relay's.
+        async with await self.connection.channel() as channel:
+            await declare_topology(
+                channel,
+                own=self.own,
+                receivers=self.receivers,
+                retry_delays_ms=self.config.retry_delays,
+                present=[name for name, depth in depths.items() if depth is not None],
+            )
+        if self.consumer is None or self.own is None:
+            return
+        if self.own.main in missing or not await self.consumer.consuming():
+            await self.consumer.consume_again(await _consumer_channel(self.connection, self.config))

@@ -16,12 +16,12 @@ declaration is ever refused for arguments that differ.
 """
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import aiormq
 import structlog
 from aio_pika import ExchangeType
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 from pamqp.common import Arguments
 
 from shared.bus_contract import bus
@@ -71,15 +71,26 @@ async def declare_topology(
     own: ConsumerQueues | None,
     receivers: Sequence[ConsumerQueues],
     retry_delays_ms: tuple[int, ...],
+    present: Collection[str] = (),
 ) -> AbstractExchange:
+    """Declare the exchange, the queues and their bindings. A queue named in `present` (just seen to
+    exist) is only looked up, never declared: declaring a quorum queue while an operator's deletion of
+    it completes re-creates it under its consumers, and the broker then never tells them they were
+    cancelled (RabbitMQ 3.10; tests/integration/test_queue_keeper.py). Looked up, a queue deleted
+    meanwhile is an error, and the next look finds it missing."""
+
+    async def queue(name: str, arguments: Arguments) -> AbstractQueue:
+        if name in present:
+            return await channel.declare_queue(name, passive=True)
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+
     exchange = await channel.declare_exchange(EXCHANGE, ExchangeType.TOPIC, durable=True)
     if own is not None:
-        await channel.declare_queue(own.dead_letter, durable=True, arguments=QUORUM)
+        await queue(own.dead_letter, QUORUM)
         for delay_ms in retry_delays_ms:
-            await channel.declare_queue(
+            await queue(
                 own.retry(delay_ms),
-                durable=True,
-                arguments={
+                {
                     "x-queue-type": "quorum",
                     "x-message-ttl": delay_ms,
                     "x-dead-letter-exchange": "",
@@ -88,9 +99,9 @@ async def declare_topology(
                 },
             )
     for queues in [*([own] if own is not None else []), *receivers]:
-        queue = await channel.declare_queue(queues.main, durable=True, arguments=QUORUM)
+        declared = await queue(queues.main, QUORUM)
         for event_type in queues.event_types:
-            await queue.bind(exchange, routing_key=event_type)
+            await declared.bind(exchange, routing_key=event_type)
     return exchange
 
 
