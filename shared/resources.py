@@ -191,9 +191,13 @@ class QueueKeeper:
                 await self.check()
             except BROKER_UNAVAILABLE as error:
                 log.warning("could not look at the queues", error=repr(error))
+            except Exception:  # say so, and look again next time: the keeper must outlive any one look
+                log.exception("the queue check failed")
             await asyncio.sleep(self.config.queue_check_interval)
 
     async def check(self) -> None:
+        if not self.connection.connected.is_set():
+            return  # reconnecting: aio-pika declares again what it had declared; look next time
         depths = await queue_depths(self.connection, self.watched)
         missing = [name for name, depth in depths.items() if depth is None]
         self.metrics.queues_missing.set(len(missing))
