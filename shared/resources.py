@@ -110,9 +110,12 @@ def messaging(
         keeper = QueueKeeper(connection, own, receivers, consumer, config, app[MESSAGING_METRICS])
         keeping = asyncio.create_task(keeper.run(), name=f"{service} queue check")
         yield
-        keeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeping
+        # Stopped, not cancelled: aio-pika may swallow a cancellation that lands inside a look.
+        keeper.stop()
+        try:
+            await asyncio.wait_for(keeping, config.publish_timeout + 1)
+        except TimeoutError:
+            log.warning("the queue check did not stop in time")
         if consumer is not None:
             await consumer.stop()
         relay.stop()
@@ -185,15 +188,21 @@ class QueueKeeper:
         mine = [self.own.main, self.own.dead_letter] if self.own is not None else []
         return mine + [receiver.main for receiver in self.receivers]
 
+    stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, init=False)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
     async def run(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             try:
                 await self.check()
             except BROKER_UNAVAILABLE as error:
                 log.warning("could not look at the queues", error=repr(error))
             except Exception:  # say so, and look again next time: the keeper must outlive any one look
                 log.exception("the queue check failed")
-            await asyncio.sleep(self.config.queue_check_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.config.queue_check_interval)
 
     async def check(self) -> None:
         if not self.connection.connected.is_set():
