@@ -199,6 +199,12 @@ class QueueKeeper:
                 await self.check()
             except BROKER_UNAVAILABLE as error:
                 log.warning("could not look at the queues", error=repr(error))
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                # Not this task's: aiormq ends an RPC this way when its connection closes under it.
+                log.warning("could not look at the queues: the connection closed during the look")
             except Exception:  # say so, and look again next time: the keeper must outlive any one look
                 log.exception("the queue check failed")
             with contextlib.suppress(TimeoutError):
