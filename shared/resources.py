@@ -170,7 +170,7 @@ async def _consume(
 class QueueKeeper:
     """The queues this service consumes from and publishes to must exist, bound: an operator may
     delete one, or a binding, by hand. Now and then, count what waits in them (the dead letters among
-    them), say what was missing, and declare it all again (which repairs it).
+    them), say what was missing, declare it again, and bind every queue again (which repairs it).
 
     When its own queue is deleted, the broker cancels this service's consumer, or, if the queue is
     declared again at once, may not say so: once the queue is back, the keeper has the consumer
@@ -182,13 +182,12 @@ class QueueKeeper:
     consumer: Consumer | None
     config: ServiceConfig
     metrics: MessagingMetrics
+    stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, init=False)
 
     @property
     def watched(self) -> list[str]:
         mine = [self.own.main, self.own.dead_letter] if self.own is not None else []
         return mine + [receiver.main for receiver in self.receivers]
-
-    stopping: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, init=False)
 
     def stop(self) -> None:
         self.stopping.set()
