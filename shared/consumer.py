@@ -108,8 +108,9 @@ class Consumer:
 
         A new channel, because the old one may hold a consumer the broker never cancelled: a quorum
         queue deleted and at once declared again keeps delivering to it, and the old channel drops
-        what arrives (RabbitMQ 3.10; tests/integration/test_queue_keeper.py). Closing that channel
-        gives back whatever it held. The messages in hand finish first: their acks go on the old one."""
+        what arrives (RabbitMQ 3.10, where 4.0 does cancel it; tests/integration/test_queue_keeper.py).
+        Closing that channel gives back whatever it held. The messages in hand finish first: their
+        acks go on the old one."""
         if self._stopping:
             await channel.close()
             return
