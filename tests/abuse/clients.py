@@ -16,6 +16,8 @@ from tests.e2e.api import User, final_order, place_order
 
 # Long enough for a loaded two-core machine, short enough to tell "served" from "stuck".
 BYSTANDER_DEADLINE = 30.0
+# How long a misbehaving client waits for the gateway to take its request.
+ABUSER_DEADLINE = 10.0
 
 
 async def assert_bystander_served(http: aiohttp.ClientSession, url: str, user: User) -> None:
@@ -45,16 +47,21 @@ def request_head(method: str, path: str, headers: Mapping[str, str]) -> bytes:
 
 
 async def aborted_upload(url: str, path: str, headers: Mapping[str, str]) -> None:
-    """Declare a 1,000-byte JSON body, send a little of it, then reset the connection (RST)."""
-    async with raw_connection(url) as (_, writer):
-        writer.write(
-            request_head(
-                "POST", path, {**headers, "Content-Type": "application/json", "Content-Length": "1000"}
-            )
-        )
+    """Declare a 1,000-byte JSON body, send a little of it once the gateway has taken the request,
+    then reset the connection (RST)."""
+    async with raw_connection(url) as (reader, writer):
+        head = {
+            **headers,
+            "Content-Type": "application/json",
+            "Content-Length": "1000",
+            "Expect": "100-continue",  # as curl sends it: the answer says the gateway has the head
+        }
+        writer.write(request_head("POST", path, head))
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readline(), ABUSER_DEADLINE)
+        assert interim.startswith(b"HTTP/1.1 100"), interim
         writer.write(b'{"email": "')
         await writer.drain()
-        await asyncio.sleep(0.05)  # the gateway has the head and is reading the body
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
 
