@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 # Every container devstack starts carries this label, with the host and the process that owns it, so
 # that a run that was killed before it could clean up is cleaned up by the next one.
@@ -24,13 +25,17 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def docker(*arguments: str, stdin: bytes | None = None, within: float = 120.0) -> str:
-    """Run `docker ARGUMENTS...`; return its standard output, or raise DockerError."""
+async def docker(
+    *arguments: str, stdin: bytes | None = None, within: float = 120.0, cwd: Path | None = None
+) -> str:
+    """Run `docker ARGUMENTS...` (in `cwd`: compose finds its file there); return its standard
+    output, or raise DockerError."""
     if shutil.which("docker") is None:
         raise DockerError("the docker command is not installed")
     process = await asyncio.create_subprocess_exec(
         "docker",
         *arguments,
+        cwd=cwd,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

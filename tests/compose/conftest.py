@@ -2,7 +2,6 @@
 which starts the stack and names it in COMPOSE_PROJECT_NAME and COMPOSE_GATEWAY_URL. Without them, as
 in `make test`, nothing here is collected."""
 
-import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devstack.docker import docker
 from tests.compose.run import COMPOSE_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,31 +32,17 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def docker(*arguments: str, within: float = 120.0, stdin: bytes | None = None) -> str:
-    """Run the Docker CLI (given `stdin`, if any); return its standard output, or fail with
-    everything it said."""
-    process = await asyncio.create_subprocess_exec(
-        "docker",
-        *arguments,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        output, errors = await asyncio.wait_for(process.communicate(stdin), within)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"docker {' '.join(arguments)} took over {within} s") from None
-    assert process.returncode == 0, f"docker {' '.join(arguments)}: {errors.decode()}{output.decode()}"
-    return output.decode(errors="replace")
-
-
 async def docker_compose(*arguments: str, within: float = 120.0, stdin: bytes | None = None) -> str:
     """`docker compose` on the stack under test, with the options every run uses (no `.env`)."""
     return await docker(
-        "compose", *COMPOSE_OPTIONS, "--project-name", PROJECT, *arguments, within=within, stdin=stdin
+        "compose",
+        *COMPOSE_OPTIONS,
+        "--project-name",
+        PROJECT,
+        *arguments,
+        within=within,
+        stdin=stdin,
+        cwd=ROOT,
     )
 
 
