@@ -3,7 +3,7 @@ a request meets them (middlewares, then the routes), and each step says why it i
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -19,6 +19,7 @@ from gateway.proxy import CallObserver, RetryPolicy, Upstream, forward
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.routes import ORDERS, ROUTES, USERS, Route
+from shared.api_versions import DEPRECATED
 from shared.app_keys import DB_POOL
 from shared.auth import TokenVerifier
 from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewares
@@ -57,6 +58,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.router.add_routes(documentation_routes())
     if flow is not None:
         flow.attach(app)
+    app.on_response_prepare.append(deprecation_notices(public_contract()))
     app[METRICS] = metrics
     app.router.add_routes(metrics.routes())
     return app
@@ -102,10 +104,9 @@ def shared_rate_limits(app: web.Application, config: GatewayConfig) -> None:
         # costs a password hash.
         return SharedTokenBuckets(pool, name=name, rate=allowance / 60, burst=allowance, lease=1)
 
-    stricter = {
-        LOGIN: per_minute("logins", config.login_rate_limit_per_minute),
-        REGISTRATION: per_minute("registrations", config.registration_rate_limit_per_minute),
-    }
+    logins = per_minute("logins", config.login_rate_limit_per_minute)
+    registrations = per_minute("registrations", config.registration_rate_limit_per_minute)
+    stricter = {**dict.fromkeys(LOGIN, logins), **dict.fromkeys(REGISTRATION, registrations)}
     app.middlewares.append(rate_limits(requests, stricter, trusted_proxies=config.trusted_proxy_networks))
 
 
@@ -183,7 +184,7 @@ def proxy(
 
     async def handler(request: web.Request) -> web.Response:
         if route.authenticated:
-            verifier.user_id_from_request(request)
+            verifier.principal_from_request(request)
         return await forward(
             request,
             upstream,
@@ -252,6 +253,28 @@ def documentation_routes() -> list[web.AbstractRouteDef]:
         web.get("/docs/docs.js", docs_script),
         web.static("/docs/swagger-ui", swagger_ui_bundle.swagger_ui_path),
     ]
+
+
+def deprecation_notices(
+    contract: Mapping[str, Any],
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An `on_response_prepare` handler: every answer of an operation the public contract marks
+    deprecated carries the Deprecation, Sunset and Link headers (shared/api_versions.py), the
+    gateway's own refusals (401, 429, 503, ...) as well as the service's answers, so that a client
+    of version 1 is told on every answer it gets, whatever it is."""
+    deprecated = {
+        (method.upper(), path)
+        for path, item in contract["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and operation.get("deprecated")
+    }
+
+    async def announce(request: web.Request, response: web.StreamResponse) -> None:
+        resource = request.match_info.route.resource
+        if resource is not None and (request.method, resource.canonical) in deprecated:
+            response.headers.update(DEPRECATED.headers())
+
+    return announce
 
 
 def flow_page(config: GatewayConfig) -> "FlowPage | None":

@@ -5,7 +5,8 @@ their paths are already the public ones, references into shared/contracts are co
 result stands alone, and every proxied operation also documents what the gateway itself may
 answer: 401 before the service is asked; 414 or 431 for an oversized URL or headers; 429 for a
 client over its rate; 408 for a body that does not arrive in time; 502, 503 or 504 when the service
-fails (or its circuit is open).
+fails (or its circuit is open). Every response of a deprecated operation documents the deprecation
+headers it carries (shared/api_versions.py).
 """
 
 import copy
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from shared.api_versions import DEPRECATED
 
 SERVICES = ("users_service", "orders_service")
 SHARED_HTTP_CONTRACT = Path(str(importlib.resources.files("shared") / "contracts" / "http.yaml"))
@@ -100,6 +103,21 @@ BODY_TIMEOUT = {
         }
     },
 }
+# What every answer of a deprecated operation carries, the values included: they are part of it.
+DEPRECATION_HEADERS = {
+    "Deprecation": {
+        "description": "When this operation was deprecated (RFC 9745): @ and seconds since the epoch.",
+        "schema": {"type": "string", "example": DEPRECATED.headers()["Deprecation"]},
+    },
+    "Sunset": {
+        "description": "When this operation stops answering (RFC 8594).",
+        "schema": {"type": "string", "example": DEPRECATED.headers()["Sunset"]},
+    },
+    "Link": {
+        "description": "The migration note (rel=deprecation and rel=sunset).",
+        "schema": {"type": "string", "example": DEPRECATED.headers()["Link"]},
+    },
+}
 GATEWAY_RESPONSES = (
     "UpstreamFailure",
     "UriTooLong",
@@ -119,11 +137,15 @@ def public_contract() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "eda-reference public API",
-            "version": "0.1.0",
+            "version": "2.0.0",
             "description": (
                 "Everything a client can call, through the gateway. Built from the services' own "
                 "contracts (users_service/openapi.yaml, orders_service/openapi.yaml). Errors are RFC 9457 "
-                "problems. Sign in with POST /api/auth/token, then use Authorize with the access_token."
+                "problems. Sign in with POST /api/v2/auth/token, then use Authorize with the "
+                "access_token.\n\n"
+                "Version 2 is under /api/v2. Version 1, under /api, is deprecated and answers until "
+                f"{DEPRECATED.sunset_at:%Y-%m-%d}, each answer with Deprecation, Sunset and Link headers; "
+                f"how to move: {DEPRECATED.migration_note}."
             ),
         },
         "servers": [{"url": "/", "description": "this gateway"}],
@@ -145,6 +167,7 @@ def public_contract() -> dict[str, Any]:
         responses.setdefault(name, shared["responses"][name])
     responses["GatewayReady"] = copy.deepcopy(GATEWAY_READY)
     responses["BodyTimeout"] = copy.deepcopy(BODY_TIMEOUT)
+    _document_deprecation(contract)
     return contract
 
 
@@ -157,6 +180,32 @@ def _with_edge_responses(item: dict[str, Any]) -> dict[str, Any]:
                 operation["responses"]["408"] = {"$ref": "#/components/responses/BodyTimeout"}
             operation["responses"].update(copy.deepcopy(UPSTREAM_FAILURES))
     return item
+
+
+def _document_deprecation(contract: dict[str, Any]) -> None:
+    """Each response of a deprecated operation lists the deprecation headers; a response defined
+    once and shared by reference gets a deprecated copy of its own, so that the others stay as
+    they were."""
+    responses = contract["components"].setdefault("responses", {})
+    for item in contract["paths"].values():
+        for operation in item.values():
+            if not (isinstance(operation, dict) and operation.get("deprecated")):
+                continue
+            for status, response in operation["responses"].items():
+                if "$ref" in response:
+                    name = response["$ref"].rsplit("/", 1)[1]
+                    deprecated_name = f"{name}Deprecated"
+                    if deprecated_name not in responses:
+                        responses[deprecated_name] = _with_deprecation_headers(responses[name])
+                    operation["responses"][status] = {"$ref": f"#/components/responses/{deprecated_name}"}
+                else:
+                    operation["responses"][status] = _with_deprecation_headers(response)
+
+
+def _with_deprecation_headers(response: dict[str, Any]) -> dict[str, Any]:
+    documented = copy.deepcopy(response)
+    documented.setdefault("headers", {}).update(copy.deepcopy(DEPRECATION_HEADERS))
+    return documented
 
 
 def _merge_components(merged: dict[str, Any], components: dict[str, Any]) -> None:

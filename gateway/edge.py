@@ -27,8 +27,9 @@ PARSER_HEADROOM = 1024
 MAX_HEADER_COUNT = 100
 PARSER_HEADER_HEADROOM = 20
 
-LOGIN = ("POST", "/api/auth/token")
-REGISTRATION = ("POST", "/api/users")
+# Each in both API versions, which share one allowance: a client cannot double it by alternating.
+LOGIN = (("POST", "/api/auth/token"), ("POST", "/api/v2/auth/token"))
+REGISTRATION = (("POST", "/api/users"), ("POST", "/api/v2/users"))
 RATE_LIMITED = "urn:eda-reference:problem:rate-limited"
 
 

@@ -42,6 +42,60 @@ async def insert_order(
     return order
 
 
+PRODUCT_COLUMNS = "sku, name, price_cents, active"
+
+
+async def fetch_prices(connection: Executor, skus: Sequence[str]) -> dict[str, asyncpg.Record]:
+    """The catalogue's rows for these skus (price and whether it is still sold), by sku."""
+    rows = await connection.fetch(
+        "SELECT sku, price_cents, active FROM products WHERE sku = ANY($1::text[])", list(set(skus))
+    )
+    return {row["sku"]: row for row in rows}
+
+
+async def fetch_product(connection: Executor, sku: str) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = $1", sku
+    )
+    return row
+
+
+async def fetch_product_page(connection: Executor, *, after: str | None, limit: int) -> list[asyncpg.Record]:
+    """The products on sale, by sku: keyset pagination, like the orders."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"""
+        SELECT {PRODUCT_COLUMNS} FROM products
+        WHERE active AND ($1::text IS NULL OR sku > $1)
+        ORDER BY sku LIMIT $2
+        """,
+        after,
+        limit,
+    )
+    return rows
+
+
+async def put_product(
+    connection: Executor, *, sku: str, name: str, price_cents: int, active: bool
+) -> tuple[asyncpg.Record, bool]:
+    """Create or replace a product; return it and whether it was created (xmax is 0 on a row that
+    this statement inserted, and set on one it updated: a well-known Postgres idiom)."""
+    row = await connection.fetchrow(
+        f"""
+        INSERT INTO products AS product (sku, name, price_cents, active) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (sku) DO UPDATE
+            SET name = EXCLUDED.name, price_cents = EXCLUDED.price_cents, active = EXCLUDED.active,
+                updated_at = now()
+        RETURNING {PRODUCT_COLUMNS}, (xmax = 0) AS created
+        """,
+        sku,
+        name,
+        price_cents,
+        active,
+    )
+    assert row is not None  # INSERT ... ON CONFLICT DO UPDATE ... RETURNING always returns the row
+    return row, row["created"]
+
+
 async def fetch_order(
     connection: Executor, order_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
 ) -> asyncpg.Record | None:

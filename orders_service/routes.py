@@ -1,6 +1,10 @@
 """orders_service's HTTP layer: turn validated requests into service calls and results into JSON.
 
-The OpenAPI middleware has already checked the token, the query and the body against the contract.
+The OpenAPI middleware has already checked the token, its roles, the query and the body against the
+contract. Each order operation is served at its version 1 path (`/api/...`, deprecated) and its
+current one (`/api/v2/...`) by the same handler (shared/api_versions.py): the two versions differ
+only in what their contracts let a body say. Version 2 names a sku and a quantity; version 1 also
+sends a price, which the catalogue checks and never takes. The catalogue is version 2's only.
 """
 
 import datetime
@@ -23,6 +27,8 @@ IDEMPOTENCY_KEY_TTL = web.AppKey("idempotency_key_ttl", datetime.timedelta)
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 # Printable ASCII (space to tilde), taken verbatim: a key is an opaque token of the client's.
 _ACCEPTABLE_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+# The path parameter, checked here as the idempotency key is: the middleware checks queries and bodies.
+_SKU = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 routes = web.RouteTableDef()
 
@@ -38,6 +44,15 @@ def order_json(order: dict[str, Any]) -> dict[str, Any]:
         "created_at": order["created_at"],
         "updated_at": order["updated_at"],
     }
+
+
+def product_json(product: dict[str, Any]) -> dict[str, Any]:
+    return {key: product[key] for key in ("sku", "name", "price_cents", "active")}
+
+
+def _version_prefix(request: web.Request) -> str:
+    """Where the request's version lives: a Location points into the version it was asked in."""
+    return "/api/v2" if request.path.startswith("/api/v2/") else "/api"
 
 
 def _order_id(request: web.Request) -> uuid.UUID:
@@ -64,18 +79,21 @@ def _idempotency_key(request: web.Request) -> services.IdempotencyKey | None:
 
 
 @routes.post("/api/orders")
+@routes.post("/api/v2/orders")
 async def place_order(request: web.Request) -> web.Response:
     idempotency_key = _idempotency_key(request)
-    items = [services.Item(**item) for item in request[VALIDATED_BODY]["items"]]
+    requested = [services.Requested(**item) for item in request[VALIDATED_BODY]["items"]]
     try:
         placed = await services.place_order(
             request.app[DB_POOL],
             request.app[OUTBOX],
             cause_of(request),
             user_id=request[AUTHENTICATED_USER],
-            items=items,
+            requested=requested,
             idempotency_key=idempotency_key,
         )
+    except services.UnacceptableItems as unacceptable:
+        raise validation_problem(unacceptable.errors) from None
     except services.IdempotencyKeyReused:
         raise Problem(
             409,
@@ -84,7 +102,7 @@ async def place_order(request: web.Request) -> web.Response:
             type="urn:eda-reference:problem:idempotency-key-reused",
         ) from None
     order = placed.order
-    headers = {"Location": f"/api/orders/{order['id']}"}
+    headers = {"Location": f"{_version_prefix(request)}/orders/{order['id']}"}
     if placed.replayed:
         # The first response again, as the idempotency-key draft has it: same status, same body.
         headers["Idempotent-Replayed"] = "true"
@@ -93,6 +111,7 @@ async def place_order(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/orders")
+@routes.get("/api/v2/orders")
 async def list_orders(request: web.Request) -> web.Response:
     query = request[VALIDATED_QUERY]
     try:
@@ -113,6 +132,7 @@ async def list_orders(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/orders/{id}")
+@routes.get("/api/v2/orders/{id}")
 async def get_order(request: web.Request) -> web.Response:
     try:
         order = await services.get_order(
@@ -124,6 +144,7 @@ async def get_order(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/orders/{id}/cancel")
+@routes.post("/api/v2/orders/{id}/cancel")
 async def cancel_order(request: web.Request) -> web.Response:
     try:
         order, changed = await services.cancel_order(
@@ -143,3 +164,42 @@ async def cancel_order(request: web.Request) -> web.Response:
             type="urn:eda-reference:problem:order-not-cancellable",
         ) from None
     return json_response(order_json(order), status=202 if changed else 200)
+
+
+@routes.get("/api/v2/products")
+async def list_products(request: web.Request) -> web.Response:
+    query = request[VALIDATED_QUERY]
+    products, next_cursor = await services.list_products(
+        request.app[DB_POOL], limit=query.get("limit", DEFAULT_PAGE_SIZE), cursor=query.get("cursor")
+    )
+    return json_response({"items": [product_json(p) for p in products], "next_cursor": next_cursor})
+
+
+@routes.get("/api/v2/products/{sku}")
+async def get_product(request: web.Request) -> web.Response:
+    try:
+        product = await services.get_product(request.app[DB_POOL], request.match_info["sku"])
+    except services.ProductNotFound:
+        raise Problem(404, "No product has that sku.") from None
+    return json_response(product_json(product))
+
+
+@routes.put("/api/v2/products/{sku}")
+async def put_product(request: web.Request) -> web.Response:
+    """Admins only (the contract's security requirement, enforced before this runs)."""
+    sku = request.match_info["sku"]
+    if not _SKU.fullmatch(sku):
+        raise validation_problem([{"pointer": "#/path/sku", "detail": "must be 1 to 64 of A-Z a-z 0-9 _ -"}])
+    body = request[VALIDATED_BODY]
+    product, created = await services.put_product(
+        request.app[DB_POOL],
+        sku=sku,
+        name=body["name"],
+        price_cents=body["price_cents"],
+        active=body["active"],
+    )
+    if created:
+        return json_response(
+            product_json(product), status=201, headers={"Location": f"/api/v2/products/{sku}"}
+        )
+    return json_response(product_json(product))

@@ -33,8 +33,39 @@ class IdempotencyKeyReused(Exception):
     """The idempotency key has already placed an order, from another request body."""
 
 
+class ProductNotFound(Exception):
+    pass
+
+
+class UnacceptableItems(Exception):
+    """Items the catalogue does not price as asked: each entry names one field (a JSON pointer into
+    the request) and what is wrong with it."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} unacceptable items")
+        self.errors = errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Requested:
+    """An item as the client asked for it. Version 2 names a sku and a quantity; version 1 also
+    sends the price it expects, which must be the catalogue's."""
+
+    sku: str
+    quantity: int
+    unit_price_cents: int | None = None
+
+    def as_sent(self) -> dict[str, Any]:
+        sent: dict[str, Any] = {"sku": self.sku, "quantity": self.quantity}
+        if self.unit_price_cents is not None:
+            sent["unit_price_cents"] = self.unit_price_cents
+        return sent
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
+    """An item as placed: priced by the catalogue when the order was placed."""
+
     sku: str
     quantity: int
     unit_price_cents: int
@@ -69,20 +100,21 @@ async def place_order(
     cause: Cause,
     *,
     user_id: uuid.UUID,
-    items: Sequence[Item],
+    requested: Sequence[Requested],
     idempotency_key: IdempotencyKey | None = None,
 ) -> Placed:
-    """Store the order as PENDING and, in the same transaction, the event that starts the saga.
+    """Price the items from the catalogue, store the order as PENDING and, in the same transaction,
+    the event that starts the saga. Raises UnacceptableItems, naming each item the catalogue does
+    not sell, or whose price the client expects wrongly.
 
     With an idempotency key, the key is claimed in that transaction too, before anything else: a
-    retry of a committed placement gets that placement back, and one with another body raises
-    IdempotencyKeyReused; a concurrent retry waits for the first to commit or roll back.
+    retry of a committed placement gets that placement back (as priced then), and one with another
+    body raises IdempotencyKeyReused; a concurrent retry waits for the first to commit or roll back.
     """
-    total_cents = sum(item.quantity * item.unit_price_cents for item in items)
     order_id = uuid.uuid4()
     async with unit_of_work(pool, outbox, cause) as work:
         if idempotency_key is not None:
-            fingerprint = request_fingerprint(items)
+            fingerprint = request_fingerprint(requested)
             while not await db.claim_idempotency_key(
                 work.connection,
                 user_id=user_id,
@@ -97,6 +129,8 @@ async def place_order(
                 if held["request_sha256"] != fingerprint:
                     raise IdempotencyKeyReused
                 return Placed(order=orjson.loads(held["placed_order"]), replayed=True)
+        items = priced(requested, await db.fetch_prices(work.connection, [item.sku for item in requested]))
+        total_cents = sum(item.quantity * item.unit_price_cents for item in items)
         order = await db.insert_order(
             work.connection,
             order_id=order_id,
@@ -114,16 +148,64 @@ async def place_order(
     return Placed(order=placed, replayed=False)
 
 
-def request_fingerprint(items: Sequence[Item]) -> bytes:
+def priced(requested: Sequence[Requested], catalogue: dict[str, asyncpg.Record]) -> list[Item]:
+    """The items at the catalogue's prices, or UnacceptableItems naming every item that is not sold
+    or that expects another price (a version 1 client's price is checked, never taken)."""
+    errors: list[dict[str, str]] = []
+    for index, item in enumerate(requested):
+        product = catalogue.get(item.sku)
+        if product is None:
+            errors.append({"pointer": f"#/items/{index}/sku", "detail": "is not in the catalogue"})
+        elif not product["active"]:
+            errors.append({"pointer": f"#/items/{index}/sku", "detail": "is no longer sold"})
+        elif item.unit_price_cents is not None and item.unit_price_cents != product["price_cents"]:
+            errors.append(
+                {
+                    "pointer": f"#/items/{index}/unit_price_cents",
+                    "detail": f"must be the catalogue's price, {product['price_cents']}",
+                }
+            )
+    if errors:
+        raise UnacceptableItems(errors)
+    return [Item(item.sku, item.quantity, catalogue[item.sku]["price_cents"]) for item in requested]
+
+
+def request_fingerprint(requested: Sequence[Requested]) -> bytes:
     """sha256 of the request body as canonical JSON (sorted keys, no spaces): equal bodies, equal
     fingerprints, however the client spaced or ordered the fields."""
-    body = {"items": [dataclasses.asdict(item) for item in items]}
+    body = {"items": [item.as_sent() for item in requested]}
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
 async def delete_expired_idempotency_keys(pool: asyncpg.Pool, ttl: datetime.timedelta) -> int:
     """Forget keys older than `ttl` (matching already ignores them; this keeps the table small)."""
     return await db.delete_expired_idempotency_keys(pool, ttl)
+
+
+async def get_product(pool: asyncpg.Pool, sku: str) -> dict[str, Any]:
+    product = await db.fetch_product(pool, sku)
+    if product is None:
+        raise ProductNotFound
+    return dict(product)
+
+
+async def list_products(
+    pool: asyncpg.Pool, *, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the products on sale, and the cursor of the next page (None: the last page). The
+    cursor is the last sku of the page: skus are unique, ordered and already URL-safe."""
+    rows = await db.fetch_product_page(pool, after=cursor, limit=limit + 1)
+    page = [dict(row) for row in rows[:limit]]
+    return page, page[-1]["sku"] if len(rows) > limit else None
+
+
+async def put_product(
+    pool: asyncpg.Pool, *, sku: str, name: str, price_cents: int, active: bool
+) -> tuple[dict[str, Any], bool]:
+    """Create or replace a product; return it and whether it was created. Orders already placed
+    keep the prices they were placed at."""
+    product, created = await db.put_product(pool, sku=sku, name=name, price_cents=price_cents, active=active)
+    return {key: product[key] for key in ("sku", "name", "price_cents", "active")}, created
 
 
 async def get_order(pool: asyncpg.Pool, *, user_id: uuid.UUID, order_id: uuid.UUID) -> dict[str, Any]:

@@ -30,6 +30,11 @@ ALGORITHM = "EdDSA"  # pinned: a token signed with anything else (none, HS256, R
 TOKEN_TYPE = "at+jwt"  # RFC 9068: marks the JWT as an access token, not an ID token or other JWT
 CLOCK_LEEWAY_SECONDS = 30  # tolerated clock skew between the issuer and a verifier, for exp and nbf
 REQUIRED_CLAIMS = ["exp", "nbf", "iat", "iss", "aud", "sub"]
+# RFC 9068 section 2.2.3.1: what the subject may do, as the roles the issuer granted it. A token
+# without the claim grants none. The roles a service knows are named in its contract
+# (`security: [{bearerAuth: [admin]}]`), which the OpenAPI middleware enforces (shared/openapi.py).
+ROLES_CLAIM = "roles"
+ADMIN = "admin"
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -72,8 +77,16 @@ REMEMBERED_TOKENS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
-class _Verified:
+class Principal:
+    """Who a verified token speaks for, and the roles it grants them."""
+
     user_id: uuid.UUID
+    roles: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verified:
+    principal: Principal
     not_before: float
     expires: float
 
@@ -99,8 +112,9 @@ class TokenVerifier:
             raise ValueError("a verifier needs at least one public key")
         return cls(keys={key_id(key): key for key in public_keys}, issuer=issuer, audience=audience)
 
-    def user_id(self, token: str) -> uuid.UUID:
-        """The verified subject of `token`, or a 401 problem saying (briefly) what is wrong."""
+    def principal(self, token: str) -> Principal:
+        """The verified subject of `token` and its roles, or a 401 problem saying (briefly) what is
+        wrong."""
         remembered = self._verified.get(token)
         if remembered is not None:
             now = time.time()
@@ -109,7 +123,7 @@ class TokenVerifier:
                 <= now
                 < remembered.expires + CLOCK_LEEWAY_SECONDS
             ):
-                return remembered.user_id
+                return remembered.principal
             del self._verified[token]  # out of its window: verified again below, to say why
         try:
             header = jwt.get_unverified_header(token)
@@ -129,24 +143,33 @@ class TokenVerifier:
                 leeway=CLOCK_LEEWAY_SECONDS,
                 options={"require": REQUIRED_CLAIMS, "verify_nbf": True, "verify_exp": True},
             )
-            user_id = uuid.UUID(claims["sub"])
+            principal = Principal(uuid.UUID(claims["sub"]), _roles(claims.get(ROLES_CLAIM, [])))
         except jwt.ExpiredSignatureError:
             raise unauthorized("The token has expired.") from None
         except jwt.ImmatureSignatureError:
             raise unauthorized("The token is not valid yet.") from None
         except (jwt.InvalidTokenError, ValueError):
             raise unauthorized("The token is invalid.") from None
-        self._verified[token] = _Verified(user_id, float(claims["nbf"]), float(claims["exp"]))
+        self._verified[token] = _Verified(principal, float(claims["nbf"]), float(claims["exp"]))
         if len(self._verified) > REMEMBERED_TOKENS:
             self._verified.popitem(last=False)
-        return user_id
+        return principal
 
-    def user_id_from_request(self, request: web.Request) -> uuid.UUID:
+    def principal_from_request(self, request: web.Request) -> Principal:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("Send an access token as `Authorization: Bearer <token>`.")
-        return self.user_id(token.strip())
+        return self.principal(token.strip())
+
+
+def _roles(claim: object) -> frozenset[str]:
+    """The roles claim, which must be a list of strings: a signed token of ours always has one, so
+    anything else is a token that is not (a ValueError, answered as an invalid token)."""
+    if not isinstance(claim, list) or not all(isinstance(role, str) for role in claim):
+        raise ValueError("the roles claim is not a list of strings")
+    return frozenset(claim)
 
 
 TOKEN_VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 AUTHENTICATED_USER = web.RequestKey("authenticated_user", uuid.UUID)
+AUTHENTICATED_ROLES: web.RequestKey[frozenset[str]] = web.RequestKey("authenticated_roles", frozenset)

@@ -49,6 +49,14 @@ class UserRegistered(Event):
 
 
 @dataclasses.dataclass(frozen=True)
+class CreditLimitChanged(Event):
+    TYPE = "users.credit.limit_changed"
+    user_id: uuid.UUID
+    credit_limit_cents: int
+    previous_credit_limit_cents: int
+
+
+@dataclasses.dataclass(frozen=True)
 class OrderCreated(Event):
     TYPE = "orders.order.created"
     order_id: uuid.UUID
@@ -108,6 +116,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     event.TYPE: event
     for event in (
         UserRegistered,
+        CreditLimitChanged,
         OrderCreated,
         CreditReserved,
         CreditRejected,

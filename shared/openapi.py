@@ -1,7 +1,8 @@
 """The service's OpenAPI document is the contract, and the running service is held to it.
 
 At start-up every operation's schemas are compiled once into validators; a middleware then checks
-each request before its handler runs: the bearer token where the operation is secured, the query
+each request before its handler runs: the bearer token where the operation is secured, and the
+roles its security requirement names (`bearerAuth: [admin]`: 403 without them), the query
 parameters, and the JSON body. Handlers receive input that already matches the contract. The same
 compiled contract checks responses (`response_errors`), which the tests apply to every response.
 
@@ -25,9 +26,9 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from shared.auth import AUTHENTICATED_USER, TOKEN_VERIFIER
+from shared.auth import AUTHENTICATED_ROLES, AUTHENTICATED_USER, TOKEN_VERIFIER
 from shared.http import read_json
-from shared.problems import validation_problem
+from shared.problems import forbidden, validation_problem
 
 VALIDATED_BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("validated_body", dict)
 VALIDATED_QUERY: web.RequestKey[dict[str, Any]] = web.RequestKey("validated_query", dict)
@@ -45,6 +46,9 @@ class QueryParameter:
 @dataclasses.dataclass(frozen=True)
 class Operation:
     secured: bool
+    # The roles a token must grant, as the security requirement names them: OpenAPI 3.1 lets a
+    # bearer scheme's requirement list role names (where OAuth lists scopes).
+    roles: frozenset[str]
     body: Draft202012Validator | None
     query: tuple[QueryParameter, ...]
     # status -> media type -> validator of the body (None: the response has no body)
@@ -102,8 +106,12 @@ class OpenApiSpec:
                         for i in range(len(operation.contents.get("parameters", [])))
                     ),
                 ]
+                security = operation.contents.get("security", default_security)
                 self.operations[(method.upper(), path)] = Operation(
-                    secured=bool(operation.contents.get("security", default_security)),
+                    secured=bool(security),
+                    roles=frozenset(
+                        role for requirement in security for roles in requirement.values() for role in roles
+                    ),
                     body=self._body_validator(operation),
                     query=tuple(self._query_parameter(p) for p in parameters if p.contents["in"] == "query"),
                     responses=self._response_validators(operation),
@@ -190,7 +198,12 @@ class OpenApiSpec:
         operation = self.operation_for(request)
         if operation is not None:
             if operation.secured:
-                request[AUTHENTICATED_USER] = request.app[TOKEN_VERIFIER].user_id_from_request(request)
+                principal = request.app[TOKEN_VERIFIER].principal_from_request(request)
+                missing = operation.roles - principal.roles
+                if missing:
+                    raise forbidden(min(missing))
+                request[AUTHENTICATED_USER] = principal.user_id
+                request[AUTHENTICATED_ROLES] = principal.roles
             request[VALIDATED_QUERY] = _validated_query(request, operation.query)
             if operation.body is not None:
                 body = await read_json(request)

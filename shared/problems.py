@@ -76,6 +76,16 @@ def unauthorized(detail: str) -> Problem:
     )
 
 
+def forbidden(role: str) -> Problem:
+    """The caller is signed in, but the operation needs a role its token does not grant (OWASP
+    API5). Said plainly: which operations need a role is public, in the contract."""
+    return Problem(
+        403,
+        f"This operation needs the {role} role, which your access token does not grant.",
+        type="urn:eda-reference:problem:forbidden",
+    )
+
+
 def not_found(what: str) -> Problem:
     return Problem(404, f"No {what} with that id is visible to you.")
 

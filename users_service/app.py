@@ -11,7 +11,13 @@ from shared.service import create_service_app
 from users_service.config import UsersConfig
 from users_service.handlers import HANDLERS
 from users_service.passwords import PasswordHasher
-from users_service.routes import LOGIN_THROTTLE, PASSWORD_HASHER, TOKEN_ISSUER, routes
+from users_service.routes import (
+    LOGIN_THROTTLE,
+    NEW_USER_CREDIT_LIMIT_CENTS,
+    PASSWORD_HASHER,
+    TOKEN_ISSUER,
+    routes,
+)
 from users_service.services import LoginThrottle, purge_ended_login_windows
 from users_service.tokens import TokenIssuer
 
@@ -39,6 +45,7 @@ def create_app(config: UsersConfig) -> web.Application:
         audience=config.jwt_audience,
         ttl_seconds=config.jwt_ttl_seconds,
     )
+    app[NEW_USER_CREDIT_LIMIT_CENTS] = config.new_user_credit_limit_cents
     app[LOGIN_THROTTLE] = LoginThrottle(
         max_failures=config.login_max_failures, window_seconds=config.login_lockout_seconds
     )

@@ -1,6 +1,8 @@
 import dataclasses
 
-from shared.config import Secret, ServiceConfig, setting
+from shared.config import ConfigError, Secret, ServiceConfig, setting
+
+MAX_CREDIT_LIMIT_CENTS = 10_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +26,17 @@ class UsersConfig(ServiceConfig):
         "Ed25519 private key (PEM) that signs tokens.",
         local=True,
     )
-    jwt_ttl_seconds: int = setting("JWT_TTL_SECONDS", 900, "Lifetime of an access token.")
+    jwt_ttl_seconds: int = setting(
+        "JWT_TTL_SECONDS",
+        900,
+        "Lifetime of an access token; a role granted or revoked takes effect with the user's next one.",
+    )
+    new_user_credit_limit_cents: int = setting(
+        "NEW_USER_CREDIT_LIMIT_CENTS",
+        100_000,
+        "The credit limit every new user gets (the policy: clients do not choose it); an admin changes"
+        " a user's limit with PUT /api/v2/users/{id}/credit-limit.",
+    )
     login_max_failures: int = setting(
         "LOGIN_MAX_FAILURES",
         5,
@@ -60,3 +72,9 @@ class UsersConfig(ServiceConfig):
         "Seconds a registration or sign-in waits for a free hashing slot before it is answered 503"
         " with Retry-After.",
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The same bounds as the limit an admin may set (users_service/openapi.yaml).
+        if not 0 <= self.new_user_credit_limit_cents <= MAX_CREDIT_LIMIT_CENTS:
+            raise ConfigError(f"NEW_USER_CREDIT_LIMIT_CENTS must be within 0..{MAX_CREDIT_LIMIT_CENTS}")

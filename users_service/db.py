@@ -44,9 +44,50 @@ async def fetch_user(connection: Executor, user_id: uuid.UUID) -> asyncpg.Record
 
 async def fetch_credentials(connection: Executor, email: str) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await connection.fetchrow(
-        "SELECT id, password_hash FROM users WHERE email = $1", email
+        "SELECT id, password_hash, roles FROM users WHERE email = $1", email
     )
     return row
+
+
+async def lock_user(connection: Connection, user_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {USER_COLUMNS} FROM users WHERE id = $1 FOR UPDATE", user_id
+    )
+    return row
+
+
+async def set_credit_limit(
+    connection: Connection, user_id: uuid.UUID, credit_limit_cents: int
+) -> asyncpg.Record:
+    row = await connection.fetchrow(
+        f"UPDATE users SET credit_limit_cents = $2 WHERE id = $1 RETURNING {USER_COLUMNS}",
+        user_id,
+        credit_limit_cents,
+    )
+    assert row is not None  # the caller holds the row's lock, so it exists
+    return row
+
+
+async def set_role(connection: Executor, email: str, role: str, *, granted: bool) -> bool:
+    """Grant or revoke `role` for the user of `email`; False if there is no such user."""
+    status: str = await connection.execute(
+        """
+        UPDATE users SET roles = CASE WHEN $3 THEN array(SELECT DISTINCT unnest(roles || $2::text))
+                                      ELSE array_remove(roles, $2::text) END
+        WHERE email = $1
+        """,
+        email,
+        role,
+        granted,
+    )
+    return status != "UPDATE 0"
+
+
+async def fetch_users_with_role(connection: Executor, role: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        "SELECT id, email, name FROM users WHERE $1 = ANY(roles) ORDER BY email", role
+    )
+    return rows
 
 
 async def lock_account(connection: Connection, user_id: uuid.UUID) -> Account | None:

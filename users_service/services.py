@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 
 from shared.envelope import Cause
-from shared.events import UserRegistered
+from shared.events import CreditLimitChanged, UserRegistered
 from shared.unit_of_work import Outbox, unit_of_work
 from users_service import db
 from users_service.passwords import PasswordHasher
@@ -20,6 +20,19 @@ class EmailTaken(Exception):
 
 class InvalidCredentials(Exception):
     pass
+
+
+class UserNotFound(Exception):
+    pass
+
+
+class LimitBelowCreditInUse(Exception):
+    """A credit limit below what the user's approved orders already hold: the database refuses it
+    (credit_used_cents <= credit_limit_cents), and so does the API, saying why."""
+
+    def __init__(self, credit_used_cents: int) -> None:
+        super().__init__(f"{credit_used_cents} cents of credit are in use")
+        self.credit_used_cents = credit_used_cents
 
 
 class TooManySignIns(Exception):
@@ -104,7 +117,7 @@ async def sign_in(
     if not await hasher.verify(password_hash, password) or credentials is None:
         raise InvalidCredentials
     await db.forget_login_attempts(pool, email, client)
-    return issuer.issue(credentials["id"])
+    return issuer.issue(credentials["id"], credentials["roles"])
 
 
 async def purge_ended_login_windows(pool: asyncpg.Pool, throttle: LoginThrottle) -> int:
@@ -119,6 +132,29 @@ async def purge_ended_login_windows(pool: asyncpg.Pool, throttle: LoginThrottle)
         if batch < PURGE_BATCH_SIZE:
             break
     return deleted
+
+
+async def change_credit_limit(
+    pool: asyncpg.Pool, outbox: Outbox, cause: Cause, *, user_id: uuid.UUID, credit_limit_cents: int
+) -> dict[str, Any]:
+    """Set a user's credit limit, and announce the change in the same transaction. Setting the limit
+    it already has changes nothing and announces nothing (a PUT repeated is a PUT done once).
+
+    The row lock orders the change against a credit reservation for the same user in flight: that
+    one is checked against either the old limit or the new one, never against a limit half-changed.
+    """
+    async with unit_of_work(pool, outbox, cause) as work:
+        user = await db.lock_user(work.connection, user_id)
+        if user is None:
+            raise UserNotFound
+        if credit_limit_cents < user["credit_used_cents"]:
+            raise LimitBelowCreditInUse(user["credit_used_cents"])
+        previous = user["credit_limit_cents"]
+        if credit_limit_cents == previous:
+            return dict(user)
+        changed = await db.set_credit_limit(work.connection, user_id, credit_limit_cents)
+        await work.emit(CreditLimitChanged(user_id, credit_limit_cents, previous))
+    return dict(changed)
 
 
 async def get_user(pool: asyncpg.Pool, user_id: uuid.UUID) -> dict[str, Any] | None:

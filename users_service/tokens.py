@@ -3,13 +3,14 @@
 import dataclasses
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from shared.auth import ALGORITHM, TOKEN_TYPE, key_id
+from shared.auth import ALGORITHM, ROLES_CLAIM, TOKEN_TYPE, key_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,9 @@ class TokenIssuer:
             raise ValueError(f"{path} does not hold an Ed25519 private key")
         return cls(private_key=key, issuer=issuer, audience=audience, ttl_seconds=ttl_seconds)
 
-    def issue(self, user_id: uuid.UUID) -> str:
+    def issue(self, user_id: uuid.UUID, roles: Iterable[str] = ()) -> str:
+        """A signed access token for `user_id`, granting `roles` until it expires: a role granted
+        or revoked later takes effect with the user's next token (within JWT_TTL_SECONDS)."""
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -43,6 +46,7 @@ class TokenIssuer:
             "nbf": now,
             "exp": now + self.ttl_seconds,
             "jti": uuid.uuid4().hex,
+            ROLES_CLAIM: sorted(roles),
         }
         return jwt.encode(
             claims,

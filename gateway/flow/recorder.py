@@ -24,7 +24,9 @@ from shared.problems import Problem
 
 MAX_LABEL_PATH = 120
 
-_ORDER_IN_PATH = re.compile(r"/api/orders/([0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})(?:/|$)")
+_ORDER_IN_PATH = re.compile(
+    r"/api/(?:v2/)?orders/([0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})(?:/|$)"
+)
 
 
 def http_recorder(hub: FlowHub) -> Middleware:

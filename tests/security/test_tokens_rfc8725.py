@@ -23,7 +23,7 @@ from users_service.tokens import TokenIssuer
 
 def refused(verifier: TokenVerifier, token: str) -> str:
     with pytest.raises(Problem) as refusal:
-        verifier.user_id(token)
+        verifier.principal(token)
     assert refusal.value.status == 401
     return refusal.value.detail or ""
 
@@ -136,9 +136,9 @@ def test_rfc8725_3_10_rotation_both_keys_verify_then_the_old_one_is_dropped(
     during = TokenVerifier.from_pem_file(
         f"{key_pair.public},{new_pair.public}", issuer=ISSUER, audience=AUDIENCE
     )
-    assert during.user_id(old_token)
-    assert during.user_id(new_token)
+    assert during.principal(old_token)
+    assert during.principal(new_token)
 
     after = TokenVerifier.from_pem_file(new_pair.public, issuer=ISSUER, audience=AUDIENCE)
-    assert after.user_id(new_token)
+    assert after.principal(new_token)
     assert refused(after, old_token) == "The token is signed by an unknown key."

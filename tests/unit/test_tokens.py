@@ -38,7 +38,7 @@ def test_an_issued_token_verifies_to_its_subject(issuer: TokenIssuer, verifier: 
     assert set(jwt.decode(token, options={"verify_signature": False})) == {
         "iss", "aud", "sub", "iat", "nbf", "exp", "jti"
     }  # fmt: skip
-    assert verifier.user_id(token) == user_id
+    assert verifier.principal(token).user_id == user_id
 
 
 def test_the_key_id_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
@@ -54,8 +54,8 @@ def test_the_issuer_and_the_verifier_agree_on_the_key_id(key_pair: KeyPair, issu
 
 def test_clock_skew_within_the_leeway_is_tolerated(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
     now = int(time.time())
-    assert verifier.user_id(signed(issuer, exp=now - 10))  # expired 10 s ago by the issuer's clock
-    assert verifier.user_id(signed(issuer, nbf=now + 10, iat=now + 10))  # an issuer clock 10 s ahead
+    assert verifier.principal(signed(issuer, exp=now - 10))  # expired 10 s ago by the issuer's clock
+    assert verifier.principal(signed(issuer, nbf=now + 10, iat=now + 10))  # an issuer clock 10 s ahead
 
 
 def test_a_remembered_token_still_expires(
@@ -63,7 +63,7 @@ def test_a_remembered_token_still_expires(
 ) -> None:
     now = time.time()
     token = signed(issuer, exp=int(now) + 60)
-    assert verifier.user_id(token)  # verified once, and remembered
+    assert verifier.principal(token)  # verified once, and remembered
     later = now + 60 + 31  # past exp and the leeway, on both clocks: ours and PyJWT's
 
     class Later(datetime.datetime):
@@ -74,18 +74,18 @@ def test_a_remembered_token_still_expires(
     monkeypatch.setattr("shared.auth.time.time", lambda: later)
     monkeypatch.setattr("jwt.api_jwt.datetime", Later)
     with pytest.raises(Problem, match="expired"):
-        verifier.user_id(token)
+        verifier.principal(token)
 
 
 def test_only_the_exact_token_that_passed_is_remembered(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
     token = signed(issuer)
-    assert verifier.user_id(token)
+    assert verifier.principal(token)
     header, claims, signature = token.split(".")
     forged_claims = base64.urlsafe_b64encode(
         jwt.utils.base64url_decode(claims).replace(b'"sub":"', b'"sub":"0')
     ).rstrip(b"=")
     with pytest.raises(Problem, match="invalid"):
-        verifier.user_id(f"{header}.{forged_claims.decode()}.{signature}")
+        verifier.principal(f"{header}.{forged_claims.decode()}.{signature}")
 
 
 def test_what_is_remembered_is_bounded(
@@ -94,7 +94,7 @@ def test_what_is_remembered_is_bounded(
     monkeypatch.setattr("shared.auth.REMEMBERED_TOKENS", 2)
     tokens = [signed(issuer) for _ in range(3)]
     for token in tokens:
-        assert verifier.user_id(token)
+        assert verifier.principal(token)
     assert list(verifier._verified) == tokens[1:]
 
 
@@ -120,7 +120,7 @@ def test_a_file_that_is_not_an_ed25519_public_key_is_refused(tmp_path: Path, key
 def test_garbage_is_refused(verifier: TokenVerifier) -> None:
     for garbage in ("not.a.jwt", "", "a.b.c.d"):
         with pytest.raises(Problem) as refusal:
-            verifier.user_id(garbage)
+            verifier.principal(garbage)
         assert refusal.value.status == 401
 
 
