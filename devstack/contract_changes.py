@@ -122,7 +122,11 @@ def _keyword_changes(old: dict[str, Any], new: dict[str, Any], flow: Flow) -> li
         found.append(f"type {word}: {_show(old, 'type')} -> {_show(new, 'type')}")
     if "enum" in wide:
         if "enum" not in narrow:
-            found.append("enum added" if flow == "request" else "enum removed (any value may come)")
+            found.append(
+                f"enum added: {json.dumps(new['enum'])}"
+                if flow == "request"
+                else "enum removed (any value may come)"
+            )
         elif extra := [value for value in narrow["enum"] if value not in wide["enum"]]:
             found.append(f"enum values {'removed' if flow == 'request' else 'added'}: {json.dumps(extra)}")
     for key, tighter in LIMITS.items():
@@ -172,7 +176,7 @@ def _subschemas(old: dict[str, Any], new: dict[str, Any]) -> Iterator[tuple[str,
     old_properties, new_properties = old.get("properties", {}), new.get("properties", {})
     for name in sorted(old_properties.keys() & new_properties.keys()):
         yield name, old_properties[name], new_properties[name]
-    for key in ("items", "additionalProperties"):  # additionalProperties: false is a keyword rule
+    for key in ("items", "additionalProperties"):  # additionalProperties: false is _property_changes'
         if isinstance(old.get(key), dict) and isinstance(new.get(key), dict):
             yield key, old[key], new[key]
     for key in COMPOSITIONS:
@@ -318,9 +322,9 @@ def _parameters(
     parameters = {}
     for raw in [*item.get("parameters", []), *operation.get("parameters", [])]:
         parameter = _resolve(document, raw)
-        name = (
-            parameter["name"].lower() if parameter["in"] == "header" else parameter["name"]
-        )  # headers: any case
+        name = parameter["name"]
+        if parameter["in"] == "header":  # HTTP header names are case-insensitive
+            name = name.lower()
         parameters[(parameter["in"], name)] = parameter
     return parameters
 
@@ -415,12 +419,12 @@ def _event_schema_files(
         return set()
     files = set()
     reference = node.get("$ref")
-    if isinstance(reference, str) and reference.startswith("#/") and reference not in followed:
-        files |= _event_schema_files(document, _pointer(document, reference), followed | {reference})
-    elif isinstance(reference, str):
+    if isinstance(reference, str) and not reference.startswith("#"):  # another file: a leaf
         file = PurePosixPath(reference.partition("#")[0])
         if file.parent.name == "events":
             files.add(file.name)
+    elif isinstance(reference, str) and reference not in followed:  # not round a cycle twice
+        files |= _event_schema_files(document, _pointer(document, reference), followed | {reference})
     return files | {
         name
         for key, value in node.items()
@@ -461,10 +465,9 @@ def asyncapi_breaking_changes(released: dict[str, Any], current: dict[str, Any])
             found.append(f"{where}: removed")
             continue
         for key in ("action", "channel"):
-            if operation.get(key) != current_operations[name].get(key):
-                found.append(
-                    f"{where}: {key} changed: {json.dumps(operation.get(key))} -> {json.dumps(current_operations[name].get(key))}"
-                )
+            was, now = operation.get(key), current_operations[name].get(key)
+            if was != now:
+                found.append(f"{where}: {key} changed: {json.dumps(was)} -> {json.dumps(now)}")
     return found
 
 
@@ -503,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", action="store_true", help="snapshot the current contracts as released")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this one)")
     arguments = parser.parse_args(argv)
-    changes = breaking_changes(arguments.root)
+    first_release = not (arguments.root / RELEASED / "openapi.json").exists()
+    changes = [] if arguments.release and first_release else breaking_changes(arguments.root)
     if arguments.release:
         for change in changes:
             print(f"released, breaking: {change}")
