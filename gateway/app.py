@@ -15,11 +15,12 @@ from yarl import URL
 from gateway.config import GatewayConfig
 from gateway.contract import public_contract
 from gateway.edge import LOGIN, REGISTRATION, client_address, cors, rate_limits, size_limits
+from gateway.events_page import render_events_page
 from gateway.proxy import CallObserver, RetryPolicy, Upstream, forward
 from gateway.ratelimit import MIGRATIONS, SharedTokenBuckets, bucket_housekeeping
 from gateway.resilience import CircuitBreaker, CircuitState
 from gateway.routes import ORDERS, ROUTES, USERS, Route
-from shared.api_versions import DEPRECATED
+from shared.api_versions import DEPRECATED, MIGRATION_NOTE
 from shared.app_keys import DB_POOL
 from shared.auth import TokenVerifier
 from shared.http import ReadinessCheck, dumps, health_routes, standard_middlewares
@@ -235,7 +236,8 @@ def upstream_readiness(app: web.Application, upstream: Upstream) -> ReadinessChe
 
 
 def documentation_routes() -> list[web.AbstractRouteDef]:
-    """/openapi.json (the public contract) and /docs (Swagger UI, served from a Python package)."""
+    """/openapi.json (the public contract), /docs (Swagger UI, served from a Python package) and
+    /docs/events (the events' AsyncAPI contract as a page, rendered here once: gateway/events_page.py)."""
     contract = dumps(public_contract())
 
     async def openapi(_: web.Request) -> web.Response:
@@ -247,10 +249,33 @@ def documentation_routes() -> list[web.AbstractRouteDef]:
     async def docs_script(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "docs.js", headers=DOCS_HEADERS)
 
+    events_page = render_events_page().encode()
+
+    async def events(_: web.Request) -> web.Response:
+        return web.Response(body=events_page, content_type="text/html", charset="utf-8", headers=DOCS_HEADERS)
+
+    async def events_stylesheet(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "events.css", headers=DOCS_HEADERS)
+
+    # The note that every answer of a deprecated version links to (shared/api_versions.py).
+    # Markdown reads as it is, so it is served as it is written.
+    note = (STATIC / "migration-v2.md").read_bytes()
+
+    async def migration_note(_: web.Request) -> web.Response:
+        return web.Response(
+            body=note,
+            content_type="text/markdown",
+            charset="utf-8",
+            headers=DOCS_HEADERS,
+        )
+
     return [
         web.get("/openapi.json", openapi),
         web.get("/docs", docs),
         web.get("/docs/docs.js", docs_script),
+        web.get("/docs/events", events),
+        web.get("/docs/events.css", events_stylesheet),
+        web.get(MIGRATION_NOTE, migration_note),
         web.static("/docs/swagger-ui", swagger_ui_bundle.swagger_ui_path),
     ]
 
