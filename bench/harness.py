@@ -38,11 +38,12 @@ from bench.saga import (
     saga_latency,
     saga_throughput,
 )
-from bench.stack import Stack, bench_servers, bench_stack, databases, register_customers
+from bench.stack import Stack, bench_servers, bench_stack, databases, register_customers, stock_the_catalogue
 from bench.stats import latency_percentiles, ratio, summarize
 from bench.wrk import run_wrk
 from devstack.ports import free_port
 from devstack.waiting import eventually
+from shared.api_versions import CURRENT_PREFIX
 
 PERCENTILES = ("p50", "p99", "p99.9")
 R4_SHARE_OF_R3 = 0.25
@@ -188,12 +189,13 @@ class Benchmark:
         return {"direct": self.stack.orders.url, "nginx": self.nginx.url, "gateway": self.stack.gateway.url}
 
     async def prepare(self) -> None:
+        await stock_the_catalogue(self.session, self.stack.orders.url, self.stack.keys)
         self.customers = await register_customers(self.session, self.stack.users.url, self.settings.customers)
         order_id = await post_order(self.session, self.stack.orders.url, self.customers[0])
         if order_id is None:
             raise RuntimeError("could not place the order that R1 and R2 read")
         await eventually(self._final(order_id), within=30, what="the first order reached its final state")
-        self.order_path = f"/api/orders/{order_id}"
+        self.order_path = f"{CURRENT_PREFIX}/orders/{order_id}"
 
     def _final(self, order_id: str) -> Any:
         async def probe() -> bool:
@@ -246,7 +248,7 @@ class Benchmark:
                 say(f"R1 round {turn + 1}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in row.items()))
         return {
             "unit": "requests/s",
-            "request": "GET /api/orders/{id}, authenticated, keep-alive on both hops",
+            "request": f"GET {CURRENT_PREFIX}/orders/{{id}}, authenticated, keep-alive on both hops",
             "generator": f"wrk -t{settings.wrk_threads} -c{settings.wrk_connections} -d{settings.duration:g}s"
             + (f" (taskset -c {settings.wrk_cpus})" if settings.wrk_cpus else " (not pinned)"),
             "throughput": {name: summarize([row[name] for row in rounds]) for name in self.targets},
@@ -348,7 +350,8 @@ class Benchmark:
             r3: dict[str, Any] = {
                 "unit": "orders/s",
                 "load": (
-                    f"POST /api/orders to orders_service, at most {settings.saga_in_flight} orders undecided"
+                    f"POST {CURRENT_PREFIX}/orders to orders_service, at most {settings.saga_in_flight}"
+                    " orders undecided"
                 ),
                 "saga": summarize(saga_rates),
                 "raw_transactions_per_second": summarize(
@@ -402,7 +405,7 @@ class Benchmark:
             "unit": "ms",
             "rate": rate,
             "rate_basis": f"{R4_SHARE_OF_R3:.0%} of R3's median saga throughput",
-            "path": "POST /api/orders through the gateway, until the final event arrives",
+            "path": f"POST {CURRENT_PREFIX}/orders through the gateway, until the final event arrives",
             "latency": {
                 key: summarize([row["final_ms"][key] for row in latency_rounds]) for key in PERCENTILES
             },

@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only, no display: runs on CI and over SSH
 
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 
+from shared.api_versions import CURRENT_PREFIX  # noqa: E402
+
 MEMORY_LIMIT_MB = 80.0
 # Busier than this before the run (share of all CPUs), the machine was not quiet: say so.
 QUIET_BUSY = 0.15
@@ -279,7 +281,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         [grey, blue, orange],
     )
     axis.set_title(
-        "R1 GET /api/orders/{id}: req/s\n"
+        f"R1 GET {CURRENT_PREFIX}/orders/{{id}}: req/s\n"
         f"gateway/nginx {r1['ratio_gateway_nginx']['median']:.2f} (target 0.5)"
     )
 

@@ -1,11 +1,11 @@
 """The saga under load (R3, R4), the same SQL issued directly (the raw baseline), and the parts.
 
-POST /api/orders commits the order and its `orders.order.created` row (T1); the relay publishes it
-(T2 claims and marks the row); users_service reserves credit in one transaction with its inbox and
-outbox rows (T3); its relay publishes `users.credit.reserved` (T4); orders_service approves the
-order (T5); its relay publishes `orders.order.approved` (T6). Six commits per order when every
-relay batch holds one row, which is what the raw baseline issues; under load the relays batch, so
-the saga may need fewer.
+POST /api/v2/orders prices the order from the catalogue and commits it and its
+`orders.order.created` row (T1); the relay publishes it (T2 claims and marks the row); users_service
+reserves credit in one transaction with its inbox and outbox rows (T3); its relay publishes
+`users.credit.reserved` (T4); orders_service approves the order (T5); its relay publishes
+`orders.order.approved` (T6). Six commits per order when every relay batch holds one row, which is
+what the raw baseline issues; under load the relays batch, so the saga may need fewer.
 
 An order is final when its `orders.order.approved` (or `.rejected`) event arrives on a queue of our
 own bound to the events exchange: the moment anyone outside orders_service can learn the outcome.
@@ -26,14 +26,16 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
-from bench.stack import Customer
+from bench.stack import BENCH_PRICE_CENTS, BENCH_SKU, Customer
 from bench.stats import latency_percentiles
+from shared.api_versions import CURRENT_PREFIX
 from shared.db import SHARED_MIGRATIONS, apply_migrations
 from shared.envelope import Cause, Envelope
 from shared.events import CreditReserved, OrderApproved, OrderCreated
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER_BODY = orjson.dumps({"items": [{"sku": "bench", "quantity": 1, "unit_price_cents": 1}]})
+# Version 2's order: a sku and a quantity, priced by orders_service (stock_the_catalogue put it there).
+ORDER_BODY = orjson.dumps({"items": [{"sku": BENCH_SKU, "quantity": 1}]})
 FINAL_EVENTS = ("orders.order.approved", "orders.order.rejected")
 SAGA_TRANSACTIONS = 6
 
@@ -90,7 +92,9 @@ async def final_states(rabbitmq_url: str) -> AsyncIterator[FinalStates]:
 async def post_order(session: aiohttp.ClientSession, url: str, customer: Customer) -> str | None:
     headers = {"Authorization": f"Bearer {customer.token}", "Content-Type": "application/json"}
     try:
-        async with session.post(f"{url}/api/orders", data=ORDER_BODY, headers=headers) as response:
+        async with session.post(
+            f"{url}{CURRENT_PREFIX}/orders", data=ORDER_BODY, headers=headers
+        ) as response:
             if response.status != 202:
                 return None
             order_id: str = (await response.json())["id"]
@@ -256,6 +260,8 @@ async def saga_latency(
 
 # --- the raw baseline: the saga's statements, issued directly with asyncpg -------------------------
 
+# T1 reads the items' prices from the catalogue first, as orders_service does.
+FETCH_PRICES = "SELECT sku, price_cents, active FROM products WHERE sku = ANY($1::text[])"
 INSERT_ORDER = """
     INSERT INTO orders (id, user_id, status, total_cents) VALUES ($1, $2, 'PENDING', $3)
     RETURNING id, user_id, status, rejection_reason, total_cents, created_at, updated_at
@@ -332,8 +338,9 @@ class RawSaga:
         async with self.orders.acquire() as connection:  # T1: place the order
             started = time.perf_counter()
             async with connection.transaction():
-                await connection.fetchrow(INSERT_ORDER, order_id, user_id, 1)
-                await connection.executemany(INSERT_ITEMS, [(order_id, 1, "bench", 1, 1)])
+                await connection.fetch(FETCH_PRICES, [BENCH_SKU])
+                await connection.fetchrow(INSERT_ORDER, order_id, user_id, BENCH_PRICE_CENTS)
+                await connection.executemany(INSERT_ITEMS, [(order_id, 1, BENCH_SKU, 1, BENCH_PRICE_CENTS)])
                 await connection.execute(
                     INSERT_OUTBOX, uuid.uuid4(), OrderCreated.TYPE, self.bodies[OrderCreated.TYPE]
                 )
@@ -402,6 +409,11 @@ async def raw_saga(dsns: dict[str, str], customers: int) -> AsyncIterator[RawSag
     try:
         await apply_migrations(orders, [SHARED_MIGRATIONS, ROOT / "orders_service" / "migrations"])
         await apply_migrations(users, [SHARED_MIGRATIONS, ROOT / "users_service" / "migrations"])
+        await orders.execute(
+            "INSERT INTO products (sku, name, price_cents) VALUES ($1, 'The benchmark''s product', $2)",
+            BENCH_SKU,
+            BENCH_PRICE_CENTS,
+        )
         user_ids = [uuid.uuid4() for _ in range(customers)]
         await users.executemany(
             """

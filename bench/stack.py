@@ -11,14 +11,30 @@ from pathlib import Path
 
 import aiohttp
 
-from devstack.keys import make_key_pair
+from devstack.keys import KeyPair, make_key_pair
 from devstack.servers import Servers, choose, started
 from devstack.stack import Stack, running_stack
+from shared.api_versions import CURRENT_PREFIX
+from users_service.config import MAX_CREDIT_LIMIT_CENTS
 
-__all__ = ["Customer", "Stack", "bench_servers", "bench_stack", "databases", "register_customers"]
+__all__ = [
+    "BENCH_PRICE_CENTS",
+    "BENCH_SKU",
+    "Customer",
+    "Stack",
+    "bench_servers",
+    "bench_stack",
+    "databases",
+    "register_customers",
+    "stock_the_catalogue",
+]
 
 # Logging costs: a benchmark of a service that logs every request measures its logging.
 QUIET = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+# What every order of the benchmark buys, one of: a product of its own at a cent, so that no
+# customer's credit (the largest limit there is) runs out however long the load lasts.
+BENCH_SKU = "BENCH-1"
+BENCH_PRICE_CENTS = 1
 
 
 @contextlib.asynccontextmanager
@@ -33,7 +49,12 @@ async def bench_servers() -> AsyncIterator[Servers]:
 async def bench_stack(servers: Servers, work_dir: Path, *, jwt_ttl_seconds: int) -> AsyncIterator[Stack]:
     keys = make_key_pair(work_dir)
     service_env = {
-        "users_service": {**QUIET, "JWT_TTL_SECONDS": str(jwt_ttl_seconds)},
+        # Every customer gets the largest credit limit there is, by the policy new users get.
+        "users_service": {
+            **QUIET,
+            "JWT_TTL_SECONDS": str(jwt_ttl_seconds),
+            "NEW_USER_CREDIT_LIMIT_CENTS": str(MAX_CREDIT_LIMIT_CENTS),
+        },
         "orders_service": QUIET,
         # nginx limits nothing here, so neither does the gateway; its flow page is development-only.
         "gateway": {**QUIET, "RATE_LIMIT_PER_SECOND": "0", "FLOW_ENABLED": "false"},
@@ -62,27 +83,35 @@ class Customer:
 
 
 async def register_customers(session: aiohttp.ClientSession, users_url: str, count: int) -> list[Customer]:
-    """Users with the largest credit limit, and their access tokens (signed in through the API)."""
+    """Users, with the limit bench_stack's policy gives them (the largest), and their access tokens
+    (signed in through the API)."""
 
     async def one(index: int) -> Customer:
         email = f"bench-{index}-{uuid.uuid4().hex[:8]}@example.com"
         password = "bench-password"
-        body = {
-            "email": email,
-            "name": f"Bench {index}",
-            "password": password,
-            "credit_limit_cents": 10_000_000,
-        }
-        async with session.post(f"{users_url}/api/users", json=body) as response:
+        body = {"email": email, "name": f"Bench {index}", "password": password}
+        async with session.post(f"{users_url}{CURRENT_PREFIX}/users", json=body) as response:
             if response.status != 201:
-                raise RuntimeError(f"POST /api/users: {response.status} {await response.text()}")
+                raise RuntimeError(f"POST {CURRENT_PREFIX}/users: {response.status} {await response.text()}")
             user_id = (await response.json())["id"]
         async with session.post(
-            f"{users_url}/api/auth/token", json={"email": email, "password": password}
+            f"{users_url}{CURRENT_PREFIX}/auth/token", json={"email": email, "password": password}
         ) as response:
             if response.status != 200:
-                raise RuntimeError(f"POST /api/auth/token: {response.status} {await response.text()}")
+                raise RuntimeError(
+                    f"POST {CURRENT_PREFIX}/auth/token: {response.status} {await response.text()}"
+                )
             token = (await response.json())["access_token"]
         return Customer(user_id, token)
 
     return list(await asyncio.gather(*(one(index) for index in range(count))))
+
+
+async def stock_the_catalogue(session: aiohttp.ClientSession, orders_url: str, keys: KeyPair) -> None:
+    """The benchmark's product (BENCH_SKU), put into orders_service's catalogue as an admin does:
+    with a token of the stack's key pair that grants the role."""
+    body = {"name": "The benchmark's product", "price_cents": BENCH_PRICE_CENTS, "active": True}
+    path = f"{CURRENT_PREFIX}/products/{BENCH_SKU}"
+    async with session.put(f"{orders_url}{path}", json=body, headers=keys.admin_headers()) as response:
+        if response.status not in {200, 201}:
+            raise RuntimeError(f"PUT {path}: {response.status} {await response.text()}")

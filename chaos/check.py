@@ -1,9 +1,10 @@
 """The history held against what the system holds once it has settled.
 
-Each order the clients placed carries its operation's key in its SKU (chaos-<key>), so the orders an
-operation placed are found whatever its answer was, or whether one came at all:
+Each order the clients placed carries its operation's key in its correlation id (chaos-<key>, the
+X-Request-ID of every attempt), so the orders an operation placed are found whatever its answer was,
+or whether one came at all:
 
-    place ok       exactly one order, the one the answer named, with the total asked for
+    place ok       exactly one order, the one the answer named, at its product's price
     place unknown  at most one order (a retry with the same Idempotency-Key that succeeded counts once)
     place failed   no order
     cancel ok      the order is CANCELLED
@@ -24,9 +25,9 @@ import statistics
 import asyncpg
 
 from chaos.history import Kind, Operation, Outcome
+from chaos.load import STORY_PREFIX
 from devstack.invariants import SystemState, effects_applied_twice, subject_of
 
-SKU_PREFIX = "chaos-"
 DECISIONS = ("orders.order.approved", "orders.order.rejected", "orders.order.cancelled")
 DEADLINE_EXCEEDED = "deadline_exceeded"
 
@@ -44,16 +45,10 @@ class Finding:
 
 
 async def placed_orders(orders_dsn: str) -> list[asyncpg.Record]:
-    """Every order with its SKU (a chaos order has one item)."""
+    """Every order with its correlation id, which names the operation that placed it."""
     connection = await asyncpg.connect(orders_dsn)
     try:
-        return await connection.fetch(
-            """
-            SELECT o.id, o.status, o.total_cents, min(i.sku) AS sku
-            FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
-            GROUP BY o.id
-            """
-        )
+        return await connection.fetch("SELECT id, status, total_cents, correlation_id FROM orders")
     finally:
         await connection.close()
 
@@ -70,7 +65,7 @@ def check_history(
 def _check_places(history: list[Operation], orders: list[asyncpg.Record]) -> list[Finding]:
     by_key: dict[str, list[asyncpg.Record]] = collections.defaultdict(list)
     for order in orders:
-        by_key[(order["sku"] or "").removeprefix(SKU_PREFIX)].append(order)
+        by_key[(order["correlation_id"] or "").removeprefix(STORY_PREFIX)].append(order)
     findings = []
     places = {operation.key: operation for operation in history if operation.kind is Kind.PLACE}
     for key, operation in places.items():
@@ -98,7 +93,9 @@ def _check_places(history: list[Operation], orders: list[asyncpg.Record]) -> lis
         elif outcome is Outcome.FAILED and found:
             findings.append(Finding(Anomaly.PHANTOM, f"place {key} failed, yet placed {found[0]['id']}"))
     findings += [
-        Finding(Anomaly.PHANTOM, f"order {order['id']} ({order['sku']}) was placed by no operation")
+        Finding(
+            Anomaly.PHANTOM, f"order {order['id']} ({order['correlation_id']}) was placed by no operation"
+        )
         for key, found in by_key.items()
         if key not in places
         for order in found

@@ -68,11 +68,11 @@ class Operation:
 
     kind: Kind
     customer: int  # index into the run's customers
-    # For an order, its Idempotency-Key, which its item's SKU carries too (chaos-<key>): the order
+    # For an order, its Idempotency-Key, which its correlation id carries too (chaos-<key>): the order
     # it placed can be found in the database even when no answer said which it was.
     key: str
     started_at: float  # seconds into the run
-    total_cents: int = 0  # what an order asked for
+    total_cents: int = 0  # what an order must come to: its product's price in the catalogue
     order_id: str | None = None  # the order placed (from an ok answer), or the one cancelled
     answer: dict[str, Any] | None = None  # the body of the ok answer
     attempts: list[Attempt] = dataclasses.field(default_factory=list)

@@ -1,12 +1,15 @@
 """The clients: a steady load of orders and cancels through both gateways, every operation recorded.
 
-Customers are made before the faults begin: most with room for every order they will place, a few
-with a small credit limit, so that their orders are rejected for credit until a cancel frees some.
-Then workers take turns at a steady rate (a closed loop: when answers are slow, the rate drops
+Before the faults begin, an admin stocks a catalogue of the run's own (products at prices drawn from
+PRICE_CENTS) and gives the customers their credit limits: most with room for every order they will
+place, a few with a small limit, so that their orders are rejected for credit until a cancel frees
+some. Then workers take turns at a steady rate (a closed loop: when answers are slow, the rate drops
 rather than piling requests up), and each turn is one of
 
-    place   an order of one item whose SKU carries the operation's Idempotency-Key; now and then
-            followed at once by its cancel, which races the saga (a cancel that overtakes the create)
+    place   an order of one product of the catalogue (API version 2: a sku and a quantity, priced
+            by orders_service), whose X-Request-ID, and so the order's correlation id, carries the
+            operation's Idempotency-Key; now and then followed at once by its cancel, which races
+            the saga (a cancel that overtakes the create)
     cancel  an order placed earlier (approved, often: its credit is released)
 
 An attempt that got no definite answer is tried again, on the other gateway first, with the same
@@ -23,13 +26,20 @@ from typing import Any
 import aiohttp
 
 from chaos.history import Attempt, Kind, Operation, Outcome, classify_answer, classify_error
+from shared.api_versions import CURRENT_PREFIX
+from shared.http import REQUEST_ID_HEADER
+from users_service.config import MAX_CREDIT_LIMIT_CENTS
 
 PASSWORD = "chaos-monkey-password"
 ROOMY_CUSTOMERS = 8
 TIGHT_CUSTOMERS = 4
-ROOMY_LIMIT_CENTS = 10_000_000  # the contract's largest
+ROOMY_LIMIT_CENTS = MAX_CREDIT_LIMIT_CENTS  # the contract's largest
 TIGHT_LIMIT_CENTS = 4_000
+PRODUCTS = 12
 PRICE_CENTS = (100, 2_500)
+# Each order's correlation id is this and its operation's key: its order is found by it, whatever
+# the answer was, or whether one came at all (chaos/check.py).
+STORY_PREFIX = "chaos-"
 CANCEL_AT_ONCE = 0.15  # of orders placed: cancelled right after, racing the saga
 CANCEL_LATER = 0.15  # of turns: a cancel of an earlier order instead of a new one
 # Shorter than the longest freeze, and than the gateway's own upstream timeout: a client often gives up
@@ -47,25 +57,55 @@ class Customer:
     headers: dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True)
+class Product:
+    sku: str
+    price_cents: int
+
+
+async def _expect(response: aiohttp.ClientResponse, status: set[int], doing: str) -> Any:
+    """The answer's JSON, or the run ends before any fault: nothing of the set-up may fail."""
+    if response.status not in status:
+        raise RuntimeError(f"{doing}: {response.status} {await response.text()}")
+    return await response.json()
+
+
+async def stock_catalogue(
+    http: aiohttp.ClientSession, gateways: list[str], rng: random.Random, admin: dict[str, str]
+) -> list[Product]:
+    """The run's products, put into the catalogue by an admin through the gateways in turn."""
+    products = []
+    for index in range(PRODUCTS):
+        product = Product(f"CHAOS-{index:02d}", rng.randint(*PRICE_CENTS))
+        body = {"name": f"Chaos product {index}", "price_cents": product.price_cents, "active": True}
+        url = f"{gateways[index % len(gateways)]}{CURRENT_PREFIX}/products/{product.sku}"
+        async with http.put(url, json=body, headers=admin) as response:
+            await _expect(response, {200, 201}, f"stocking {product.sku}")
+        products.append(product)
+    return products
+
+
 async def make_customers(
-    http: aiohttp.ClientSession, gateways: list[str], rng: random.Random
+    http: aiohttp.ClientSession, gateways: list[str], rng: random.Random, admin: dict[str, str]
 ) -> list[Customer]:
-    """Registered and signed in through the gateways in turn, before any fault."""
+    """Registered (with the policy's limit), given their limit by an admin, and signed in, through
+    the gateways in turn, before any fault."""
     limits = [ROOMY_LIMIT_CENTS] * ROOMY_CUSTOMERS + [TIGHT_LIMIT_CENTS] * TIGHT_CUSTOMERS
     customers = []
     for index, limit in enumerate(limits):
-        gateway = gateways[index % len(gateways)]
+        gateway = f"{gateways[index % len(gateways)]}{CURRENT_PREFIX}"
         email = f"chaos-{index}-{rng.getrandbits(48):012x}@example.com"
-        body = {"email": email, "name": f"Chaos {index}", "password": PASSWORD, "credit_limit_cents": limit}
-        async with http.post(f"{gateway}/api/users", json=body) as response:
-            if response.status != 201:
-                raise RuntimeError(f"registering a customer: {response.status} {await response.text()}")
-            user_id = (await response.json())["id"]
+        body = {"email": email, "name": f"Chaos {index}", "password": PASSWORD}
+        async with http.post(f"{gateway}/users", json=body) as response:
+            user_id = (await _expect(response, {201}, "registering a customer"))["id"]
+        change = {"credit_limit_cents": limit}
+        async with http.put(
+            f"{gateway}/users/{user_id}/credit-limit", json=change, headers=admin
+        ) as response:
+            await _expect(response, {200}, "setting a customer's credit limit")
         sign_in = {"email": email, "password": PASSWORD}
-        async with http.post(f"{gateway}/api/auth/token", json=sign_in) as response:
-            if response.status != 200:
-                raise RuntimeError(f"signing a customer in: {response.status} {await response.text()}")
-            token = (await response.json())["access_token"]
+        async with http.post(f"{gateway}/auth/token", json=sign_in) as response:
+            token = (await _expect(response, {200}, "signing a customer in"))["access_token"]
         customers.append(Customer(index, user_id, limit, {"Authorization": f"Bearer {token}"}))
     return customers
 
@@ -82,12 +122,15 @@ class Clients:
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at
 
-    async def place(self, customer: Customer, total_cents: int, key: str, prefer: int) -> Operation:
-        operation = Operation(Kind.PLACE, customer.index, key, self.elapsed(), total_cents=total_cents)
+    async def place(self, customer: Customer, product: Product, key: str, prefer: int) -> Operation:
+        """One of `product`, whose price is what the order must come to."""
+        operation = Operation(
+            Kind.PLACE, customer.index, key, self.elapsed(), total_cents=product.price_cents
+        )
         self.history.append(operation)
-        body = {"items": [{"sku": f"chaos-{key}", "quantity": 1, "unit_price_cents": total_cents}]}
-        headers = {**customer.headers, "Idempotency-Key": key}
-        answer = await self._attempt(operation, "/api/orders", headers, body, prefer)
+        body = {"items": [{"sku": product.sku, "quantity": 1}]}
+        headers = {**customer.headers, "Idempotency-Key": key, REQUEST_ID_HEADER: f"{STORY_PREFIX}{key}"}
+        answer = await self._attempt(operation, f"{CURRENT_PREFIX}/orders", headers, body, prefer)
         if answer is not None:
             operation.order_id = answer["id"]
         return operation
@@ -95,7 +138,8 @@ class Clients:
     async def cancel(self, customer: Customer, order_id: str, prefer: int) -> Operation:
         operation = Operation(Kind.CANCEL, customer.index, order_id, self.elapsed(), order_id=order_id)
         self.history.append(operation)
-        await self._attempt(operation, f"/api/orders/{order_id}/cancel", customer.headers, None, prefer)
+        path = f"{CURRENT_PREFIX}/orders/{order_id}/cancel"
+        await self._attempt(operation, path, customer.headers, None, prefer)
         return operation
 
     async def _attempt(
@@ -139,6 +183,7 @@ class Load:
 
     clients: Clients
     customers: list[Customer]
+    catalogue: list[Product]
     rng: random.Random
     rate: float
     until: float
@@ -164,7 +209,7 @@ class Load:
             # Everything random about a turn is drawn at once, in turn order: the same seed, the
             # same sequence of choices.
             customer = self.rng.choice(self.customers)
-            price = self.rng.randint(*PRICE_CENTS)
+            product = self.rng.choice(self.catalogue)
             key = uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
             prefer = self.rng.randrange(2)
             cancel_later, cancel_at_once = (
@@ -176,7 +221,7 @@ class Load:
                 owner, order_id = self.placed[earlier]
                 await self.clients.cancel(owner, order_id, prefer)
                 continue
-            placed = await self.clients.place(customer, price, key, prefer)
+            placed = await self.clients.place(customer, product, key, prefer)
             if placed.order_id is None:
                 continue
             self.placed.append((customer, placed.order_id))

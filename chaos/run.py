@@ -25,7 +25,7 @@ import orjson
 from chaos.check import Anomaly, Decisions, Finding, check_history, decision_times, placed_orders
 from chaos.faults import FaultKind, Injector, plan
 from chaos.history import Kind, Operation, Outcome
-from chaos.load import Clients, Load, make_customers
+from chaos.load import Clients, Load, make_customers, stock_catalogue
 from chaos.system import PROCESSES, running_system
 from devstack.invariants import in_flight, is_settled, state_once, violations
 from devstack.keys import make_key_pair
@@ -145,11 +145,16 @@ async def chaos_run(
         connector = aiohttp.TCPConnector(limit=2 * WORKERS)
         async with aiohttp.ClientSession(connector=connector) as http:
             rng = random.Random(f"{settings.seed}/load")
-            customers = await make_customers(http, system.gateways, rng)
+            # An admin's token, of the stack's own key pair: as an operator-made admin would have.
+            admin = keys.admin_headers()
+            catalogue = await stock_catalogue(http, system.gateways, rng, admin)
+            customers = await make_customers(http, system.gateways, rng, admin)
             started_at = time.monotonic()
             clients = Clients(http, system.gateways, started_at)
             injector = Injector(system, started_at, out)
-            load = Load(clients, customers, rng, settings.rate, until=started_at + settings.duration)
+            load = Load(
+                clients, customers, catalogue, rng, settings.rate, until=started_at + settings.duration
+            )
             # A fault that cannot be undone (a process that does not start again) ends the run.
             async with asyncio.TaskGroup() as run:
                 run.create_task(load.run(WORKERS))

@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
+from demo.admin import MAKE_DEV_DATABASE_URL
 from demo.scenario import Settings, run
 from demo.steps import DemoFailed
 from shared.config import OperatorConfig
@@ -14,6 +15,8 @@ from shared.config import OperatorConfig
 DEFAULT_GATEWAY_URL = "http://localhost:8080"
 # The operator's default, so that `make demo` finds the broker `make dev` uses, as the tools' user.
 DEFAULT_RABBITMQ_URL: str = OperatorConfig.default_of("RABBITMQ_OPERATOR_URL")
+# users_service's own default, so that the operator's command finds the database `make dev` uses.
+DEFAULT_USERS_DATABASE_URL = MAKE_DEV_DATABASE_URL
 DEFAULT_TIMEOUT = 30.0
 # Narrower, and the outcome column wraps every few words.
 MIN_WIDTH = 100
@@ -43,6 +46,12 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
         " (env RABBITMQ_OPERATOR_URL; default: make dev's)",
     )
     parser.add_argument(
+        "--users-database-url",
+        default=environ.get("DATABASE_URL", DEFAULT_USERS_DATABASE_URL),
+        help="users_service's database, for the operator's command that makes the demo's admin"
+        " (python -m users_service.admin; env DATABASE_URL, its own setting; default: make dev's)",
+    )
+    parser.add_argument(
         "--flow-url",
         default=environ.get("FLOW_URL"),
         help="the flow page's address as your browser reaches it, for the link printed at the end "
@@ -60,6 +69,7 @@ def parse_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Se
         gateway_url=gateway_url,
         rabbitmq_url=arguments.rabbitmq_url,
         flow_url=arguments.flow_url or f"{gateway_url}/flow",
+        users_database_url=arguments.users_database_url,
         timeout=arguments.timeout,
     )
 

@@ -17,7 +17,8 @@ T = TypeVar("T")
 COLUMNS = (
     Column("#", 2, align_right=True),
     Column("step", 32),
-    Column("request", 29),
+    # The longest request: PUT /api/v2/users/{id}/credit-limit, python -m users_service.admin grant.
+    Column("request", 36),
     Column("outcome", None),
     Column("ms", 5, align_right=True),
 )

@@ -11,6 +11,7 @@ hold other things.
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import tempfile
@@ -35,11 +36,14 @@ async def throwaway_stack(work_dir: Path) -> AsyncIterator[Stack]:
 async def up(work_dir: Path) -> int:
     async with throwaway_stack(work_dir) as stack:
         operator = stack.broker.operator_url
+        users_database = users_database_url(stack)
         print(
             f"\nThe system is up: the gateway on {stack.url} (the flow page: {stack.url}/flow)\n"
             f"The broker, as the operator (the demo's poison message, make dlq): {operator}\n"
+            f"users_service's database (python -m users_service.admin, the demo's admin): {users_database}\n"
             f"Logs in {work_dir}\n\n"
-            f"Try: make demo DEMO_ARGS='--gateway-url {stack.url} --rabbitmq-url {operator}'\n"
+            f"Try: make demo DEMO_ARGS='--gateway-url {stack.url} --rabbitmq-url {operator} "
+            f"--users-database-url {users_database}'\n"
             "Ctrl-C stops it and removes everything.",
             flush=True,
         )
@@ -52,6 +56,12 @@ async def up(work_dir: Path) -> int:
     return 0
 
 
+def users_database_url(stack: Stack) -> str:
+    """users_service's database, as the service signs in to it: what the operator's command for roles
+    (python -m users_service.admin) uses, and so the demo, to make its admin."""
+    return stack.env["users_service"]["DATABASE_URL"]
+
+
 async def demo(work_dir: Path) -> int:
     async with throwaway_stack(work_dir) as stack:
         tour = await asyncio.create_subprocess_exec(
@@ -62,6 +72,8 @@ async def demo(work_dir: Path) -> int:
             stack.url,
             "--rabbitmq-url",
             stack.broker.operator_url,
+            # users_service's own setting, which the demo hands on to the operator's command.
+            env={**os.environ, "DATABASE_URL": users_database_url(stack)},
         )
         return await tour.wait()
 

@@ -9,6 +9,7 @@ loses an order. Run by `make test-compose` (tests/compose/run.py), which starts 
 import asyncio
 import collections
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -17,17 +18,46 @@ import aiohttp
 import pytest
 
 from devstack.waiting import eventually
+from shared.api_versions import DEPRECATED
+from tests.compose.api import (
+    FINAL,
+    User,
+    api,
+    final_order,
+    me,
+    new_admin,
+    new_product,
+    new_user,
+    place_order,
+    set_credit_limit,
+    signed_in,
+)
 from tests.compose.conftest import PROJECT, ROOT, containers, docker_compose
 from tests.dead_letter_probes import (
     assert_dead_lettered_after_the_limit,
     assert_every_listing_showed_every_letter,
 )
-from tests.e2e.api import FINAL, User, final_order, me, new_user, place_order
+from users_service.config import UsersConfig
 
 LONG_RUNNING = ("postgres", "rabbitmq", "users_service", "orders_service", "gateway")
 APPLICATION = ("users_service", "orders_service", "gateway")
 ONE_SHOTS = ("keygen", "broker-setup")
 APP_USER = "10001:10001"  # deploy/Dockerfile's USER
+# What compose leaves the policy at: every new user's credit limit.
+NEW_USER_CREDIT_LIMIT_CENTS: int = UsersConfig.default_of("NEW_USER_CREDIT_LIMIT_CENTS")
+
+
+@pytest.fixture(scope="module")
+async def admin_email(gateway_url: str) -> str:
+    """One admin for the module's tests, made by the operator's command in a container of the tools."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        return (await new_admin(http, gateway_url)).email
+
+
+@pytest.fixture
+async def admin(http: aiohttp.ClientSession, gateway_url: str, admin_email: str) -> User:
+    """That admin, signed in afresh for each test: a token outlives no test, however long the run."""
+    return await signed_in(http, gateway_url, admin_email)
 
 
 # --- the stack as compose made it ---------------------------------------------------------------
@@ -89,19 +119,25 @@ async def test_readiness_reports_each_upstream(http: aiohttp.ClientSession, gate
         assert response.status == 200
 
 
-async def test_the_walkthrough_register_sign_in_order_approved_cancel(
-    http: aiohttp.ClientSession, gateway_url: str
+async def test_the_walkthrough_catalogue_register_sign_in_order_approved_cancel(
+    http: aiohttp.ClientSession, gateway_url: str, admin: User
 ) -> None:
-    user = await new_user(http, gateway_url, credit_limit_cents=50_000)
-    assert (await me(http, gateway_url, user))["id"] == user.id
-    order = await place_order(http, gateway_url, user, 2_500)
-    assert order["status"] == "PENDING"
+    async with http.get(f"{api(gateway_url)}/products") as response:  # no token needed to look
+        assert response.status == 200, await response.text()
+        assert "PIANO" in {product["sku"] for product in (await response.json())["items"]}
+    user = await new_user(http, gateway_url)
+    account = await me(http, gateway_url, user)
+    assert (account["id"], account["credit_limit_cents"]) == (user.id, NEW_USER_CREDIT_LIMIT_CENTS)
+    sku = await new_product(http, gateway_url, admin, 1_250)
+    order = await place_order(http, gateway_url, user, sku, quantity=2)
+    assert (order["status"], order["total_cents"]) == ("PENDING", 2_500), "priced from the catalogue"
+    assert order["items"] == [{"sku": sku, "quantity": 2, "unit_price_cents": 1_250}]
     approved = await final_order(http, gateway_url, user, order["id"])
     assert approved["status"] == "APPROVED"
     assert (await me(http, gateway_url, user))["credit_used_cents"] == 2_500
-    async with http.get(f"{gateway_url}/api/orders?status=APPROVED", headers=user.headers) as response:
+    async with http.get(f"{api(gateway_url)}/orders?status=APPROVED", headers=user.headers) as response:
         assert [listed["id"] for listed in (await response.json())["items"]] == [order["id"]]
-    async with http.post(f"{gateway_url}/api/orders/{order['id']}/cancel", headers=user.headers) as response:
+    async with http.post(f"{api(gateway_url)}/orders/{order['id']}/cancel", headers=user.headers) as response:
         assert response.status == 202
         assert (await response.json())["status"] == "CANCELLED"
 
@@ -112,19 +148,24 @@ async def test_the_walkthrough_register_sign_in_order_approved_cancel(
 
 
 async def test_bad_requests_get_problems(http: aiohttp.ClientSession, gateway_url: str) -> None:
-    async with http.get(f"{gateway_url}/api/users/me") as response:
+    async with http.get(f"{api(gateway_url)}/users/me") as response:
         assert response.status == 401
         assert response.content_type == "application/problem+json"
         assert "WWW-Authenticate" in response.headers
-    async with http.get(f"{gateway_url}/api/nowhere") as response:
+    async with http.get(f"{api(gateway_url)}/nowhere") as response:
         assert response.status == 404
         assert response.content_type == "application/problem+json"
     user = await new_user(http, gateway_url)
-    body = {"items": [{"sku": "not valid!", "quantity": 0, "unit_price_cents": 100}]}
-    async with http.post(f"{gateway_url}/api/orders", json=body, headers=user.headers) as response:
+    body = {"items": [{"sku": "not valid!", "quantity": 0}]}
+    async with http.post(f"{api(gateway_url)}/orders", json=body, headers=user.headers) as response:
         assert response.status == 422
         problem = await response.json()
     assert {entry["pointer"] for entry in problem["errors"]} == {"#/items/0/sku", "#/items/0/quantity"}
+    body = {"items": [{"sku": "NOT-IN-THE-CATALOGUE", "quantity": 1}]}
+    async with http.post(f"{api(gateway_url)}/orders", json=body, headers=user.headers) as response:
+        assert response.status == 422
+        problem = await response.json()
+    assert problem["errors"] == [{"pointer": "#/items/0/sku", "detail": "is not in the catalogue"}]
 
 
 async def test_a_request_id_is_in_the_logs_of_every_container_it_crossed(
@@ -133,7 +174,7 @@ async def test_a_request_id_is_in_the_logs_of_every_container_it_crossed(
     user = await new_user(http, gateway_url)
     chosen = f"compose-{uuid.uuid4().hex[:12]}"
     async with http.get(
-        f"{gateway_url}/api/users/me", headers={**user.headers, "X-Request-ID": chosen}
+        f"{api(gateway_url)}/users/me", headers={**user.headers, "X-Request-ID": chosen}
     ) as response:
         assert response.status == 200
         assert response.headers["X-Request-ID"] == chosen
@@ -150,21 +191,107 @@ async def test_a_request_id_is_in_the_logs_of_every_container_it_crossed(
 # --- the saga across the containers -------------------------------------------------------------
 
 
-async def test_approved_rejected_and_cancelled_orders(http: aiohttp.ClientSession, gateway_url: str) -> None:
-    user = await new_user(http, gateway_url, credit_limit_cents=5_000)
-    approved = await place_order(http, gateway_url, user, 3_000)
+async def test_approved_rejected_and_cancelled_orders(
+    http: aiohttp.ClientSession, gateway_url: str, admin: User
+) -> None:
+    user = await new_user(http, gateway_url)
+    await set_credit_limit(http, gateway_url, admin, user, 5_000)
+    approved = await place_order(http, gateway_url, user, await new_product(http, gateway_url, admin, 3_000))
     assert (await final_order(http, gateway_url, user, approved["id"]))["status"] == "APPROVED"
-    too_much = await place_order(http, gateway_url, user, 2_001)
+    too_much = await place_order(http, gateway_url, user, await new_product(http, gateway_url, admin, 2_001))
     rejected = await final_order(http, gateway_url, user, too_much["id"])
     assert (rejected["status"], rejected["rejection_reason"]) == ("REJECTED", "insufficient_credit")
     await assert_credit_matches_approved_orders(http, gateway_url, [user])
 
 
-async def test_fifty_concurrent_orders_never_over_reserve(
-    http: aiohttp.ClientSession, gateway_url: str
+async def test_an_admin_made_by_the_operator_raises_a_limit_and_the_refused_order_goes_through(
+    http: aiohttp.ClientSession, gateway_url: str, admin: User
 ) -> None:
-    user = await new_user(http, gateway_url, credit_limit_cents=10_000)
-    orders = await asyncio.gather(*(place_order(http, gateway_url, user, 700) for _ in range(50)))
+    user = await new_user(http, gateway_url)
+    dear = await new_product(http, gateway_url, admin, NEW_USER_CREDIT_LIMIT_CENTS + 1)
+    refused = await final_order(
+        http, gateway_url, user, (await place_order(http, gateway_url, user, dear))["id"]
+    )
+    assert (refused["status"], refused["rejection_reason"]) == ("REJECTED", "insufficient_credit")
+    raise_it = {"credit_limit_cents": NEW_USER_CREDIT_LIMIT_CENTS + 1}
+    async with http.put(
+        f"{api(gateway_url)}/users/{user.id}/credit-limit", json=raise_it, headers=user.headers
+    ) as response:
+        assert response.status == 403, "only an admin changes a credit limit"
+        assert (await response.json())["type"] == "urn:eda-reference:problem:forbidden"
+    changed = await set_credit_limit(http, gateway_url, admin, user, NEW_USER_CREDIT_LIMIT_CENTS + 1)
+    assert changed["credit_limit_cents"] == NEW_USER_CREDIT_LIMIT_CENTS + 1
+    again = await final_order(
+        http, gateway_url, user, (await place_order(http, gateway_url, user, dear))["id"]
+    )
+    assert again["status"] == "APPROVED"
+    await assert_credit_matches_approved_orders(http, gateway_url, [user])
+
+
+async def test_version_1_still_answers_and_says_on_every_answer_that_it_is_deprecated(
+    http: aiohttp.ClientSession, gateway_url: str, admin: User
+) -> None:
+    user = await new_user(http, gateway_url)
+    sku = await new_product(http, gateway_url, admin, 999)
+    placed = {"items": [{"sku": sku, "quantity": 1, "unit_price_cents": 999}]}
+    async with http.post(f"{gateway_url}/api/orders", json=placed, headers=user.headers) as response:
+        assert response.status == 202, await response.text()
+        assert response.headers["Location"].startswith("/api/orders/")
+        assert {name: response.headers.get(name) for name in DEPRECATED.headers()} == DEPRECATED.headers()
+        order = await response.json()
+    wrong = {"items": [{"sku": sku, "quantity": 1, "unit_price_cents": 998}]}
+    async with http.post(f"{gateway_url}/api/orders", json=wrong, headers=user.headers) as response:
+        assert response.status == 422
+        assert [error["pointer"] for error in (await response.json())["errors"]] == [
+            "#/items/0/unit_price_cents"
+        ]
+        assert {name: response.headers.get(name) for name in DEPRECATED.headers()} == DEPRECATED.headers()
+    # The gateway's own refusals too: no token, no service asked.
+    async with http.get(f"{gateway_url}/api/users/me") as response:
+        assert response.status == 401
+        assert {name: response.headers.get(name) for name in DEPRECATED.headers()} == DEPRECATED.headers()
+    async with http.get(f"{api(gateway_url)}/users/me", headers=user.headers) as response:
+        assert response.status == 200
+        assert not {"Deprecation", "Sunset"} & set(response.headers), "version 2 is not deprecated"
+    # One system behind both versions: the order placed on version 1 is read on version 2.
+    assert (await final_order(http, gateway_url, user, order["id"]))["status"] == "APPROVED"
+
+
+async def test_make_demo_compose_tells_its_whole_story_from_the_tools_container(gateway_url: str) -> None:
+    """As `make demo-compose` runs it: in a container of the tools, inside the compose network, with
+    the tools' broker user and users_service's database (for the operator's command that makes the
+    demo's admin)."""
+    output = await docker_compose(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "-e",
+        "GATEWAY_URL=http://gateway:8080",
+        "-e",
+        f"FLOW_URL={gateway_url}/flow",
+        # Wide enough that no cell wraps: one line per row, to be read back.
+        "-e",
+        "COLUMNS=400",
+        "tools",
+        "python",
+        "-m",
+        "demo",
+        within=180,
+    )
+    steps = re.search(r"All (\d+) steps ended as expected\.", output)
+    assert steps, output
+    assert "An operator makes Carol an admin" in output
+    assert "users.credit.limit_changed from users_service" in output
+
+
+async def test_fifty_concurrent_orders_never_over_reserve(
+    http: aiohttp.ClientSession, gateway_url: str, admin: User
+) -> None:
+    user = await new_user(http, gateway_url)
+    await set_credit_limit(http, gateway_url, admin, user, 10_000)
+    sku = await new_product(http, gateway_url, admin, 700)
+    orders = await asyncio.gather(*(place_order(http, gateway_url, user, sku) for _ in range(50)))
     finals = [await final_order(http, gateway_url, user, order["id"]) for order in orders]
     assert sum(order["status"] == "APPROVED" for order in finals) == 10_000 // 700
     await assert_credit_matches_approved_orders(http, gateway_url, [user])
@@ -172,13 +299,14 @@ async def test_fifty_concurrent_orders_never_over_reserve(
 
 @pytest.mark.parametrize("service", ["orders_service", "users_service"])
 async def test_a_service_restarted_during_a_burst_of_orders_loses_none(
-    http: aiohttp.ClientSession, gateway_url: str, service: str
+    http: aiohttp.ClientSession, gateway_url: str, service: str, admin: User
 ) -> None:
     """`docker compose restart` in the middle of a stream of orders: the container gets SIGTERM,
     drains, and starts again. Every order, accepted before, during or after, reaches a final state."""
-    users = [await new_user(http, gateway_url, credit_limit_cents=20_000) for _ in range(3)]
+    users = [await new_user(http, gateway_url) for _ in range(3)]
+    sku = await new_product(http, gateway_url, admin, 300)
     started_at = (await containers())[service]["State"]["StartedAt"]
-    burst = Burst(http, gateway_url, users)
+    burst = Burst(http, gateway_url, users, sku)
     placing = asyncio.create_task(burst.run())
     try:
         await eventually(lambda: burst.has_accepted(10), within=30, what="10 orders before the restart")
@@ -213,8 +341,8 @@ class Burst:
     PACE = 0.02  # between one client's requests: a stream of orders, not a flood of retries
     AFTER_RESTART = 20
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, users: list[User]) -> None:
-        self.http, self.url, self.users = http, url, users
+    def __init__(self, http: aiohttp.ClientSession, url: str, users: list[User], sku: str) -> None:
+        self.http, self.url, self.users, self.sku = http, url, users, sku
         self.accepted: list[dict[str, Any]] = []
         self.refused: collections.Counter[int] = collections.Counter()
         self.restarted_at: int | None = None
@@ -236,8 +364,9 @@ class Burst:
                 f"{len(self.accepted)} orders accepted in {self.DEADLINE} s; refused: {dict(self.refused)}"
             )
             user = self.users[len(self.accepted) % len(self.users)]
-            body = {"items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 300 + len(self.accepted)}]}
-            async with self.http.post(f"{self.url}/api/orders", json=body, headers=user.headers) as response:
+            # Quantities that differ, so that the users' totals do too.
+            body = {"items": [{"sku": self.sku, "quantity": 1 + len(self.accepted) % 3}]}
+            async with self.http.post(f"{api(self.url)}/orders", json=body, headers=user.headers) as response:
                 if response.status == 202:
                     self.accepted.append({**(await response.json()), "owner": user})
                 else:
@@ -360,7 +489,7 @@ async def all_orders(http: aiohttp.ClientSession, url: str, user: User) -> list[
     cursor: str | None = None
     while True:
         query = f"?limit=100&cursor={cursor}" if cursor else "?limit=100"
-        async with http.get(f"{url}/api/orders{query}", headers=user.headers) as response:
+        async with http.get(f"{api(url)}/orders{query}", headers=user.headers) as response:
             assert response.status == 200, await response.text()
             page = await response.json()
         found += page["items"]
