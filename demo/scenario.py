@@ -484,12 +484,13 @@ class Demo:
 
 
 def deprecation(headers: Mapping[str, str]) -> str:
-    """The deprecation headers of a version 1 answer, as `Name: value` pairs; one missing fails the
-    step: a client of version 1 is to be told on every answer."""
+    """The deprecation headers of a version 1 answer, briefly (the Link by its target); one missing
+    fails the step: a client of version 1 is to be told on every answer."""
     missing = [name for name in DEPRECATION_HEADERS if name not in headers]
     if missing:
         raise StepFailed(f"a version 1 answer without {', '.join(missing)}")
-    return "; ".join(f"{name}: {headers[name]}" for name in DEPRECATION_HEADERS)
+    link_target = headers["Link"].split(";", 1)[0]
+    return f"Deprecation {headers['Deprecation']}, Sunset {headers['Sunset']}, Link {link_target}"
 
 
 async def run(

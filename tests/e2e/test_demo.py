@@ -29,7 +29,10 @@ MONEY = r"\d+\.\d\d"
 USER = "user [0-9a-f]{8}"
 ORDER = "order [0-9a-f]{8} PENDING"
 # What every answer of version 1 carries, values included (shared/api_versions.py).
-DEPRECATION = re.escape("; ".join(f"{name}: {value}" for name, value in DEPRECATED.headers().items()))
+DEPRECATION = re.escape(
+    f"Deprecation {DEPRECATED.headers()['Deprecation']}, Sunset {DEPRECATED.headers()['Sunset']}, "
+    f"Link <{DEPRECATED.migration_note}>"
+)
 # Each step of the scenario, in order: (step, request, outcome), as patterns on the cells. The users
 # get the policy's limit (NEW_USER_CREDIT_LIMIT_CENTS, 1000.00 by default); the orders name seeded
 # products (orders_service/migrations/004_products.sql), which orders_service prices.
