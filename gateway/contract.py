@@ -118,6 +118,9 @@ DEPRECATION_HEADERS = {
         "schema": {"type": "string", "example": DEPRECATED.headers()["Link"]},
     },
 }
+# The order in which /docs shows the operations: the catalogue and orders first, as a client meets
+# them; version 1 after every operation of version 2; health last.
+TAG_ORDER = ("products", "orders", "users", "auth", "admin", "v1 (deprecated)", "health")
 GATEWAY_RESPONSES = (
     "UpstreamFailure",
     "UriTooLong",
@@ -150,16 +153,21 @@ def public_contract() -> dict[str, Any]:
         },
         "servers": [{"url": "/", "description": "this gateway"}],
         "security": [{"bearerAuth": []}],
+        "tags": [],
         "paths": {},
         "components": {},
     }
+    tags: dict[str, dict[str, Any]] = {}
     for service in SERVICES:
         document = _bundled(service_contract_path(service))
+        for tag in document.get("tags", []):
+            tags.setdefault(tag["name"], tag)
         for path, item in document["paths"].items():
             if path not in GATEWAY_HEALTH:  # each service's own health; the gateway publishes its own
                 contract["paths"][path] = _with_edge_responses(item)
         _merge_components(contract["components"], document.get("components", {}))
     contract["paths"].update(copy.deepcopy(GATEWAY_HEALTH))
+    contract["tags"] = sorted(tags.values(), key=_tag_position)
     # What the gateway itself answers is described in the shared contract too.
     shared = yaml.safe_load(SHARED_HTTP_CONTRACT.read_text())["components"]
     responses = contract["components"].setdefault("responses", {})
@@ -169,6 +177,11 @@ def public_contract() -> dict[str, Any]:
     responses["BodyTimeout"] = copy.deepcopy(BODY_TIMEOUT)
     _document_deprecation(contract)
     return contract
+
+
+def _tag_position(tag: dict[str, Any]) -> int:
+    """Where a tag goes on /docs: as TAG_ORDER says, and a tag it does not name after the rest."""
+    return TAG_ORDER.index(tag["name"]) if tag["name"] in TAG_ORDER else len(TAG_ORDER)
 
 
 def _with_edge_responses(item: dict[str, Any]) -> dict[str, Any]:
