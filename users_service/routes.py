@@ -62,7 +62,7 @@ async def register(request: web.Request) -> web.Response:
         ) from None
     except HashingBusy as full:
         raise _hashing_busy(full) from None
-    return json_response(user_json(user), status=201, headers={"Location": f"/api/users/{user['id']}"})
+    return json_response(user_json(user), status=201, headers={"Location": f"{request.path}/{user['id']}"})
 
 
 @routes.post("/api/auth/token")

@@ -46,7 +46,7 @@ class TokenIssuer:
             "nbf": now,
             "exp": now + self.ttl_seconds,
             "jti": uuid.uuid4().hex,
-            ROLES_CLAIM: sorted(roles),
+            ROLES_CLAIM: sorted(set(roles)),
         }
         return jwt.encode(
             claims,

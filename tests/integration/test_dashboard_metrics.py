@@ -39,7 +39,7 @@ from orders_service.config import OrdersConfig
 from shared.config import Secret
 from shared.topology import EXCHANGE
 from tests.conftest import CreateDatabase
-from tests.integration.conftest import Client
+from tests.integration.conftest import Client, new_product
 from tests.observability import (
     GATEWAY,
     JOBS,
@@ -101,22 +101,23 @@ async def processes(
     return {GATEWAY: gateway, USERS: users, ORDERS: orders}
 
 
-async def approved_order(gateway: Client) -> str:
-    """Register, sign in and place an order through the gateway; wait until the saga approves it."""
+async def approved_order(gateway: Client, admin: dict[str, str]) -> str:
+    """Register, sign in and place an order through the gateway (of a product `admin` sells for
+    it); wait until the saga approves it."""
     email = f"metrics-{uuid.uuid4().hex[:8]}@example.com"
-    user = {"email": email, "name": "Grace", "password": "correct-horse", "credit_limit_cents": 100_000}
-    registered = await gateway.post("/api/users", json=user)
+    user = {"email": email, "name": "Grace", "password": "correct-horse"}
+    registered = await gateway.post("/api/v2/users", json=user)
     assert registered.status == 201, await registered.text()
-    signed_in = await gateway.post("/api/auth/token", json={"email": email, "password": "correct-horse"})
+    signed_in = await gateway.post("/api/v2/auth/token", json={"email": email, "password": "correct-horse"})
     assert signed_in.status == 200, await signed_in.text()
     auth = {"Authorization": f"Bearer {(await signed_in.json())['access_token']}"}
-    items = [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}]
-    placed = await gateway.post("/api/orders", json={"items": items}, headers=auth)
+    items = [{"sku": await new_product(gateway, admin, 1250), "quantity": 2}]
+    placed = await gateway.post("/api/v2/orders", json={"items": items}, headers=auth)
     assert placed.status == 202, await placed.text()
     order_id: str = (await placed.json())["id"]
 
     async def approved() -> bool:
-        response = await gateway.get(f"/api/orders/{order_id}", headers=auth)
+        response = await gateway.get(f"/api/v2/orders/{order_id}", headers=auth)
         status: str = (await response.json())["status"]
         assert status in {"PENDING", "APPROVED"}, f"the saga decided {status}"
         return status == "APPROVED"
@@ -148,8 +149,10 @@ def missing_metrics(expositions: dict[str, Exposition]) -> list[str]:
     return missing
 
 
-async def test_every_metric_the_dashboard_reads_is_exported_by_its_processes(processes: Processes) -> None:
-    await approved_order(processes[GATEWAY])
+async def test_every_metric_the_dashboard_reads_is_exported_by_its_processes(
+    processes: Processes, admin_headers: dict[str, str]
+) -> None:
+    await approved_order(processes[GATEWAY], admin_headers)
     expositions = await scrape_all(processes)
     assert not missing_metrics(expositions), "\n".join(missing_metrics(expositions))
     read_by_dashboard = series_used_by_dashboards() - PROMETHEUS_SERIES
@@ -157,8 +160,10 @@ async def test_every_metric_the_dashboard_reads_is_exported_by_its_processes(pro
     assert {SERIES[series] for series in read_by_dashboard} == set(METRICS)
 
 
-async def test_samples_carry_the_documented_labels_and_route_templates(processes: Processes) -> None:
-    order_id = await approved_order(processes[GATEWAY])
+async def test_samples_carry_the_documented_labels_and_route_templates(
+    processes: Processes, admin_headers: dict[str, str]
+) -> None:
+    order_id = await approved_order(processes[GATEWAY], admin_headers)
     expositions = await scrape_all(processes)
     for job, exposition in expositions.items():
         for name, metric in METRICS.items():
@@ -173,12 +178,14 @@ async def test_samples_carry_the_documented_labels_and_route_templates(processes
     order_routes = {
         sample.labels["route"] for sample in expositions[ORDERS].samples_of("http_requests_total")
     }
-    assert any(route.startswith("/api/orders/{") for route in order_routes), order_routes
+    assert any(route.startswith("/api/v2/orders/{") for route in order_routes), order_routes
     assert order_id not in str(order_routes)
 
 
-async def test_after_one_approved_order_the_counters_tell_its_story(processes: Processes) -> None:
-    await approved_order(processes[GATEWAY])
+async def test_after_one_approved_order_the_counters_tell_its_story(
+    processes: Processes, admin_headers: dict[str, str]
+) -> None:
+    await approved_order(processes[GATEWAY], admin_headers)
 
     async def told() -> bool:
         users, orders = await scrape(processes[USERS]), await scrape(processes[ORDERS])
@@ -281,11 +288,11 @@ def prometheus_installed() -> None:
 
 @pytest.fixture
 async def scraped(
-    prometheus_installed: None, processes: Processes, tmp_path: Path
+    prometheus_installed: None, processes: Processes, admin_headers: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[PrometheusApi]:
     """The real Prometheus, with deploy/observability's configuration and rules, scraping the three
     processes after one order went through them."""
-    await approved_order(processes[GATEWAY])
+    await approved_order(processes[GATEWAY], admin_headers)
     targets = {job: f"{client.host}:{client.port}" for job, client in processes.items()}
     async with (
         prometheus(config_for(targets, SCRAPE_INTERVAL), tmp_path) as url,

@@ -35,7 +35,7 @@ from gateway.flow.records import FlowRecord, Kind
 from gateway.flow.routes import FLOW_CONTENT_SECURITY_POLICY, FLOW_HUB, FLOW_TAP
 from shared.config import ConfigError, Secret
 from shared.topology import EXCHANGE
-from tests.integration.conftest import Client
+from tests.integration.conftest import Client, new_product
 from tests.support import TcpRelay, with_port
 
 PASSWORD = "correct-horse-battery"
@@ -157,20 +157,24 @@ class Customer:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-async def sign_up(gateway: Client, credit_limit_cents: int = 100_000) -> Customer:
+async def sign_up(gateway: Client) -> Customer:
+    """A new user, with the policy's credit limit (100000 cents: more than any order here costs)."""
     email = f"flow-{uuid.uuid4().hex[:10]}@example.com"
-    body = {"email": email, "name": "Flow", "password": PASSWORD, "credit_limit_cents": credit_limit_cents}
-    async with gateway.post("/api/users", json=body) as response:
+    body = {"email": email, "name": "Flow", "password": PASSWORD}
+    async with gateway.post("/api/v2/users", json=body) as response:
         assert response.status == 201, await response.text()
-    async with gateway.post("/api/auth/token", json={"email": email, "password": PASSWORD}) as response:
+    async with gateway.post("/api/v2/auth/token", json={"email": email, "password": PASSWORD}) as response:
         assert response.status == 200, await response.text()
         return Customer((await response.json())["access_token"])
 
 
-async def place_order(gateway: Client, customer: Customer, total_cents: int) -> tuple[str, str]:
-    """The new order's id and the X-Request-ID of the request that placed it."""
-    body = {"items": [{"sku": "FLOW-1", "quantity": 1, "unit_price_cents": total_cents}]}
-    async with gateway.post("/api/orders", json=body, headers=customer.headers) as response:
+async def place_order(
+    gateway: Client, customer: Customer, total_cents: int, admin: dict[str, str]
+) -> tuple[str, str]:
+    """The new order's id and the X-Request-ID of the request that placed it: one of a product that
+    `admin` sells at `total_cents` for it."""
+    body = {"items": [{"sku": await new_product(gateway, admin, total_cents), "quantity": 1}]}
+    async with gateway.post("/api/v2/orders", json=body, headers=customer.headers) as response:
         assert response.status == 202, await response.text()
         return (await response.json())["id"], response.headers["X-Request-ID"]
 
@@ -191,7 +195,7 @@ def has_events(stream: FlowStream, order_id: str) -> bool:
 
 
 async def test_an_order_placed_through_the_gateway_is_drawn_as_its_http_calls_and_events(
-    gateway: Client,
+    gateway: Client, admin_headers: dict[str, str]
 ) -> None:
     async with flow_stream(gateway) as stream:
         assert stream.response.content_type == "text/event-stream"
@@ -199,15 +203,15 @@ async def test_an_order_placed_through_the_gateway_is_drawn_as_its_http_calls_an
         assert stream.response.headers["X-Content-Type-Options"] == "nosniff"
         await stream.tap_connected()
         customer = await sign_up(gateway)
-        order_id, story = await place_order(gateway, customer, 2_500)
+        order_id, story = await place_order(gateway, customer, 2_500, admin_headers)
         approved = ("event.published", "orders.order.approved", "orders_service", "broker")
         await stream.until(lambda: approved in event_arrows(stream, order_id), what="the order approved")
 
         # The HTTP calls of the POST, each leg of them, all of one story.
-        placing = stream.find(correlation_id=story, path="/api/orders")
+        placing = stream.find(correlation_id=story, path="/api/v2/orders")
         assert [(r["kind"], r["from"], r["to"], r["label"].split(" · ")[0]) for r in placing] == [
-            ("http.request", "client", "gateway", "POST /api/orders"),
-            ("http.request", "gateway", "orders_service", "POST /api/orders"),
+            ("http.request", "client", "gateway", "POST /api/v2/orders"),
+            ("http.request", "gateway", "orders_service", "POST /api/v2/orders"),
             ("http.response", "orders_service", "gateway", "202"),
             ("http.response", "gateway", "client", "202"),
         ]
@@ -255,13 +259,15 @@ async def test_only_api_traffic_is_recorded(lone_gateway: Client) -> None:
     assert [record["status"] for record in stream.records] == [None, 404]
 
 
-async def test_no_token_or_password_ever_reaches_the_page(gateway: Client) -> None:
+async def test_no_token_or_password_ever_reaches_the_page(
+    gateway: Client, admin_headers: dict[str, str]
+) -> None:
     async with flow_stream(gateway) as stream:
         await stream.tap_connected()
         customer = await sign_up(gateway)
-        async with gateway.get("/api/users/me", headers=customer.headers) as response:
+        async with gateway.get("/api/v2/users/me", headers=customer.headers) as response:
             assert response.status == 200
-        order_id, _ = await place_order(gateway, customer, 100)
+        order_id, _ = await place_order(gateway, customer, 100, admin_headers)
         await stream.until(
             lambda: (
                 ("event.published", "orders.order.approved", "orders_service", "broker")
@@ -271,7 +277,9 @@ async def test_no_token_or_password_ever_reaches_the_page(gateway: Client) -> No
         )
     seen = bytes(stream.raw)
     assert stream.find(type="users.user.registered"), "the sign-up's event is there, with its envelope"
-    for secret in (customer.token, customer.token.split(".")[2], PASSWORD, "Bearer", "Authorization"):
+    admin_token = admin_headers["Authorization"].removeprefix("Bearer ")
+    tokens = [customer.token, customer.token.split(".")[2], admin_token, admin_token.split(".")[2]]
+    for secret in (*tokens, PASSWORD, "Bearer", "Authorization"):
         assert secret.encode() not in seen, secret
 
 
@@ -299,16 +307,17 @@ async def test_a_message_that_is_no_valid_event_is_drawn_with_the_reason_it_will
 
 
 async def test_every_gateway_has_a_bounded_exclusive_tap_queue_of_its_own(
-    gateway_with: GatewayFactory, servers: Servers, rabbitmq_url: str
+    gateway_with: GatewayFactory, servers: Servers, rabbitmq_url: str, admin_headers: dict[str, str]
 ) -> None:
     first, second = await gateway_with(), await gateway_with()
     async with flow_stream(first) as one, flow_stream(second) as other:
         await one.tap_connected()
         await other.tap_connected()
-        order_id, _ = await place_order(first, await sign_up(first), 100)
+        order_id, _ = await place_order(first, await sign_up(first), 100, admin_headers)
         for stream in (one, other):
             await stream.until(functools.partial(has_events, stream, order_id), what="the events, on each")
-        assert not other.find(path="/api/orders"), "HTTP calls are the gateway's own"
+        assert one.find(path="/api/v2/orders"), "the first gateway drew its HTTP calls"
+        assert not other.find(path="/api/v2/orders"), "HTTP calls are the gateway's own"
     queues = await list_queues(servers, rabbitmq_url)
     taps = {queues[app[FLOW_TAP].queue_name] for app in (first.app, second.app)}
     assert taps == {("classic", "true", "true", "false", "1000", "drop-head")}
@@ -361,7 +370,7 @@ async def test_streams_end_at_shutdown_without_holding_it_up(
 
 
 async def test_the_tap_comes_back_after_the_broker_connection_is_lost(
-    gateway_with: GatewayFactory, servers: Servers, rabbitmq_url: str
+    gateway_with: GatewayFactory, servers: Servers, rabbitmq_url: str, admin_headers: dict[str, str]
 ) -> None:
     relay = TcpRelay(servers.rabbitmq.host, servers.rabbitmq.amqp_port)
     await relay.start()
@@ -373,7 +382,7 @@ async def test_the_tap_comes_back_after_the_broker_connection_is_lost(
             relay.sever()  # a broken link, as when the broker dies: no goodbye on the connection
             await stream.until(lambda: "reconnecting" in stream.tap_states, what="the tap noticed")
             await stream.tap_connected()  # aio-pika reconnected and declared the queue again
-            order_id, _ = await place_order(gateway, await sign_up(gateway), 100)
+            order_id, _ = await place_order(gateway, await sign_up(gateway), 100, admin_headers)
             await stream.until(
                 lambda: (
                     ("event.published", "orders.order.approved", "orders_service", "broker")

@@ -10,13 +10,12 @@ from devstack.waiting import eventually
 from shared.app_keys import DB_POOL
 from shared.envelope import Envelope
 from shared.events import CreditReserved, OrderCreated
-from tests.integration.conftest import Client
+from tests.integration.conftest import Client, new_product
 from tests.support import publish_raw
 from tests.unit.event_samples import CAUSE
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-ORDER = {"items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 300}]}
 
 
 async def scrape(client: Client) -> Samples:
@@ -42,13 +41,14 @@ def until(client: Client, check: Callable[[Samples], bool]) -> Callable[[], Awai
 
 
 async def test_one_order_is_counted_at_every_step_of_its_saga(
-    users_client: Client, orders_client: Client, token_for: TokenFor
+    users_client: Client, orders_client: Client, token_for: TokenFor, admin_headers: dict[str, str]
 ) -> None:
     registered = await users_client.post(
-        "/api/users", json={"email": "metrics@example.com", "name": "Ada", "password": "long-enough"}
+        "/api/v2/users", json={"email": "metrics@example.com", "name": "Ada", "password": "long-enough"}
     )
     user_id = uuid.UUID((await registered.json())["id"])
-    placed = await orders_client.post("/api/orders", json=ORDER, headers=token_for(user_id))
+    order = {"items": [{"sku": await new_product(orders_client, admin_headers, 300), "quantity": 2}]}
+    placed = await orders_client.post("/api/v2/orders", json=order, headers=token_for(user_id))
     assert placed.status == 202
     order_id = (await placed.json())["id"]
 
@@ -59,13 +59,13 @@ async def test_one_order_is_counted_at_every_step_of_its_saga(
     orders = await scrape(orders_client)
     users = await scrape(users_client)
 
-    assert value(orders, "http_requests_total", method="POST", route="/api/orders", status="202") == 1
-    assert value(orders, "http_request_duration_seconds_count", method="POST", route="/api/orders") == 1
+    assert value(orders, "http_requests_total", method="POST", route="/api/v2/orders", status="202") == 1
+    assert value(orders, "http_request_duration_seconds_count", method="POST", route="/api/v2/orders") == 1
     assert value(orders, "events_published_total", type="orders.order.created") == 1
     assert value(orders, "events_consumed_total", type="users.credit.reserved") == 1
     assert value(orders, "saga_duration_seconds_count", outcome="APPROVED") == 1
     assert 0 < value(orders, "saga_duration_seconds_sum", outcome="APPROVED") < 10
-    assert value(users, "http_requests_total", method="POST", route="/api/users", status="201") == 1
+    assert value(users, "http_requests_total", method="POST", route="/api/v2/users", status="201") == 1
     assert value(users, "events_published_total", type="users.user.registered") == 1
     assert value(users, "events_consumed_total", type="orders.order.created") == 1
     assert value(users, "events_published_total", type="users.credit.reserved") == 1
@@ -78,7 +78,7 @@ async def test_one_order_is_counted_at_every_step_of_its_saga(
 
     await eventually(until(orders_client, caught_up), what="orders_service's outbox published")
 
-    cancelled = await orders_client.post(f"/api/orders/{order_id}/cancel", headers=token_for(user_id))
+    cancelled = await orders_client.post(f"/api/v2/orders/{order_id}/cancel", headers=token_for(user_id))
     assert cancelled.status == 202
     after_cancel = await scrape(orders_client)
     # Cancelling an APPROVED order is not the end of a saga: it had ended at APPROVED.

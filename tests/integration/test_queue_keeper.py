@@ -54,13 +54,8 @@ async def bound(servers: Servers, broker: Vhost, routing_key: str) -> bool:
 
 async def reserves_credit(users: Client, broker: Vhost) -> None:
     """An order for a registered user is consumed: credit is reserved for it."""
-    body = {
-        "email": "kept@example.com",
-        "name": "Kept",
-        "password": "correct-horse",
-        "credit_limit_cents": 500,
-    }
-    registered = await users.post("/api/users", json=body)
+    body = {"email": "kept@example.com", "name": "Kept", "password": "correct-horse"}
+    registered = await users.post("/api/v2/users", json=body)
     assert registered.status == 201, await registered.text()
     created = OrderCreated(uuid.uuid4(), uuid.UUID((await registered.json())["id"]), 100)
     envelope = Envelope.wrap(created, source="orders_service", cause=Cause("kept", "kept"))

@@ -16,7 +16,7 @@ from shared.app_keys import DB_POOL
 from shared.db import SHARED_MIGRATIONS, apply_migrations
 from shared.retention import prune_inbox, prune_published_outbox
 from tests.conftest import CreateDatabase
-from tests.integration.conftest import Client
+from tests.integration.conftest import Client, new_product
 from tests.support import publish_raw
 
 HOUR = datetime.timedelta(hours=1)
@@ -111,23 +111,17 @@ async def test_an_event_that_comes_again_after_its_inbox_row_was_pruned_changes_
     users_client: Client,
     orders_client: Client,
     token_for: Callable[[uuid.UUID], dict[str, str]],
+    admin_headers: dict[str, str],
     broker: Vhost,
 ) -> None:
     users_pool, orders_pool = users_client.app[DB_POOL], orders_client.app[DB_POOL]
     registered = await users_client.post(
-        "/api/users",
-        json={
-            "email": "late@example.com",
-            "name": "Late",
-            "password": "correct-horse",
-            "credit_limit_cents": 5000,
-        },
+        "/api/v2/users", json={"email": "late@example.com", "name": "Late", "password": "correct-horse"}
     )
     user_id = uuid.UUID((await registered.json())["id"])
+    tea = await new_product(orders_client, admin_headers, 1500)
     placed = await orders_client.post(
-        "/api/orders",
-        json={"items": [{"sku": "tea", "quantity": 2, "unit_price_cents": 1500}]},
-        headers=token_for(user_id),
+        "/api/v2/orders", json={"items": [{"sku": tea, "quantity": 2}]}, headers=token_for(user_id)
     )
     order_id = uuid.UUID((await placed.json())["id"])
 

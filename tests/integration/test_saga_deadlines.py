@@ -22,10 +22,8 @@ from orders_service.config import OrdersConfig
 from shared.app_keys import DB_POOL
 from shared.config import Secret
 from tests.conftest import CreateDatabase
-from tests.integration.conftest import Client
+from tests.integration.conftest import Client, new_product
 from users_service.tokens import TokenIssuer
-
-ORDER = {"items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 500}]}
 
 
 @pytest.fixture
@@ -41,9 +39,14 @@ async def orders_config(create_database: CreateDatabase, key_pair: KeyPair, brok
     )
 
 
-async def place(client: Client, issuer: TokenIssuer, request_id: str) -> dict[str, Any]:
+async def an_order_of_a_product(client: Client, admin: dict[str, str]) -> dict[str, Any]:
+    """The body of an order of one of a product of the test's own."""
+    return {"items": [{"sku": await new_product(client, admin, 500), "quantity": 1}]}
+
+
+async def place(client: Client, issuer: TokenIssuer, body: dict[str, Any], request_id: str) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {issuer.issue(uuid.uuid4())}", "X-Request-ID": request_id}
-    response = await client.post("/api/orders", json=ORDER, headers=headers)
+    response = await client.post("/api/v2/orders", json=body, headers=headers)
     assert response.status == 202, await response.text()
     order: dict[str, Any] = await response.json()
     return order
@@ -63,10 +66,15 @@ async def ends(pool: asyncpg.Pool, order_id: str, event_type: str) -> list[dict[
 
 
 async def test_an_order_nobody_answers_is_rejected_at_its_deadline_in_its_own_story(
-    orders_config: OrdersConfig, issuer: TokenIssuer, aiohttp_client: AiohttpClient
+    orders_config: OrdersConfig,
+    issuer: TokenIssuer,
+    admin_headers: dict[str, str],
+    aiohttp_client: AiohttpClient,
 ) -> None:
     client = await aiohttp_client(create_app(orders_config))
-    order = await place(client, issuer, "story-of-the-slow-order")
+    order = await place(
+        client, issuer, await an_order_of_a_product(client, admin_headers), "story-of-the-slow-order"
+    )
     pool = client.app[DB_POOL]
 
     async def rejected() -> list[dict[str, Any]] | None:
@@ -87,10 +95,14 @@ async def test_an_order_nobody_answers_is_rejected_at_its_deadline_in_its_own_st
 
 
 async def test_three_replicas_sweeping_together_reject_each_order_once(
-    orders_config: OrdersConfig, issuer: TokenIssuer, aiohttp_client: AiohttpClient
+    orders_config: OrdersConfig,
+    issuer: TokenIssuer,
+    admin_headers: dict[str, str],
+    aiohttp_client: AiohttpClient,
 ) -> None:
     replicas = [await aiohttp_client(create_app(orders_config)) for _ in range(3)]
-    placed = await asyncio.gather(*(place(replicas[n % 3], issuer, f"swept-{n}") for n in range(30)))
+    body = await an_order_of_a_product(replicas[0], admin_headers)  # one database: every replica sells it
+    placed = await asyncio.gather(*(place(replicas[n % 3], issuer, body, f"swept-{n}") for n in range(30)))
     pool = replicas[0].app[DB_POOL]
 
     async def all_decided() -> bool:
@@ -103,13 +115,19 @@ async def test_three_replicas_sweeping_together_reject_each_order_once(
 
 
 async def test_an_end_users_service_has_not_answered_is_announced_again_until_it_is(
-    orders_config: OrdersConfig, issuer: TokenIssuer, aiohttp_client: AiohttpClient
+    orders_config: OrdersConfig,
+    issuer: TokenIssuer,
+    admin_headers: dict[str, str],
+    aiohttp_client: AiohttpClient,
 ) -> None:
     client = await aiohttp_client(create_app(dataclasses.replace(orders_config, saga_deadline_seconds=0.5)))
     user = uuid.uuid4()
     headers = {"Authorization": f"Bearer {issuer.issue(user)}"}
-    order = await (await client.post("/api/orders", json=ORDER, headers=headers)).json()
-    assert (await client.post(f"/api/orders/{order['id']}/cancel", headers=headers)).status == 202
+    placed = await client.post(
+        "/api/v2/orders", json=await an_order_of_a_product(client, admin_headers), headers=headers
+    )
+    order = await placed.json()
+    assert (await client.post(f"/api/v2/orders/{order['id']}/cancel", headers=headers)).status == 202
     pool = client.app[DB_POOL]
 
     async def announced_again() -> bool:

@@ -31,6 +31,7 @@ from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.config import Secret
 from tests.conftest import CreateDatabase
+from tests.integration.conftest import new_product
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 
@@ -117,22 +118,24 @@ async def start_stack(
     return Stack(gateway=gateway, orders_database=orders_database)
 
 
-async def place_an_order_and_wait_for_approval(stack: Stack, aiohttp_client: AiohttpClient) -> str:
+async def place_an_order_and_wait_for_approval(
+    stack: Stack, aiohttp_client: AiohttpClient, admin: dict[str, str]
+) -> str:
     client: TestClient[web.Request, None] = await aiohttp_client(stack.gateway)
     email = f"trace-{uuid.uuid4().hex[:8]}@example.com"
     async with client.post(
-        "/api/users", json={"email": email, "name": "Ada", "password": PASSWORD}
+        "/api/v2/users", json={"email": email, "name": "Ada", "password": PASSWORD}
     ) as answer:
         assert answer.status == 201
-    async with client.post("/api/auth/token", json={"email": email, "password": PASSWORD}) as answer:
+    async with client.post("/api/v2/auth/token", json={"email": email, "password": PASSWORD}) as answer:
         headers = {"Authorization": f"Bearer {(await answer.json())['access_token']}"}
-    order = {"items": [{"sku": "tea", "quantity": 1, "unit_price_cents": 250}]}
-    async with client.post("/api/orders", json=order, headers=headers) as answer:
+    order = {"items": [{"sku": await new_product(client, admin, 250), "quantity": 1}]}
+    async with client.post("/api/v2/orders", json=order, headers=headers) as answer:
         assert answer.status == 202
         order_id: str = (await answer.json())["id"]
 
     async def approved() -> bool:
-        async with client.get(f"/api/orders/{order_id}", headers=headers) as answer:
+        async with client.get(f"/api/v2/orders/{order_id}", headers=headers) as answer:
             status: str = (await answer.json())["status"]
             return status == "APPROVED"
 
@@ -174,9 +177,11 @@ def an_order_approved(
     broker: Vhost,
     aiohttp_server: AiohttpServer,
     aiohttp_client: AiohttpClient,
+    admin_headers: dict[str, str],
 ) -> OrderApproved:
     """`await an_order_approved(tracing=...)`: the three apps started, one order placed through the
-    gateway and approved, with only its spans in the exporter."""
+    gateway and approved, with only the spans of the apps' work in the exporter (the order's trace,
+    and those of the calls that prepared it: the sign-up, the sign-in, the product it is of)."""
 
     async def run(*, tracing: bool) -> Stack:
         exporter.clear()
@@ -187,7 +192,7 @@ def an_order_approved(
             broker=broker,
             aiohttp_server=aiohttp_server,
         )
-        await place_an_order_and_wait_for_approval(stack, aiohttp_client)
+        await place_an_order_and_wait_for_approval(stack, aiohttp_client, admin_headers)
         return stack
 
     return run
@@ -200,9 +205,9 @@ async def test_one_order_is_one_trace_from_the_gateway_through_both_services(
     await an_order_approved(tracing=True)
 
     expected = [
-        ("gateway", SpanKind.SERVER, "POST /api/orders"),
+        ("gateway", SpanKind.SERVER, "POST /api/v2/orders"),
         ("gateway", SpanKind.CLIENT, "POST orders_service"),
-        ("orders_service", SpanKind.SERVER, "POST /api/orders"),
+        ("orders_service", SpanKind.SERVER, "POST /api/v2/orders"),
         ("orders_service", SpanKind.PRODUCER, "publish orders.order.created"),
         ("users_service", SpanKind.CONSUMER, "process orders.order.created"),
         ("users_service", SpanKind.PRODUCER, "publish users.credit.reserved"),
@@ -212,7 +217,7 @@ async def test_one_order_is_one_trace_from_the_gateway_through_both_services(
 
     def our_spans() -> list[tuple[str, SpanKind, str]]:
         trace_spans = spans_of_the_trace_of(
-            exporter.get_finished_spans(), scope="gateway", name="POST /api/orders", kind=SpanKind.SERVER
+            exporter.get_finished_spans(), scope="gateway", name="POST /api/v2/orders", kind=SpanKind.SERVER
         )
         return [(scope_of(span), span.kind, span.name) for span in trace_spans if scope_of(span) in SERVICES]
 
@@ -223,12 +228,12 @@ async def test_one_order_is_one_trace_from_the_gateway_through_both_services(
     await eventually(whole_trace_exported, what=f"the whole trace: {expected}")
 
     trace_spans = spans_of_the_trace_of(
-        exporter.get_finished_spans(), scope="gateway", name="POST /api/orders", kind=SpanKind.SERVER
+        exporter.get_finished_spans(), scope="gateway", name="POST /api/v2/orders", kind=SpanKind.SERVER
     )
     # One trace, one tree: every span but the gateway's first has its parent in the trace.
     ids = {span.context.span_id for span in trace_spans if span.context is not None}
     [root] = [span for span in trace_spans if span.parent is None]
-    assert (scope_of(root), root.name) == ("gateway", "POST /api/orders")
+    assert (scope_of(root), root.name) == ("gateway", "POST /api/v2/orders")
     assert all(span.parent.span_id in ids for span in trace_spans if span.parent is not None)
     # The services in the order the order travelled through them, and the database inside them.
     travelled = [scope for scope, _, _ in expected]

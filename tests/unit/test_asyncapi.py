@@ -27,9 +27,9 @@ from referencing.jsonschema import DRAFT202012
 from orders_service.handlers import handler_table
 from orders_service.metrics import SagaMetrics
 from shared import schemas
-from shared.bus_contract import CONTRACT
+from shared.bus_contract import CONTRACT, bus
 from shared.consumer import HandlerTable
-from shared.events import DECODERS, EVENT_TYPES
+from shared.events import DECODERS, EVENT_TYPES, CreditLimitChanged
 from shared.topology import EXCHANGE
 from tests.unit.event_samples import sample_envelope
 from users_service.handlers import HANDLERS
@@ -371,3 +371,30 @@ def test_a_document_that_is_not_asyncapi_3_0_is_caught() -> None:
         "operations/usersServicePublishes/action: 'publish' is not one of ['send', 'receive']"
         in spec_errors(document)
     )
+
+
+def _operations_with(document: dict[str, Any], version: Version) -> dict[str, str]:
+    """operation key -> its action, for each operation that has the message of `version`."""
+    return {
+        key: operation["action"]
+        for key, operation in document["operations"].items()
+        if version in _operation_messages(document, operation)
+    }
+
+
+def test_a_credit_limit_change_is_sent_by_users_service_received_by_none_and_watched_by_the_tap() -> None:
+    # An announcement for whoever keeps a view of users: no service acts on it (yet), so no service
+    # queue is bound for it, and the flow page shows it like every other event.
+    version = (CreditLimitChanged.TYPE, CreditLimitChanged.DATAVERSION)
+    assert version == ("users.credit.limit_changed", 1)
+    assert _operations_with(DOCUMENT, version) == {
+        "usersServicePublishes": "send",
+        "gatewayFlowTapReceives": "receive",
+    }
+    # The bus's contract, read from the document, says the same (and the broker's permissions are
+    # made from it: users_service may publish it).
+    contract = bus()
+    assert CreditLimitChanged.TYPE in contract.sends("users_service")
+    assert CreditLimitChanged.TYPE not in contract.receivers
+    assert contract.watchers == ("gateway",)
+    assert all(CreditLimitChanged not in table for table in HANDLED.values())

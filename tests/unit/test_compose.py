@@ -51,6 +51,10 @@ CONFIGS: dict[str, type[BaseConfig]] = {
     BROKER_SETUP: BrokerSetupConfig,
     TOOLS: OperatorConfig,
 }
+# The settings a container's other commands read, besides its config class's: the tools also run
+# the operator's command for the admin role (`python -m users_service.admin`), which reads
+# users_service's settings, for its database.
+ALSO_READ: dict[str, tuple[type[BaseConfig], ...]] = {TOOLS: (UsersConfig,)}
 LONG_RUNNING = ("postgres", "rabbitmq", *APP_SERVICES, *OBSERVABILITY_SERVICES)
 SERVICES_WITH_A_DATABASE = ("users_service", "orders_service")
 # The gateway too, for the flow page's tap on every event.
@@ -465,8 +469,16 @@ def test_the_services_share_one_image_built_from_the_dockerfile(compose: Compose
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_variable_a_service_is_given_is_one_its_config_reads(compose: Compose, name: str) -> None:
-    unread = set(environment(compose, name)) - settings_read_by(CONFIGS[name])
+    read = settings_read_by(CONFIGS[name]).union(*map(settings_read_by, ALSO_READ.get(name, ())))
+    unread = set(environment(compose, name)) - read
     assert not unread, f"{name} is given variables that nothing reads: {sorted(unread)}"
+
+
+def test_the_tools_grant_roles_in_users_service_s_own_database(compose: Compose) -> None:
+    tools = UsersConfig.from_env(container_environment(compose, TOOLS))
+    users = config_of(compose, "users_service")
+    assert isinstance(users, UsersConfig)
+    assert tools.database_url == users.database_url
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -130,3 +130,16 @@ def test_outside_development_the_gateway_refuses_the_flow_page_and_default_secre
     )
     assert configured.rate_limited
     assert not configured.flow_enabled
+
+
+def test_the_credit_limit_of_new_users_is_a_setting_bounded_as_an_admins_change_is() -> None:
+    assert UsersConfig.from_env({}).new_user_credit_limit_cents == 100_000
+    assert UsersConfig.from_env({"NEW_USER_CREDIT_LIMIT_CENTS": "0"}).new_user_credit_limit_cents == 0
+    assert (
+        UsersConfig.from_env({"NEW_USER_CREDIT_LIMIT_CENTS": "10000000"}).new_user_credit_limit_cents
+        == 10_000_000
+    )
+    with pytest.raises(ConfigError, match="NEW_USER_CREDIT_LIMIT_CENTS=-1 must not be negative"):
+        UsersConfig.from_env({"NEW_USER_CREDIT_LIMIT_CENTS": "-1"})
+    with pytest.raises(ConfigError, match="NEW_USER_CREDIT_LIMIT_CENTS must be within 0..10000000"):
+        UsersConfig.from_env({"NEW_USER_CREDIT_LIMIT_CENTS": "10000001"})

@@ -58,6 +58,62 @@ def test_order_items_are_bounded(items: list[dict[str, Any]], pointer: str) -> N
     assert [entry["pointer"] for entry in errors] == [pointer]
 
 
+@pytest.mark.parametrize(
+    ("items", "pointer"),
+    [
+        ([], "#/items"),
+        ([{"sku": "A", "quantity": 0}], "#/items/0/quantity"),
+        ([{"sku": "A", "quantity": 1001}], "#/items/0/quantity"),
+        ([{"sku": "A B", "quantity": 1}], "#/items/0/sku"),
+        ([{"sku": "A" * 65, "quantity": 1}], "#/items/0/sku"),
+        ([{"sku": "A"}], "#/items/0/quantity"),
+        ([{"sku": "A", "quantity": 1}] * 101, "#/items"),
+        # The catalogue prices an order in version 2: a price is no field of its items.
+        ([{"sku": "A", "quantity": 1, "unit_price_cents": 1}], "#/items/0/unit_price_cents"),
+    ],
+)
+def test_version_2_order_items_are_bounded_and_carry_no_price(
+    items: list[dict[str, Any]], pointer: str
+) -> None:
+    errors = body_errors("orders_service", "POST", "/api/v2/orders", {"items": items})
+    assert [entry["pointer"] for entry in errors] == [pointer]
+
+
+def test_version_2_registration_takes_no_credit_limit_and_version_1_still_does() -> None:
+    body = {"email": "ada@example.com", "name": "Ada", "password": "long enough", "credit_limit_cents": 5000}
+    assert body_errors("users_service", "POST", "/api/v2/users", body) == [
+        {"pointer": "#/credit_limit_cents", "detail": "is not an accepted field"}
+    ]
+    assert body_errors("users_service", "POST", "/api/users", body) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "pointer"),
+    [
+        ({"name": "", "price_cents": 1, "active": True}, "#/name"),
+        ({"name": "x" * 201, "price_cents": 1, "active": True}, "#/name"),
+        ({"name": "Mug", "price_cents": -1, "active": True}, "#/price_cents"),
+        ({"name": "Mug", "price_cents": 10_000_001, "active": True}, "#/price_cents"),
+        ({"name": "Mug", "price_cents": 1, "active": "yes"}, "#/active"),
+        ({"name": "Mug", "price_cents": 1}, "#/active"),
+        ({"name": "Mug", "price_cents": 1, "active": True, "sku": "OTHER"}, "#/sku"),
+    ],
+)
+def test_a_product_change_is_bounded(change: dict[str, Any], pointer: str) -> None:
+    errors = body_errors("orders_service", "PUT", "/api/v2/products/{sku}", change)
+    assert [entry["pointer"] for entry in errors] == [pointer]
+
+
+@pytest.mark.parametrize(
+    ("limit", "valid"), [(0, True), (10_000_000, True), (-1, False), (10_000_001, False), (1.5, False)]
+)
+def test_a_credit_limit_is_bounded(limit: object, valid: bool) -> None:
+    errors = body_errors(
+        "users_service", "PUT", "/api/v2/users/{id}/credit-limit", {"credit_limit_cents": limit}
+    )
+    assert [entry["pointer"] for entry in errors] == ([] if valid else ["#/credit_limit_cents"])
+
+
 def test_a_body_that_is_not_an_object_is_refused() -> None:
     assert body_errors("orders_service", "POST", "/api/orders", [1, 2]) == [
         {"pointer": "#/", "detail": "must be of type object"}

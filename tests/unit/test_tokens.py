@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from devstack.keys import KeyPair, make_key_pair
-from shared.auth import TokenVerifier, key_files, key_id, load_public_key
+from shared.auth import ADMIN, Principal, TokenVerifier, key_files, key_id, load_public_key
 from shared.problems import Problem
 from tests.conftest import AUDIENCE, ISSUER
 from users_service import keygen
@@ -35,10 +35,34 @@ def test_an_issued_token_verifies_to_its_subject(issuer: TokenIssuer, verifier: 
     user_id = uuid.uuid4()
     token = issuer.issue(user_id)
     assert jwt.get_unverified_header(token) == {"alg": "EdDSA", "typ": "at+jwt", "kid": issuer.key_id}
-    assert set(jwt.decode(token, options={"verify_signature": False})) == {
-        "iss", "aud", "sub", "iat", "nbf", "exp", "jti"
-    }  # fmt: skip
-    assert verifier.principal(token).user_id == user_id
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert set(claims) == {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "roles"}
+    assert claims["roles"] == []  # RFC 9068's claim, there even when it grants nothing
+    assert verifier.principal(token) == Principal(user_id, frozenset())
+
+
+def test_an_issued_token_carries_its_roles(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
+    user_id = uuid.uuid4()
+    token = issuer.issue(user_id, ["support", ADMIN])
+    assert jwt.decode(token, options={"verify_signature": False})["roles"] == [ADMIN, "support"]  # sorted
+    assert verifier.principal(token) == Principal(user_id, frozenset({ADMIN, "support"}))
+
+
+def test_a_token_without_a_roles_claim_grants_none(issuer: TokenIssuer, verifier: TokenVerifier) -> None:
+    assert verifier.principal(signed(issuer)).roles == frozenset()
+
+
+@pytest.mark.parametrize(
+    "roles",
+    ["admin", ["admin", 1], [["admin"]], {"admin": True}, None, 1],
+    ids=["a string", "a list with a number", "a nested list", "an object", "null", "a number"],
+)
+def test_a_roles_claim_that_is_not_a_list_of_strings_makes_the_token_invalid(
+    issuer: TokenIssuer, verifier: TokenVerifier, roles: object
+) -> None:
+    with pytest.raises(Problem, match="invalid") as refusal:
+        verifier.principal(signed(issuer, roles=roles))
+    assert refusal.value.status == 401
 
 
 def test_the_key_id_is_the_rfc_7638_thumbprint_of_the_public_key() -> None:
