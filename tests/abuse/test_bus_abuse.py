@@ -162,9 +162,10 @@ async def test_a_forged_event_from_another_identity_changes_nothing(
     # Before: any event was applied whoever sent it: a forged users.credit.reserved approved a
     # PENDING order with no credit reserved for it.
     stack = await fresh_stack()
-    buyer = await new_user(http, stack.url, credit_limit_cents=500)
+    admin = stack.keys.admin_headers()
+    buyer = await new_user(http, stack.url, credit_limit_cents=500, admin=admin)
     assert await stack.users.stop() == 0  # so that the order waits for a credit answer
-    order = await place_order(http, stack.url, buyer, 400_000)  # far above the buyer's limit
+    order = await place_order(http, stack.url, buyer, 400_000, admin=admin)  # far above the buyer's limit
     management = stack.servers.rabbitmq.management
     vhost = stack.broker.name
     # An identity of its own on the bus, allowed to publish anything to `events`: a neighbour's.

@@ -41,9 +41,9 @@ def registration(prefix: str = "x") -> dict[str, str]:
 
 async def assert_every_route_served(http: aiohttp.ClientSession, stack: Stack, bystander: User) -> None:
     """Both upstreams' routes answer normally, and the gateway reports both ready."""
-    async with http.post(f"{stack.url}/api/users", json=registration("after")) as response:
+    async with http.post(f"{stack.url}/api/v2/users", json=registration("after")) as response:
         assert response.status == 201, await response.text()
-    async with http.get(f"{stack.url}/api/users/me", headers=bystander.headers) as response:
+    async with http.get(f"{stack.url}/api/v2/users/me", headers=bystander.headers) as response:
         assert response.status == 200, await response.text()
     async with http.get(f"{stack.url}/readyz") as response:
         assert response.status == 200
@@ -63,9 +63,9 @@ async def test_aborted_uploads_never_open_a_circuit(
     # From an address of its own: its uploads count against its own rate limits, as they should.
     elsewhere = {"X-Forwarded-For": "203.0.113.66"}
     for _ in range(60):
-        await aborted_upload(stack.url, "/api/users", elsewhere)
+        await aborted_upload(stack.url, "/api/v2/users", elsewhere)
         await aborted_upload(
-            stack.url, "/api/orders", {**elsewhere, "Authorization": attacker.headers["Authorization"]}
+            stack.url, "/api/v2/orders", {**elsewhere, "Authorization": attacker.headers["Authorization"]}
         )
     await assert_every_route_served(http, stack, bystander)
     await assert_invariants_once_quiet(stack)
@@ -84,8 +84,8 @@ async def test_slow_uploads_are_cut_off_and_never_open_a_circuit(
     attacker = await new_user(http, stack.url)
     auth = {"Authorization": attacker.headers["Authorization"]}
     answers = await asyncio.gather(
-        *(trickled_upload(stack.url, "/api/users", {}, seconds=6) for _ in range(6)),
-        *(trickled_upload(stack.url, "/api/orders", auth, seconds=6) for _ in range(6)),
+        *(trickled_upload(stack.url, "/api/v2/users", {}, seconds=6) for _ in range(6)),
+        *(trickled_upload(stack.url, "/api/v2/orders", auth, seconds=6) for _ in range(6)),
     )
     assert answers == [408] * 12
     await assert_every_route_served(http, stack, bystander)
@@ -111,7 +111,7 @@ async def test_a_request_head_that_trickles_in_or_swells_is_cut_off(
     ]
     for headers in swollen:
         async with raw_connection(stack.url) as (reader, writer):
-            writer.write(request_head("GET", "/api/orders", headers))
+            writer.write(request_head("GET", "/api/v2/orders", headers))
             status_line = await asyncio.wait_for(reader.readline(), BYSTANDER_DEADLINE)
             assert status_line.split()[1] == b"400", status_line  # refused by the parser itself
             assert await asyncio.wait_for(reader.read(), BYSTANDER_DEADLINE)  # the rest, then closed
@@ -124,16 +124,17 @@ async def test_one_service_down_leaves_the_other_services_routes_in_rotation(
     # Before: /readyz failed when any upstream was down, so an orchestrator took every gateway
     # replica out, and the routes of the service still up went down with them.
     stack = await fresh_stack(gateway=VISIBLE_CIRCUITS)
+    admin = stack.keys.admin_headers()
     bystander = await new_user(http, stack.url)
-    order = await place_order(http, stack.url, bystander, 1_000)
+    order = await place_order(http, stack.url, bystander, 1_000, admin=admin)
     assert (await final_order(http, stack.url, bystander, order["id"]))["status"] == "APPROVED"
     assert await stack.users.stop() == 0
     async with http.get(f"{stack.url}/readyz") as response:
         assert response.status == 200  # still in rotation
         assert (await response.json())["checks"] == {"users_service": "unavailable", "orders_service": "ok"}
     assert (await get_order(http, stack.url, bystander, order["id"]))["status"] == "APPROVED"
-    pending = await place_order(http, stack.url, bystander, 1_000)  # orders_service takes it
-    async with http.get(f"{stack.url}/api/users/me", headers=bystander.headers) as response:
+    pending = await place_order(http, stack.url, bystander, 1_000, admin=admin)  # orders_service takes it
+    async with http.get(f"{stack.url}/api/v2/users/me", headers=bystander.headers) as response:
         assert response.status in {502, 503}  # users_service's own routes say it is away
     await stack.start("users_service")
     decided = await final_order(http, stack.url, bystander, pending["id"], within=BYSTANDER_DEADLINE)
@@ -158,27 +159,52 @@ async def test_deeply_nested_json_in_any_field_is_a_400_problem(
     # 1,024 levels, and the NUL-character check recursed until Python's recursion limit.
     bystander = await new_user(http, stack.url)
     json = {"Content-Type": "application/json"}
+    admin = stack.keys.admin_headers()
     bodies = [
         (
-            "/api/users",
+            "POST",
+            "/api/v2/users",
             {},
             f'{{"email": "a@example.com", "name": {nested(depth)}, "password": "{PASSWORD}"}}',
         ),
         (
-            "/api/users",
+            "POST",
+            "/api/v2/users",
             {},
             f'{{"email": "a@example.com", "name": "A", "password": "{PASSWORD}", "x": {nested(depth)}}}',
         ),
-        ("/api/auth/token", {}, f'{{"email": {nested(depth)}, "password": "{PASSWORD}"}}'),
+        ("POST", "/api/v2/auth/token", {}, f'{{"email": {nested(depth)}, "password": "{PASSWORD}"}}'),
         (
+            "POST",
+            "/api/v2/orders",
+            bystander.headers,
+            f'{{"items": [{{"sku": {nested(depth)}, "quantity": 1}}]}}',
+        ),
+        ("POST", "/api/v2/orders", bystander.headers, f'{{"items": {nested(depth)}}}'),
+        # Version 1's order, which still carries a price.
+        (
+            "POST",
             "/api/orders",
             bystander.headers,
-            f'{{"items": [{{"sku": {nested(depth)}, "quantity": 1, "unit_price_cents": 1}}]}}',
+            f'{{"items": [{{"sku": "MUG-01", "quantity": 1, "unit_price_cents": {nested(depth)}}}]}}',
         ),
-        ("/api/orders", bystander.headers, f'{{"items": {nested(depth)}}}'),
+        (
+            "PUT",
+            "/api/v2/products/NESTED",
+            admin,
+            f'{{"name": {nested(depth)}, "price_cents": 1, "active": true}}',
+        ),
+        (
+            "PUT",
+            f"/api/v2/users/{bystander.id}/credit-limit",
+            admin,
+            f'{{"credit_limit_cents": {nested(depth)}}}',
+        ),
     ]
-    for path, headers, body in bodies:
-        async with http.post(f"{stack.url}{path}", data=body, headers={**json, **headers}) as response:
+    for method, path, headers, body in bodies:
+        async with http.request(
+            method, f"{stack.url}{path}", data=body, headers={**json, **headers}
+        ) as response:
             assert response.status == 400, (path, depth, await response.text())
             assert response.content_type == "application/problem+json"
     await assert_bystander_served(http, stack.url, bystander)
@@ -192,7 +218,7 @@ async def test_a_url_cannot_write_to_the_console_log(stack: Stack, http: aiohttp
     forged = f"%0a12:00:00.000%20gateway%20%20%20%20%20%20%20%20INF%20forged-{marker}%1b[2J%1b[31m%e2%80%ae"
     async with http.get(f"{stack.url}/api/{forged}") as response:
         assert response.status == 404
-    async with http.get(f"{stack.url}/api/orders/{forged}", headers=bystander.headers) as response:
+    async with http.get(f"{stack.url}/api/v2/orders/{forged}", headers=bystander.headers) as response:
         assert response.status == 404
 
     async def both_logged() -> list[str] | None:
@@ -219,11 +245,13 @@ async def test_ipv6_addresses_of_one_64_share_one_allowance(
     statuses = []
     for n in range(1, 11):
         headers = {"X-Forwarded-For": f"2001:db8:1:2::{n:x}"}
-        async with http.post(f"{stack.url}/api/users", json=registration("v6"), headers=headers) as response:
+        async with http.post(
+            f"{stack.url}/api/v2/users", json=registration("v6"), headers=headers
+        ) as response:
             statuses.append(response.status)
     assert statuses == [201] * 3 + [429] * 7
     neighbour = {"X-Forwarded-For": "2001:db8:1:3::1"}  # the next /64: someone else
-    async with http.post(f"{stack.url}/api/users", json=registration("v6"), headers=neighbour) as response:
+    async with http.post(f"{stack.url}/api/v2/users", json=registration("v6"), headers=neighbour) as response:
         assert response.status == 201
     await assert_bystander_served(http, stack.url, bystander)
 
@@ -237,13 +265,16 @@ async def test_one_client_cannot_register_without_limit(
     bystander = await new_user(http, stack.url)
     flood = {"X-Forwarded-For": "203.0.113.66"}
 
-    async def register() -> int:
-        async with http.post(f"{stack.url}/api/users", json=registration("flood"), headers=flood) as response:
+    async def register(prefix: str) -> int:
+        async with http.post(
+            f"{stack.url}{prefix}/users", json=registration("flood"), headers=flood
+        ) as response:
             return response.status
 
-    statuses = await asyncio.gather(*(register() for _ in range(40)))
+    # Half of them through each API version: one allowance for both, not one each.
+    statuses = await asyncio.gather(*(register(("/api", "/api/v2")[n % 2]) for n in range(40)))
     assert sorted(statuses) == [201] * 5 + [429] * 35
     someone_else = {"X-Forwarded-For": "198.51.100.7"}
-    async with http.post(f"{stack.url}/api/users", json=registration(), headers=someone_else) as response:
+    async with http.post(f"{stack.url}/api/v2/users", json=registration(), headers=someone_else) as response:
         assert response.status == 201
     await assert_bystander_served(http, stack.url, bystander)

@@ -57,7 +57,7 @@ async def test_a_burst_of_sign_ups_stays_within_the_memory_set_for_it(
 
     async def sign_up(n: int) -> tuple[int, str | None, str]:
         body = {"email": f"burst-{n}-{uuid.uuid4().hex[:6]}@example.com", "name": "B", "password": PASSWORD}
-        async with http.post(f"{stack.url}/api/users", json=body, headers=from_address(n)) as response:
+        async with http.post(f"{stack.url}/api/v2/users", json=body, headers=from_address(n)) as response:
             return response.status, response.headers.get("Retry-After"), await response.text()
 
     burst = asyncio.ensure_future(asyncio.gather(*(sign_up(n) for n in range(BURST))))
@@ -85,10 +85,10 @@ async def test_a_burst_of_sign_ups_stays_within_the_memory_set_for_it(
     # The refusals are the service saying "not now", not failing: the gateway's circuit to it stays
     # closed, and the bystander signs in and orders as ever.
     async with http.post(
-        f"{stack.url}/api/auth/token", json={"email": bystander.email, "password": PASSWORD}
+        f"{stack.url}/api/v2/auth/token", json={"email": bystander.email, "password": PASSWORD}
     ) as response:
         assert response.status == 200, await response.text()
-    async with http.get(f"{stack.url}/api/users/me", headers=bystander.headers) as response:
+    async with http.get(f"{stack.url}/api/v2/users/me", headers=bystander.headers) as response:
         assert response.status == 200
     await assert_bystander_served(http, stack.url, bystander)
     await assert_invariants_once_quiet(stack)
@@ -105,7 +105,7 @@ async def test_a_strangers_failed_sign_ins_cannot_lock_the_owner_out(
     async def sign_in(password: str, address: str) -> int:
         credentials = {"email": owner.email, "password": password}
         headers = {"X-Forwarded-For": address}
-        async with http.post(f"{stack.url}/api/auth/token", json=credentials, headers=headers) as response:
+        async with http.post(f"{stack.url}/api/v2/auth/token", json=credentials, headers=headers) as response:
             return response.status
 
     assert [await sign_in("wrong-password", "203.0.113.66") for _ in range(6)] == [401] * 5 + [429]
@@ -132,7 +132,9 @@ async def test_sign_in_counts_are_purged_once_their_window_has_ended(
     bystander = await new_user(http, stack.url)
     guesses = [{"email": f"made-up-{n}@example.com", "password": "guess-1234"} for n in range(10)]
     for n, guess in enumerate(guesses):
-        async with http.post(f"{stack.url}/api/auth/token", json=guess, headers=from_address(n)) as response:
+        async with http.post(
+            f"{stack.url}/api/v2/auth/token", json=guess, headers=from_address(n)
+        ) as response:
             assert response.status == 401
     connection = await asyncpg.connect(stack.admin_dsn("users_service"))
     try:

@@ -13,7 +13,7 @@ from devstack.waiting import eventually
 from shared.dlq import DeadLetter, list_dead_letters
 from shared.envelope import Cause, Envelope
 from shared.events import CreditRejected, OrderCreated
-from tests.e2e.api import final_order, get_order, me, new_user, place_order
+from tests.e2e.api import final_order, get_order, me, new_product, new_user, order_product, place_order
 from tests.e2e.conftest import Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet
 from tests.support import publish_raw
@@ -46,7 +46,9 @@ async def reservation_status(stack: Stack, order_id: str) -> str | None:
 async def test_a_version_2_credit_rejection_decides_a_pending_order(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    user = await new_user(http, stack.url, credit_limit_cents=0)
+    admin = stack.keys.admin_headers()
+    user = await new_user(http, stack.url, credit_limit_cents=0, admin=admin)
+    sku = await new_product(http, stack.url, admin, 100)
     # Hold the lock users_service takes on the user's account before it decides about their credit:
     # until it is released, users_service cannot answer, and the order stays PENDING for the test.
     users_db = await asyncpg.connect(stack.admin_dsn("users_service"))
@@ -54,7 +56,7 @@ async def test_a_version_2_credit_rejection_decides_a_pending_order(
     await holding.start()
     try:
         await users_db.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", uuid.UUID(user.id))
-        order = await place_order(http, stack.url, user, 100)
+        order = await order_product(http, stack.url, user, sku)
         order_id, user_id = uuid.UUID(order["id"]), uuid.UUID(user.id)
         v2 = credit_rejected(
             order_id,
@@ -95,7 +97,8 @@ async def test_a_version_2_credit_rejection_decides_a_pending_order(
 async def test_an_unknown_version_and_a_broken_event_are_dead_lettered_and_the_consumer_goes_on(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    user = await new_user(http, stack.url, credit_limit_cents=10_000)
+    admin = stack.keys.admin_headers()
+    user = await new_user(http, stack.url, credit_limit_cents=10_000, admin=admin)
     order_id, user_id = uuid.uuid4(), uuid.UUID(user.id)
     v3 = credit_rejected(
         order_id,
@@ -138,7 +141,7 @@ async def test_an_unknown_version_and_a_broken_event_are_dead_lettered_and_the_c
 
     # Both consumers went on: the user's next order goes through, on untouched credit.
     assert (await me(http, stack.url, user))["credit_used_cents"] == 0
-    order = await place_order(http, stack.url, user, 2_500)
+    order = await place_order(http, stack.url, user, 2_500, admin=admin)
     assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
     assert (await me(http, stack.url, user))["credit_used_cents"] == 2_500
     await assert_invariants_once_quiet(stack)

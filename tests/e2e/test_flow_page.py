@@ -92,7 +92,7 @@ def arrow(*, order_id: str, **attributes: str) -> str:
 
 
 async def test_an_order_placed_through_the_api_appears_on_the_flow_page(
-    flow_gateway: ServiceProcess, page: Page, http: aiohttp.ClientSession
+    stack: Stack, flow_gateway: ServiceProcess, page: Page, http: aiohttp.ClientSession
 ) -> None:
     troubles = Troubles(page)
     url = flow_gateway.url
@@ -100,9 +100,10 @@ async def test_an_order_placed_through_the_api_appears_on_the_flow_page(
     await expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     await expect(page.locator("#tap")).to_have_attribute("data-state", "connected", timeout=WAIT_MS)
 
+    admin = stack.keys.admin_headers()  # the flow gateway checks tokens with the stack's key
     user = await new_user(http, url)
-    other = await place_order(http, url, user, 1_000)
-    order = await place_order(http, url, user, 2_500)
+    other = await place_order(http, url, user, 1_000, admin=admin)
+    order = await place_order(http, url, user, 2_500, admin=admin)
     created = page.locator(arrow(order_id=order["id"], kind="event.published", type="orders.order.created"))
     approved = page.locator(arrow(order_id=order["id"], type="orders.order.approved"))
     await expect(created).to_be_visible(timeout=WAIT_MS)
@@ -112,7 +113,7 @@ async def test_an_order_placed_through_the_api_appears_on_the_flow_page(
     )
     # The POST that placed it learns the order's id from its story (the correlation id).
     posted = page.locator(arrow(order_id=order["id"], kind="http.request", from_="client"))
-    await expect(posted.first).to_contain_text("POST /api/orders")
+    await expect(posted.first).to_contain_text("POST /api/v2/orders")
     assert (await final_order(http, url, user, order["id"]))["status"] == "APPROVED"
 
     # A click on an arrow shows the event's envelope.

@@ -80,7 +80,7 @@ async def test_a_dead_upstream_is_503_and_readiness_says_which_but_stays_ready(
     gateway_to: StartGateway, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(f"http://127.0.0.1:{free_port()}")
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
         assert response.status == 503
         assert response.content_type == "application/problem+json"
         assert "Retry-After" in response.headers
@@ -95,7 +95,7 @@ async def test_a_slow_upstream_is_504(
 ) -> None:
     gateway = await gateway_to(slow_upstream)
     await gateway.wait_ready()
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
         assert response.status == 504
         problem = await response.json()
     assert problem["title"] == "Upstream timeout"
@@ -106,6 +106,6 @@ async def test_a_broken_upstream_is_502(
     gateway_to: StartGateway, broken_upstream: str, http: aiohttp.ClientSession
 ) -> None:
     gateway = await gateway_to(broken_upstream)
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
         assert response.status == 502
         assert response.content_type == "application/problem+json"

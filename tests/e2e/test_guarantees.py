@@ -31,7 +31,7 @@ ORDERS_QUEUE = queues_for("orders_service")
 
 
 async def cancel(http: aiohttp.ClientSession, stack: Stack, user: User, order_id: str) -> None:
-    async with http.post(f"{stack.url}/api/orders/{order_id}/cancel", headers=user.headers) as response:
+    async with http.post(f"{stack.url}/api/v2/orders/{order_id}/cancel", headers=user.headers) as response:
         assert response.status == 202, await response.text()
 
 
@@ -62,10 +62,11 @@ async def test_an_event_is_acked_only_after_its_effect_commits(
     """users_service is killed while its reservation waits at COMMIT, and the crash takes the
     transaction with it. Had the consumer acked first, the message would be gone with the effect."""
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     users_dsn = stack.admin_dsn("users_service")
     async with commit_gate(users_dsn, "credit_reservations", "INSERT") as gate:
-        order = await place_order(http, stack.url, user, 100)
+        order = await place_order(http, stack.url, user, 100, admin=admin)
         await gate.wait_for_one("users_service's reservation waiting at its COMMIT")
         await stack.users.kill()
         await gate.abort_waiting()
@@ -81,11 +82,12 @@ async def test_a_crash_after_the_confirm_and_before_the_mark_publishes_again_and
     killed while marking the row published. The row is published again after the restart, and the
     duplicate changes nothing. Had the relay marked before publishing, nothing would reach users_service."""
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     orders_dsn, users_dsn = stack.admin_dsn("orders_service"), stack.admin_dsn("users_service")
     marking = "OLD.published_at IS NULL AND NEW.published_at IS NOT NULL"
     async with commit_gate(orders_dsn, "outbox", "UPDATE", marking) as gate:
-        order = await place_order(http, stack.url, user, 100)
+        order = await place_order(http, stack.url, user, 100, admin=admin)
         await gate.wait_for_one("the relay's mark waiting at its COMMIT")
 
         async def reserved() -> bool:
@@ -114,6 +116,7 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_by_
     deadline ends it with no credit held, and a replay of the dead letter changes nothing."""
     delivery_limit = 2
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     management = stack.servers.rabbitmq.management
     strict = broker_setup.plan(
         bus(), operator=OPERATOR, delivery_limit=delivery_limit, broker_major=await management.broker_major()
@@ -124,7 +127,7 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_by_
 
     victims_rows = f"NEW.user_id = '{victim.id}'"
     async with commit_gate(users_dsn, "credit_reservations", "INSERT", victims_rows) as gate:
-        doomed = await place_order(http, stack.url, victim, 100)
+        doomed = await place_order(http, stack.url, victim, 100, admin=admin)
         kills = 0
 
         async def held_or_dead_lettered() -> str | None:
@@ -140,7 +143,7 @@ async def test_a_message_that_kills_its_consumer_every_time_is_dead_lettered_by_
             kills += 1
             await stack.start("users_service")
         assert kills >= delivery_limit, f"dead-lettered after {kills} crashes, before the limit"
-        served = await place_order(http, stack.url, bystander, 200)
+        served = await place_order(http, stack.url, bystander, 200, admin=admin)
         assert (await final_order(http, stack.url, bystander, served["id"]))["status"] == "APPROVED"
 
     [letter] = await list_dead_letters(stack.broker.operator_url, "users_service")
@@ -174,11 +177,12 @@ async def test_a_dead_lettered_saga_message_still_ends_its_order_by_the_deadline
             "SAGA_SWEEP_INTERVAL": "0.5",
         },
     )
+    admin = stack.keys.admin_headers()
     victim, bystander = await new_user(http, stack.url), await new_user(http, stack.url)
     queue = queues_for(service).dead_letter
     async with refusing(stack.admin_dsn(service), table, f"{when} AND NEW.user_id = '{victim.id}'"):
-        doomed = await place_order(http, stack.url, victim, 300)
-        served = await place_order(http, stack.url, bystander, 200)
+        doomed = await place_order(http, stack.url, victim, 300, admin=admin)
+        served = await place_order(http, stack.url, bystander, 200, admin=admin)
 
         async def dead_lettered() -> bool:
             return await waiting_in(stack, queue) == 1
@@ -217,9 +221,10 @@ async def test_sigterm_finishes_the_message_in_hand_rather_than_rolling_it_back(
     """users_service gets SIGTERM while its reservation waits at COMMIT. It takes no more messages,
     finishes that one (commit, then ack) and exits 0; its successor is given nothing again."""
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     async with commit_gate(stack.admin_dsn("users_service"), "credit_reservations", "INSERT") as gate:
-        order = await place_order(http, stack.url, user, 100)
+        order = await place_order(http, stack.url, user, 100, admin=admin)
         await gate.wait_for_one("users_service's reservation waiting at its COMMIT")
         stack.users.terminate()
 
@@ -250,12 +255,13 @@ async def test_a_cancel_that_overtakes_its_create_on_the_broker_leaves_no_credit
     cancel, and the create, once its binding is back (declared again at start), reserves nothing."""
     slow_repair = {"QUEUE_CHECK_INTERVAL": "3600"}  # the binding comes back when the test says
     stack = await fresh_stack(gateway=UNTHROTTLED, users_service=slow_repair, orders_service=slow_repair)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     orders_dsn, users_dsn = stack.admin_dsn("orders_service"), stack.admin_dsn("users_service")
     binding = f"bindings/{vhost_path(stack)}/e/{EXCHANGE}/q/{USERS_QUEUE.main}/orders.order.created"
     await stack.servers.rabbitmq.management.request("DELETE", binding)
 
-    order = await place_order(http, stack.url, user, 100)
+    order = await place_order(http, stack.url, user, 100, admin=admin)
 
     async def create_came_back() -> bool:
         query = "SELECT count(*) FROM outbox WHERE event_type = 'orders.order.created' AND attempts > 0"
@@ -290,12 +296,13 @@ async def test_events_for_a_queue_deleted_while_its_service_was_down_are_kept_un
     """An operator deletes users_service's queue while it is down. Orders placed meanwhile are not
     lost in a broker that had nowhere to put them: each is decided once users_service is back."""
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     assert await stack.users.stop() == 0
     await stack.servers.rabbitmq.management.request(
         "DELETE", f"queues/{vhost_path(stack)}/{USERS_QUEUE.main}"
     )
-    orders = [await place_order(http, stack.url, user, 100 + n) for n in range(5)]
+    orders = [await place_order(http, stack.url, user, 100 + n, admin=admin) for n in range(5)]
     await stack.start("users_service")
     decided = [await final_order(http, stack.url, user, order["id"], within=60) for order in orders]
     assert {order["status"] for order in decided} == {"APPROVED"}

@@ -23,7 +23,7 @@ import aiohttp
 
 from devstack.waiting import eventually
 from shared.bus_contract import bus
-from tests.e2e.api import User, new_user
+from tests.e2e.api import User, new_product, new_user
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.faults import UNTHROTTLED
 from tests.e2e.saga_checker import SystemState, assert_invariants_once_quiet
@@ -42,6 +42,12 @@ SERVICES = ("users_service", "orders_service")
 
 def replica_2(name: str) -> str:
     return f"{name}-2"
+
+
+def price(n: int) -> int:
+    """The price of the burst's n-th order: each user's orders add up to about three times the
+    limit, so that many are rejected for credit."""
+    return 400 + 50 * (n // USER_COUNT % 20)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,7 @@ class Burst:
 
     client: TwoGateways
     users: list[User]
+    skus: dict[int, str]  # price -> a product of the test's own at that price
     accepted: dict[str, str] = dataclasses.field(default_factory=dict)  # Idempotency-Key -> order id
     replays: int = 0
 
@@ -102,21 +109,19 @@ class Burst:
 
     async def order(self, n: int) -> None:
         user = self.users[n % len(self.users)]
-        # Each user's orders add up to about three times the limit: many are rejected for credit.
-        price = 400 + 50 * (n // len(self.users) % 20)
-        body = {"items": [{"sku": f"SKU-{n}", "quantity": 1, "unit_price_cents": price}]}
+        body = {"items": [{"sku": self.skus[price(n)], "quantity": 1}]}
         key = str(uuid.uuid4())
         headers = {**user.headers, "Idempotency-Key": key}
-        placed = await self.client.call("POST", "/api/orders", prefer=n % 2, headers=headers, json=body)
+        placed = await self.client.call("POST", "/api/v2/orders", prefer=n % 2, headers=headers, json=body)
         assert placed.status == 202, placed.body
         self.accepted[key] = placed.body["id"]
         self.replays += placed.replayed
         if n % 5 == 0:  # at once, so often before the credit answer: a cancel racing the saga
-            path = f"/api/orders/{placed.body['id']}/cancel"
+            path = f"/api/v2/orders/{placed.body['id']}/cancel"
             cancelled = await self.client.call("POST", path, prefer=(n + 1) % 2, headers=user.headers)
             assert cancelled.status in {200, 202, 409}, cancelled.body
         if n % 4 == 1:  # users_service's HTTP side goes through the same failover
-            me = await self.client.call("GET", "/api/users/me", prefer=n % 2, headers=user.headers)
+            me = await self.client.call("GET", "/api/v2/users/me", prefer=n % 2, headers=user.headers)
             assert me.status == 200, me.body
 
 
@@ -132,11 +137,17 @@ async def test_killing_one_replica_of_each_service_mid_burst_loses_and_duplicate
         ORDERS_SERVICE_URL=stack.processes[replica_2("orders_service")].url,
     )
     gateways = [stack.url, stack.processes[replica_2("gateway")].url]
+    admin = stack.keys.admin_headers()
     users = [
-        await new_user(http, gateways[n % 2], credit_limit_cents=CREDIT_LIMIT_CENTS)
+        await new_user(http, gateways[n % 2], credit_limit_cents=CREDIT_LIMIT_CENTS, admin=admin)
         for n in range(USER_COUNT)
     ]
-    burst = Burst(TwoGateways(http, gateways), users)
+    # Made before the burst, while every process is up: the burst only places orders.
+    skus = {
+        cents: await new_product(http, stack.url, admin, cents)
+        for cents in sorted(set(map(price, range(BURST + AFTER_RESTART))))
+    }
+    burst = Burst(TwoGateways(http, gateways), users, skus)
 
     placing = asyncio.create_task(burst.run(BURST))
     await eventually(lambda: _accepted(burst, KILL_SERVICES_AT), within=30, what="the burst under way")

@@ -11,7 +11,7 @@ from devstack.waiting import eventually
 from shared.dlq import list_dead_letters, replay_dead_letters
 from shared.envelope import Cause, Envelope
 from shared.events import CreditReserved
-from tests.e2e.api import final_order, me, new_user, place_order
+from tests.e2e.api import final_order, me, new_product, new_user, order_product, place_order
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.saga_checker import assert_invariants_once_quiet
 from tests.support import publish_raw
@@ -20,18 +20,23 @@ FAST_RETRIES = {"RETRY_DELAYS_MS": "100,200"}
 
 
 async def test_approved_rejected_and_cancelled_orders(stack: Stack, http: aiohttp.ClientSession) -> None:
-    user = await new_user(http, stack.url, credit_limit_cents=5_000)
-    approved = await place_order(http, stack.url, user, 3_000)
+    admin = stack.keys.admin_headers()
+    user = await new_user(http, stack.url, credit_limit_cents=5_000, admin=admin)
+    approved = await place_order(http, stack.url, user, 3_000, admin=admin)
     assert (await final_order(http, stack.url, user, approved["id"]))["status"] == "APPROVED"
     assert (await me(http, stack.url, user))["credit_used_cents"] == 3_000
 
-    too_much = await place_order(http, stack.url, user, 2_001)
+    too_much = await place_order(http, stack.url, user, 2_001, admin=admin)
     rejected = await final_order(http, stack.url, user, too_much["id"])
     assert (rejected["status"], rejected["rejection_reason"]) == ("REJECTED", "insufficient_credit")
-    async with http.post(f"{stack.url}/api/orders/{too_much['id']}/cancel", headers=user.headers) as response:
+    async with http.post(
+        f"{stack.url}/api/v2/orders/{too_much['id']}/cancel", headers=user.headers
+    ) as response:
         assert response.status == 409
 
-    async with http.post(f"{stack.url}/api/orders/{approved['id']}/cancel", headers=user.headers) as response:
+    async with http.post(
+        f"{stack.url}/api/v2/orders/{approved['id']}/cancel", headers=user.headers
+    ) as response:
         assert response.status == 202
 
     async def released() -> bool:
@@ -42,8 +47,10 @@ async def test_approved_rejected_and_cancelled_orders(stack: Stack, http: aiohtt
 
 
 async def test_fifty_concurrent_orders_never_over_reserve(stack: Stack, http: aiohttp.ClientSession) -> None:
-    user = await new_user(http, stack.url, credit_limit_cents=10_000)
-    orders = await asyncio.gather(*(place_order(http, stack.url, user, 700) for _ in range(50)))
+    admin = stack.keys.admin_headers()
+    user = await new_user(http, stack.url, credit_limit_cents=10_000, admin=admin)
+    sku = await new_product(http, stack.url, admin, 700)
+    orders = await asyncio.gather(*(order_product(http, stack.url, user, sku) for _ in range(50)))
     finals = [await final_order(http, stack.url, user, order["id"]) for order in orders]
     approved = [order for order in finals if order["status"] == "APPROVED"]
     assert len(approved) == 10_000 // 700  # exactly as many as the limit covers: 14
@@ -55,8 +62,9 @@ async def test_fifty_concurrent_orders_never_over_reserve(stack: Stack, http: ai
 
 
 async def test_an_event_delivered_twice_is_applied_once(stack: Stack, http: aiohttp.ClientSession) -> None:
-    user = await new_user(http, stack.url, credit_limit_cents=10_000)
-    order = await place_order(http, stack.url, user, 4_000)
+    admin = stack.keys.admin_headers()
+    user = await new_user(http, stack.url, credit_limit_cents=10_000, admin=admin)
+    order = await place_order(http, stack.url, user, 4_000, admin=admin)
     await final_order(http, stack.url, user, order["id"])
     # Take the very envelope orders_service published, and deliver it to users_service again.
     orders_db = await asyncpg.connect(stack.admin_dsn("orders_service"))
@@ -91,7 +99,7 @@ async def test_a_poison_message_is_dead_lettered_and_the_consumer_goes_on(
 
     await eventually(dead_lettered, what="the poison message in users_service.dlq")
     user = await new_user(http, stack.url)
-    order = await place_order(http, stack.url, user, 100)
+    order = await place_order(http, stack.url, user, 100, admin=stack.keys.admin_headers())
     assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
     await assert_invariants_once_quiet(stack)
 
@@ -119,7 +127,7 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_then_replayed(
 
     # The consumer went on: an order still goes through.
     user = await new_user(http, stack.url)
-    order = await place_order(http, stack.url, user, 100)
+    order = await place_order(http, stack.url, user, 100, admin=stack.keys.admin_headers())
     assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
 
     replayed = await replay_dead_letters(stack.broker.operator_url, "orders_service", str(orphan.id))

@@ -13,7 +13,7 @@ import pytest
 
 from devstack.servers import Servers
 from devstack.waiting import eventually
-from tests.e2e.api import FINAL, User, final_order, new_user, place_order
+from tests.e2e.api import FINAL, User, final_order, new_product, new_user, place_order
 from tests.e2e.conftest import Stack, StackFactory
 from tests.e2e.faults import UNTHROTTLED, broker_relay, count
 from tests.e2e.saga_checker import assert_invariants_once_quiet
@@ -22,17 +22,19 @@ pytestmark = pytest.mark.faults
 
 
 async def burst(
-    http: aiohttp.ClientSession, stack: Stack, users: list[User], n: int, *, within: float = 30.0
+    http: aiohttp.ClientSession, stack: Stack, users: list[User], cent: str, n: int, *, within: float = 30.0
 ) -> list[dict[str, object]]:
-    """Place orders round-robin over the users until n are accepted. Mid-fault the gateway may
-    answer 503 (a dependency is briefly down): like any client, try again."""
+    """Place orders round-robin over the users until n are accepted, each of another total: so many
+    of product `cent`, which costs one cent (made before any fault, as a product of the test's own
+    at every total would need one request more per order, which a fault could refuse). Mid-fault
+    the gateway may answer 503 (a dependency is briefly down): like any client, try again."""
     accepted: list[dict[str, object]] = []
     give_up_at = time.monotonic() + within
     while len(accepted) < n:
         assert time.monotonic() < give_up_at, f"only {len(accepted)} of {n} orders accepted in {within} s"
         user = users[len(accepted) % len(users)]
-        body = {"items": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": 300 + len(accepted)}]}
-        async with http.post(f"{stack.url}/api/orders", json=body, headers=user.headers) as response:
+        body = {"items": [{"sku": cent, "quantity": 300 + len(accepted)}]}
+        async with http.post(f"{stack.url}/api/v2/orders", json=body, headers=user.headers) as response:
             if response.status == 202:
                 accepted.append({**(await response.json()), "owner": user})
             else:
@@ -52,11 +54,12 @@ async def test_orders_service_killed_between_commit_and_publish(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     async with broker_relay(stack) as (relay, relayed_url):
         await stack.restart("orders_service", RABBITMQ_URL=relayed_url)
         relay.hold_upstream()  # from now on, nothing orders_service sends reaches the broker
-        orders = [await place_order(http, stack.url, user, 100) for _ in range(5)]
+        orders = [await place_order(http, stack.url, user, 100, admin=admin) for _ in range(5)]
 
         async def committed_not_published() -> bool:
             unpublished = await count(
@@ -81,12 +84,13 @@ async def test_orders_service_killed_between_consume_and_ack(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
+    admin = stack.keys.admin_headers()
     user = await new_user(http, stack.url)
     orders_dsn = stack.admin_dsn("orders_service")
     async with broker_relay(stack) as (relay, relayed_url):
         await stack.restart("orders_service", RABBITMQ_URL=relayed_url)
         assert await stack.users.stop() == 0  # so that the credit answer waits until we are ready
-        order = await place_order(http, stack.url, user, 100)
+        order = await place_order(http, stack.url, user, 100, admin=admin)
 
         async def created_published() -> bool:
             return await count(orders_dsn, "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL") == 1
@@ -115,14 +119,16 @@ async def test_rabbitmq_restarted_during_a_burst(
     fault_servers: Servers, fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
-    users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
-    first = await burst(http, stack, users, 10)
+    admin = stack.keys.admin_headers()
+    users = [await new_user(http, stack.url, credit_limit_cents=5_000, admin=admin) for _ in range(3)]
+    cent = await new_product(http, stack.url, admin, 1)
+    first = await burst(http, stack, users, cent, 10)
     await fault_servers.rabbitmq.stop_app()
     try:
-        during = await burst(http, stack, users, 10)  # accepted: the outbox holds their events
+        during = await burst(http, stack, users, cent, 10)  # accepted: the outbox holds their events
     finally:
         await fault_servers.rabbitmq.start_app()
-    after = await burst(http, stack, users, 10)
+    after = await burst(http, stack, users, cent, 10)
     assert len(first) == len(during) == len(after) == 10
     await all_final(http, stack, [*first, *during, *after])
     await assert_invariants_once_quiet(stack)
@@ -132,12 +138,14 @@ async def test_users_service_down_for_ten_seconds_during_a_burst(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
-    users = [await new_user(http, stack.url, credit_limit_cents=4_000) for _ in range(2)]
-    orders = await burst(http, stack, users, 5)
+    admin = stack.keys.admin_headers()
+    users = [await new_user(http, stack.url, credit_limit_cents=4_000, admin=admin) for _ in range(2)]
+    cent = await new_product(http, stack.url, admin, 1)
+    orders = await burst(http, stack, users, cent, 5)
     assert await stack.users.stop() == 0
     down_until = time.monotonic() + 10
     while time.monotonic() < down_until:  # orders keep coming in while users_service is away
-        orders += await burst(http, stack, users, 1)
+        orders += await burst(http, stack, users, cent, 1)
     pending = await count(
         stack.admin_dsn("orders_service"), "SELECT count(*) FROM orders WHERE status = 'PENDING'"
     )
@@ -151,8 +159,10 @@ async def test_postgres_restarted_during_a_burst(
     fault_servers: Servers, fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
-    users = [await new_user(http, stack.url, credit_limit_cents=5_000) for _ in range(3)]
-    placing = asyncio.create_task(burst(http, stack, users, 60))
+    admin = stack.keys.admin_headers()
+    users = [await new_user(http, stack.url, credit_limit_cents=5_000, admin=admin) for _ in range(3)]
+    cent = await new_product(http, stack.url, admin, 1)
+    placing = asyncio.create_task(burst(http, stack, users, cent, 60))
     await eventually(lambda: _at_least(stack, 10), what="10 orders placed before the restart")
     await fault_servers.postgres.restart()
     orders = await placing
@@ -168,8 +178,10 @@ async def test_sigterm_drains_in_flight_messages(
     fresh_stack: StackFactory, http: aiohttp.ClientSession
 ) -> None:
     stack = await fresh_stack(gateway=UNTHROTTLED)
-    users = [await new_user(http, stack.url, credit_limit_cents=50_000) for _ in range(4)]
-    placing = asyncio.create_task(burst(http, stack, users, 40))
+    admin = stack.keys.admin_headers()
+    users = [await new_user(http, stack.url, credit_limit_cents=50_000, admin=admin) for _ in range(4)]
+    cent = await new_product(http, stack.url, admin, 1)
+    placing = asyncio.create_task(burst(http, stack, users, cent, 40))
     await eventually(lambda: _at_least(stack, 10), what="10 orders placed before the SIGTERM")
     assert await stack.users.stop() == 0  # mid-burst: messages are in users_service's hands
     await stack.start("users_service")

@@ -113,12 +113,13 @@ async def raw_exchange(url: str, request: bytes) -> tuple[int, dict[str, str]]:
 async def test_api8_security_headers_on_every_response(stack: Stack, http: aiohttp.ClientSession) -> None:
     answers = [
         ("GET", f"{stack.url}/healthz"),
-        ("POST", f"{stack.url}/api/users"),  # 415 problem, from users_service through the gateway
-        ("GET", f"{stack.url}/api/users/me"),  # 401 problem, from the gateway itself
+        ("POST", f"{stack.url}/api/v2/users"),  # 415 problem, from users_service through the gateway
+        ("GET", f"{stack.url}/api/v2/users/me"),  # 401 problem, from the gateway itself
+        ("GET", f"{stack.url}/api/users/me"),  # 401 problem, version 1's (with its deprecation notice)
         ("GET", f"{stack.url}/nowhere"),  # 404 problem
         ("GET", f"{stack.url}/openapi.json"),
         ("GET", f"{stack.users.url}/readyz"),  # each service, asked directly
-        ("GET", f"{stack.orders.url}/api/orders"),
+        ("GET", f"{stack.orders.url}/api/v2/orders"),
     ]
     for method, url in answers:
         async with http.request(method, url) as response:
@@ -168,10 +169,10 @@ async def test_api1_identity_headers_from_clients_are_stripped(
         "X-Forwarded-Host": "admin.internal",
         "X-Real-IP": "10.0.0.1",
     }
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION, headers=forged) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION, headers=forged) as response:
         assert response.status == 201
     [arrived] = upstream.received
-    assert arrived.path == "/api/users"
+    assert arrived.path == "/api/v2/users"
     for name in forged:
         if name != "X-Forwarded-For":
             assert name not in arrived.headers, name
@@ -183,15 +184,15 @@ async def test_api4_oversized_url_is_414(
 ) -> None:
     gateway = await gateway_before(MAX_URL_BYTES="2048")
     for length in (2048, 2048 + PARSER_HEADROOM - 100):  # over our limit, under the parser's
-        async with http.get(f"{gateway.url}/api/orders?cursor={'a' * length}") as response:
+        async with http.get(f"{gateway.url}/api/v2/orders?cursor={'a' * length}") as response:
             assert response.status == 414
             assert response.content_type == "application/problem+json"
             assert (await response.json())["status"] == 414
     # Far over it, aiohttp's parser refuses the request line itself, before any middleware: a plain
     # 400, and the line is never held whole.
-    async with http.get(f"{gateway.url}/api/orders?cursor={'a' * 20_000}") as response:
+    async with http.get(f"{gateway.url}/api/v2/orders?cursor={'a' * 20_000}") as response:
         assert response.status == 400
-    async with http.post(f"{gateway.url}/api/users?{'a' * 1900}", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users?{'a' * 1900}", json=REGISTRATION) as response:
         assert response.status == 201  # under the limit: served
     assert [arrived.method for arrived in upstream.received] == ["POST"]
 
@@ -204,7 +205,7 @@ async def test_api4_oversized_headers_are_431(
     many_large = {f"X-Padding-{n}": "a" * 4000 for n in range(5)}
     many_small = {f"X-Padding-{n}": "a" for n in range(MAX_HEADER_COUNT)}  # and the client's own
     for headers in (one_huge, many_large, many_small):
-        async with http.post(f"{gateway.url}/api/users", json=REGISTRATION, headers=headers) as response:
+        async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION, headers=headers) as response:
             assert response.status == 431
             assert response.content_type == "application/problem+json"
     # Far over, aiohttp's parser refuses them before any middleware (a plain 400): a request can make
@@ -213,7 +214,7 @@ async def test_api4_oversized_headers_are_431(
         {"X-Padding": "a" * (8192 + PARSER_HEADROOM + 1)},
         {f"X-Padding-{n}": "a" for n in range(MAX_HEADER_COUNT + PARSER_HEADER_HEADROOM + 1)},
     ):
-        async with http.post(f"{gateway.url}/api/users", json=REGISTRATION, headers=headers) as response:
+        async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION, headers=headers) as response:
             assert response.status == 400
     assert upstream.received == []
     assert "Failed to create request handler" not in gateway.log_text()  # our server limits were taken
@@ -225,7 +226,7 @@ async def test_api4_rate_limit_answers_429_with_retry_after(
     gateway = await gateway_before(RATE_LIMIT_PER_SECOND="0.5", RATE_LIMIT_BURST="5")
     statuses = []
     for _ in range(8):
-        async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+        async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
             statuses.append(response.status)
             if response.status == 429:
                 assert response.content_type == "application/problem+json"
@@ -246,27 +247,59 @@ async def test_api4_two_gateway_replicas_share_one_rate_limit(
     statuses = []
     for _ in range(6):
         for gateway in replicas:
-            async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+            async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
                 statuses.append(response.status)
     assert statuses.count(201) == 6
     assert statuses[-2:] == [429, 429]
     assert len(upstream.received) == 6
 
 
-async def test_api4_sign_in_is_rate_limited_more_strictly(
-    gateway_before: StartGateway, upstream: FakeUpstream, http: aiohttp.ClientSession
+# The API version of each of five attempts (the path prefix): the stricter allowances are one per
+# operation, whichever version asks, so that a client cannot double one by alternating versions.
+VERSION_MIXES = {
+    "version-1": ["/api"] * 5,
+    "version-2": ["/api/v2"] * 5,
+    "alternating": ["/api", "/api/v2", "/api", "/api/v2", "/api"],
+}
+
+
+@pytest.mark.parametrize("prefixes", VERSION_MIXES.values(), ids=VERSION_MIXES.keys())
+async def test_api4_sign_in_is_rate_limited_more_strictly_in_every_version_at_once(
+    gateway_before: StartGateway, upstream: FakeUpstream, http: aiohttp.ClientSession, prefixes: list[str]
 ) -> None:
     gateway = await gateway_before(LOGIN_RATE_LIMIT_PER_MINUTE="3")
     upstream.status = 401
     credentials = {"email": "a@example.com", "password": "guess-1234"}
     statuses = []
-    for _ in range(5):
-        async with http.post(f"{gateway.url}/api/auth/token", json=credentials) as response:
+    for prefix in prefixes:
+        async with http.post(f"{gateway.url}{prefix}/auth/token", json=credentials) as response:
             statuses.append(response.status)
+            # Version 1's answers say it is deprecated, the gateway's own refusals (429) too.
+            assert ("Deprecation" in response.headers) == (prefix == "/api"), (prefix, response.status)
     assert statuses == [401, 401, 401, 429, 429]
+    assert [arrived.path for arrived in upstream.received] == [
+        f"{prefix}/auth/token" for prefix in prefixes[:3]
+    ]
     upstream.status = 201
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
         assert response.status == 201  # other operations keep the general, larger allowance
+
+
+@pytest.mark.parametrize("prefixes", VERSION_MIXES.values(), ids=VERSION_MIXES.keys())
+async def test_api4_registration_is_rate_limited_more_strictly_in_every_version_at_once(
+    gateway_before: StartGateway, upstream: FakeUpstream, http: aiohttp.ClientSession, prefixes: list[str]
+) -> None:
+    gateway = await gateway_before(REGISTRATION_RATE_LIMIT_PER_MINUTE="3")
+    statuses = []
+    for prefix in prefixes:
+        async with http.post(f"{gateway.url}{prefix}/users", json=REGISTRATION) as response:
+            statuses.append(response.status)
+    assert statuses == [201, 201, 201, 429, 429]
+    assert [arrived.path for arrived in upstream.received] == [f"{prefix}/users" for prefix in prefixes[:3]]
+    upstream.status = 200
+    credentials = {"email": REGISTRATION["email"], "password": REGISTRATION["password"]}
+    async with http.post(f"{gateway.url}/api/v2/auth/token", json=credentials) as response:
+        assert response.status == 200  # sign-in has an allowance of its own
 
 
 async def test_api4_an_open_circuit_answers_503_without_calling_the_upstream(
@@ -277,9 +310,9 @@ async def test_api4_an_open_circuit_answers_503_without_calling_the_upstream(
         UPSTREAM_TIMEOUT="0.5", CIRCUIT_FAILURE_THRESHOLD="2", CIRCUIT_OPEN_SECONDS="60"
     )
     for _ in range(2):
-        async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+        async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
             assert response.status == 504
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
         assert response.status == 503
         assert response.content_type == "application/problem+json"
         assert int(response.headers["Retry-After"]) > 1
@@ -297,10 +330,10 @@ async def test_api4_reads_are_retried_but_writes_never(
     user = await new_user(http, stack.url)  # a real token, signed by the stack's users_service
     upstream.status = 503
     gateway = await gateway_before(UPSTREAM_RETRIES="2", CIRCUIT_FAILURE_THRESHOLD="100")
-    async with http.get(f"{gateway.url}/api/users/me", headers=user.headers) as response:
+    async with http.get(f"{gateway.url}/api/v2/users/me", headers=user.headers) as response:
         assert response.status == 503
     assert [arrived.method for arrived in upstream.received] == ["GET"] * 3
-    async with http.post(f"{gateway.url}/api/users", json=REGISTRATION) as response:
+    async with http.post(f"{gateway.url}/api/v2/users", json=REGISTRATION) as response:
         assert response.status == 503
     assert [arrived.method for arrived in upstream.received] == ["GET"] * 3 + ["POST"]
 
@@ -308,9 +341,9 @@ async def test_api4_reads_are_retried_but_writes_never(
 async def test_api8_cors_off_by_default(stack: Stack, http: aiohttp.ClientSession) -> None:
     origin = {"Origin": "https://app.example.com"}
     preflight = {**origin, "Access-Control-Request-Method": "POST"}
-    async with http.options(f"{stack.url}/api/orders", headers=preflight) as response:
+    async with http.options(f"{stack.url}/api/v2/orders", headers=preflight) as response:
         assert not [name for name in response.headers if name.lower().startswith("access-control-")]
-    async with http.get(f"{stack.url}/api/orders", headers=origin) as response:
+    async with http.get(f"{stack.url}/api/v2/orders", headers=origin) as response:
         assert not [name for name in response.headers if name.lower().startswith("access-control-")]
 
 
@@ -320,7 +353,7 @@ async def test_api8_cors_allows_only_listed_origins(
     gateway = await gateway_before(CORS_ALLOWED_ORIGINS="https://app.example.com, https://admin.example.com")
     request = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     async with http.options(
-        f"{gateway.url}/api/orders", headers={"Origin": "https://app.example.com", **request}
+        f"{gateway.url}/api/v2/orders", headers={"Origin": "https://app.example.com", **request}
     ) as response:
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
@@ -328,19 +361,19 @@ async def test_api8_cors_allows_only_listed_origins(
         assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
         assert "Access-Control-Allow-Credentials" not in response.headers
     async with http.post(
-        f"{gateway.url}/api/users", json=REGISTRATION, headers={"Origin": "https://app.example.com"}
+        f"{gateway.url}/api/v2/users", json=REGISTRATION, headers={"Origin": "https://app.example.com"}
     ) as response:
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
         assert "Origin" in response.headers.getall("Vary")
 
     for stranger in ("https://evil.example", "https://app.example.com.evil.example", "null"):
         async with http.options(
-            f"{gateway.url}/api/orders", headers={"Origin": stranger, **request}
+            f"{gateway.url}/api/v2/orders", headers={"Origin": stranger, **request}
         ) as response:
             assert response.status == 405
             assert "Access-Control-Allow-Origin" not in response.headers
         async with http.post(
-            f"{gateway.url}/api/users", json=REGISTRATION, headers={"Origin": stranger}
+            f"{gateway.url}/api/v2/users", json=REGISTRATION, headers={"Origin": stranger}
         ) as response:
             assert "Access-Control-Allow-Origin" not in response.headers
 
@@ -366,7 +399,7 @@ async def test_api8_header_smuggling_is_refused(
     gateway_before: StartGateway, upstream: FakeUpstream, smuggled: bytes
 ) -> None:
     gateway = await gateway_before()
-    head = b"POST /api/users HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+    head = b"POST /api/v2/users HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
     status, _ = await raw_exchange(gateway.url, head + smuggled)
     assert 400 <= status < 500
     assert upstream.received == []

@@ -1,4 +1,4 @@
-"""Idempotency-Key on POST /api/orders, against the real app and database.
+"""Idempotency-Key on POST /api/v2/orders, against the real app and database.
 
 OWASP API6:2023 (unrestricted access to sensitive business flows): a retried or doubled purchase
 must not buy twice. A key places one order, however often and however concurrently it is sent; the
@@ -21,11 +21,14 @@ from orders_service import services
 from orders_service.config import OrdersConfig
 from orders_service.routes import IDEMPOTENCY_KEY_TTL
 from shared.app_keys import DB_POOL
+from shared.auth import ADMIN
 from shared.config import ConfigError
 from tests.integration.conftest import Client
+from users_service.tokens import TokenIssuer
 
 TokenFor = Callable[[uuid.UUID], dict[str, str]]
-BOOK: dict[str, Any] = {"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}
+BOOK: dict[str, Any] = {"sku": "BOOK-42", "quantity": 2}
+BOOK_PRICE_CENTS = 1250  # the seeded catalogue's (orders_service/migrations/004_products.sql)
 ORDER = {"items": [BOOK]}
 OTHER_ORDER = {"items": [{**BOOK, "quantity": 3}]}
 
@@ -46,7 +49,7 @@ async def counts(client: Client) -> tuple[int, int, int]:
 
 async def placed(client: Client, headers: dict[str, str], body: dict[str, Any] = ORDER) -> tuple[bytes, str]:
     """The raw 202 body and the Location of a placement."""
-    response = await client.post("/api/orders", json=body, headers=headers)
+    response = await client.post("/api/v2/orders", json=body, headers=headers)
     assert response.status == 202, await response.text()
     return await response.read(), response.headers["Location"]
 
@@ -55,8 +58,8 @@ async def test_api6_the_same_idempotency_key_places_one_order(
     orders_client: Client, token_for: TokenFor
 ) -> None:
     headers = keyed(token_for(uuid.uuid4()))
-    first = await orders_client.post("/api/orders", json=ORDER, headers=headers)
-    again = await orders_client.post("/api/orders", json=ORDER, headers=headers)
+    first = await orders_client.post("/api/v2/orders", json=ORDER, headers=headers)
+    again = await orders_client.post("/api/v2/orders", json=ORDER, headers=headers)
     assert (first.status, again.status) == (202, 202)
     # The first response again, byte for byte, and marked as a replay.
     assert await again.read() == await first.read()
@@ -88,11 +91,11 @@ async def test_api6_equal_bodies_match_however_they_are_spelled(
 ) -> None:
     headers = {**keyed(token_for(uuid.uuid4())), "Content-Type": "application/json"}
     spellings = [
-        b'{"items": [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1250}]}',
-        b'{"items":[{"unit_price_cents":1250,"quantity":2,"sku":"BOOK-42"}]}',
-        b'{\n  "items": [ { "quantity": 2, "sku": "BOOK-42",\n "unit_price_cents": 1250 } ]\n}',
+        b'{"items": [{"sku": "BOOK-42", "quantity": 2}]}',
+        b'{"items":[{"quantity":2,"sku":"BOOK-42"}]}',
+        b'{\n  "items": [ { "quantity": 2,\n "sku": "BOOK-42" } ]\n}',
     ]
-    answers = [await orders_client.post("/api/orders", data=body, headers=headers) for body in spellings]
+    answers = [await orders_client.post("/api/v2/orders", data=body, headers=headers) for body in spellings]
     assert [answer.status for answer in answers] == [202, 202, 202]
     assert len({answer.headers["Location"] for answer in answers}) == 1
     assert await counts(orders_client) == (1, 1, 1)
@@ -103,13 +106,35 @@ async def test_api6_the_same_key_with_another_body_is_409_and_stores_nothing(
 ) -> None:
     headers = keyed(token_for(uuid.uuid4()))
     first, _ = await placed(orders_client, headers)
-    reused = await orders_client.post("/api/orders", json=OTHER_ORDER, headers=headers)
+    reused = await orders_client.post("/api/v2/orders", json=OTHER_ORDER, headers=headers)
     assert reused.status == 409
     assert reused.content_type == "application/problem+json"
     assert (await reused.json())["type"] == "urn:eda-reference:problem:idempotency-key-reused"
     assert await counts(orders_client) == (1, 1, 1)
     # The key still stands for the first order.
     assert (await placed(orders_client, headers))[0] == first
+
+
+async def test_api6_a_replay_keeps_the_price_the_order_was_placed_at(
+    orders_client: Client, token_for: TokenFor, issuer: TokenIssuer
+) -> None:
+    # The catalogue prices an order when it is placed; a retry after a price change gets that
+    # order back, not a second one at the new price.
+    headers = keyed(token_for(uuid.uuid4()))
+    first, _ = await placed(orders_client, headers)
+    admin = {"Authorization": f"Bearer {issuer.issue(uuid.uuid4(), [ADMIN])}"}
+    book = {"name": "The Hitchhiker's Guide to the Galaxy, paperback", "active": True}
+    repriced = await orders_client.put(
+        "/api/v2/products/BOOK-42", json={**book, "price_cents": 2000}, headers=admin
+    )
+    assert repriced.status == 200, await repriced.text()
+    again, _ = await placed(orders_client, headers)
+    assert again == first
+    assert orjson.loads(again)["total_cents"] == 2 * BOOK_PRICE_CENTS
+    # Another key is another order, priced now.
+    other, _ = await placed(orders_client, keyed(token_for(uuid.uuid4()), "after-the-change"))
+    assert orjson.loads(other)["total_cents"] == 2 * 2000
+    assert await counts(orders_client) == (2, 2, 2)
 
 
 async def test_api1_keys_are_per_user_so_nobody_reaches_another_users_order_through_one(
@@ -121,7 +146,9 @@ async def test_api1_keys_are_per_user_so_nobody_reaches_another_users_order_thro
     bobs, _ = await placed(orders_client, keyed(token_for(bob)))
     assert orjson.loads(bobs)["id"] != orjson.loads(alices)["id"]
     assert orjson.loads(bobs)["user_id"] == str(bob)
-    other = await orders_client.post("/api/orders", json=OTHER_ORDER, headers=keyed(token_for(uuid.uuid4())))
+    other = await orders_client.post(
+        "/api/v2/orders", json=OTHER_ORDER, headers=keyed(token_for(uuid.uuid4()))
+    )
     assert other.status == 202
     assert await counts(orders_client) == (3, 3, 3)
 
@@ -137,7 +164,7 @@ async def test_an_expired_key_is_a_new_key(orders_client: Client, token_for: Tok
     assert await counts(orders_client) == (2, 2, 1)
     # From now on the key stands for the new order.
     assert (await placed(orders_client, headers, OTHER_ORDER))[0] == second
-    assert (await orders_client.post("/api/orders", json=ORDER, headers=headers)).status == 409
+    assert (await orders_client.post("/api/v2/orders", json=ORDER, headers=headers)).status == 409
 
 
 async def test_expired_keys_are_deleted_and_live_ones_kept(
@@ -162,7 +189,7 @@ async def test_api6_concurrent_requests_with_one_key_place_one_order(
 ) -> None:
     headers = keyed(token_for(uuid.uuid4()))
     answers = await asyncio.gather(
-        *(orders_client.post("/api/orders", json=ORDER, headers=headers) for _ in range(10))
+        *(orders_client.post("/api/v2/orders", json=ORDER, headers=headers) for _ in range(10))
     )
     assert [answer.status for answer in answers] == [202] * 10
     bodies = {await answer.read() for answer in answers}
@@ -176,7 +203,10 @@ async def test_api6_concurrent_requests_with_one_key_and_two_bodies_place_one_or
 ) -> None:
     headers = keyed(token_for(uuid.uuid4()))
     answers = await asyncio.gather(
-        *(orders_client.post("/api/orders", json=body, headers=headers) for body in [ORDER, OTHER_ORDER] * 5)
+        *(
+            orders_client.post("/api/v2/orders", json=body, headers=headers)
+            for body in [ORDER, OTHER_ORDER] * 5
+        )
     )
     # Whichever body claimed the key first placed the order; the other body's five are 409.
     assert sorted(answer.status for answer in answers) == [202] * 5 + [409] * 5
@@ -199,7 +229,7 @@ async def test_a_retry_waits_for_the_request_in_flight_with_its_key(
         "status": "PENDING",
         "rejection_reason": None,
     }
-    held_order |= {"items": [BOOK], "total_cents": 2500}
+    held_order |= {"items": [{**BOOK, "unit_price_cents": BOOK_PRICE_CENTS}], "total_cents": 2500}
     held_order |= {"created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}
     async with pool.acquire() as first:
         transaction = first.transaction()
@@ -214,12 +244,12 @@ async def test_a_retry_waits_for_the_request_in_flight_with_its_key(
             " VALUES ($1, $2, $3, $4, $5::jsonb)",
             user_id,
             key,
-            services.request_fingerprint([services.Item(**BOOK)]),
+            services.request_fingerprint([services.Requested(**BOOK)]),
             held_id,
             orjson.dumps(held_order).decode(),
         )
         retry = asyncio.create_task(
-            orders_client.post("/api/orders", json=ORDER, headers=keyed(token_for(user_id), key))
+            orders_client.post("/api/v2/orders", json=ORDER, headers=keyed(token_for(user_id), key))
         )
 
         async def retry_is_waiting_on_the_key() -> bool:
@@ -257,7 +287,7 @@ async def test_an_invalid_key_is_422_and_places_nothing(
     orders_client: Client, token_for: TokenFor, key: str
 ) -> None:
     response = await orders_client.post(
-        "/api/orders", json=ORDER, headers=keyed(token_for(uuid.uuid4()), key)
+        "/api/v2/orders", json=ORDER, headers=keyed(token_for(uuid.uuid4()), key)
     )
     assert response.status == 422, await response.text()
     assert (await response.json())["errors"] == [
@@ -274,7 +304,7 @@ async def test_a_key_with_control_characters_is_refused_and_places_nothing(
     body = orjson.dumps(ORDER)
     auth = token_for(uuid.uuid4())["Authorization"]
     request = (
-        b"POST /api/orders HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        b"POST /api/v2/orders HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
         b"Content-Type: application/json\r\nAuthorization: " + auth.encode() + b"\r\n"
         b"Idempotency-Key: " + key + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
@@ -292,7 +322,7 @@ async def test_a_key_sent_twice_is_422(orders_client: Client, token_for: TokenFo
     headers = CIMultiDict(token_for(uuid.uuid4()))
     headers.add("Idempotency-Key", "one")
     headers.add("Idempotency-Key", "two")
-    response = await orders_client.post("/api/orders", json=ORDER, headers=headers)
+    response = await orders_client.post("/api/v2/orders", json=ORDER, headers=headers)
     assert response.status == 422
     assert (await response.json())["errors"][0]["detail"] == "must be sent at most once"
     assert await counts(orders_client) == (0, 0, 0)

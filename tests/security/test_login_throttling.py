@@ -27,15 +27,22 @@ WINDOW_SECONDS = UsersConfig().login_lockout_seconds
 
 
 async def register(client: Client, email: str = ADA["email"]) -> None:
-    response = await client.post("/api/users", json={**ADA, "email": email})
+    response = await client.post("/api/v2/users", json={**ADA, "email": email})
     assert response.status == 201, await response.text()
 
 
 async def sign_in(
-    client: Client, password: str, email: str = ADA["email"], *, source: str | None = None
+    client: Client,
+    password: str,
+    email: str = ADA["email"],
+    *,
+    source: str | None = None,
+    prefix: str = "/api/v2",
 ) -> aiohttp.ClientResponse:
     headers = {"X-Forwarded-For": source} if source else {}
-    return await client.post("/api/auth/token", json={"email": email, "password": password}, headers=headers)
+    return await client.post(
+        f"{prefix}/auth/token", json={"email": email, "password": password}, headers=headers
+    )
 
 
 async def fail(
@@ -64,6 +71,19 @@ async def test_api4_login_is_throttled_per_account(users_client: Client) -> None
     await assert_throttled(await sign_in(users_client, ADA["password"]))
     # Another account is not affected.
     assert (await sign_in(users_client, ADA["password"], "bob@example.com")).status == 200
+
+
+async def test_api4_both_api_versions_count_against_one_allowance(users_client: Client) -> None:
+    # Version 1's sign-in is deprecated, not a second allowance: guesses alternating between the
+    # versions are throttled at the same count as guesses through one.
+    await register(users_client)
+    statuses = [
+        (await sign_in(users_client, "wrong-password", prefix=("/api", "/api/v2")[n % 2])).status
+        for n in range(MAX_FAILURES + 2)
+    ]
+    assert statuses == [401] * MAX_FAILURES + [429] * 2
+    for prefix in ("/api", "/api/v2"):
+        await assert_throttled(await sign_in(users_client, ADA["password"], prefix=prefix))
 
 
 async def test_api4_unknown_emails_are_throttled_the_same_way(users_client: Client) -> None:
