@@ -123,10 +123,11 @@ demo-throwaway: install ## the same tour against a throwaway system: servers and
 stack: install ## a throwaway system (its own servers and processes) until Ctrl-C, for trying things
 	$(BIN)/python -m devstack up
 
-# AMQP is not published on the host, so against compose the demo runs inside the compose network, in a
-# container of the `tools` service (the profile `tools`: the same image), whose RABBITMQ_OPERATOR_URL
-# signs in as the operator with the password compose gave it (.env included). The printed link uses
-# the gateway's published port.
+# AMQP and Postgres are not published on the host, so against compose the demo runs inside the compose
+# network, in a container of the `tools` service (the profile `tools`: the same image), whose
+# RABBITMQ_OPERATOR_URL signs in as the operator with the password compose gave it (.env included), and
+# whose DATABASE_URL is users_service's, for the operator's command that makes the demo's admin. The
+# printed link uses the gateway's published port.
 demo-compose: ## the same tour against `docker compose up`, run inside the compose network
 	@published=$$(docker compose port gateway 8080) && [ -n "$$published" ] \
 		|| { echo "The compose stack is not running: start it with docker compose up --build" >&2; exit 1; }; \

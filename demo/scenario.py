@@ -219,16 +219,24 @@ class Demo:
             step.outcome = f"REJECTED: {decided['rejection_reason']}"
         self.stories.append(Story(story, f"order {order['id']}, REJECTED"))
 
+    async def approved_with_its_credit(
+        self, user: User, order: dict[str, Any], story: str, credit_used: int
+    ) -> int:
+        """Wait for `order` to be approved, and check that it reserved its total on top of
+        `credit_used`; the credit used now."""
+        reserved: int = credit_used + order["total_cents"]
+        await self.decided(user, order, story, expect="APPROVED")
+        now_used = (await self.gateway.me(user, story=story))["credit_used_cents"]
+        if now_used != reserved:
+            raise StepFailed(f"APPROVED, but credit used {money(now_used)}, expected {money(reserved)}")
+        return reserved
+
     async def cancelled_order(self, credit_used: int) -> None:
         """Alice's second order, approved and then cancelled: her credit is released."""
         story = self.story("cancelled")
         order = await self.place(self.alice, items(CANCELLED_ITEMS), story)
-        reserved: int = credit_used + order["total_cents"]
         with self.steps.step("...the saga decides", "GET /api/v2/orders/{id}, polled") as step:
-            await self.decided(self.alice, order, story, expect="APPROVED")
-            now_used = (await self.gateway.me(self.alice, story=story))["credit_used_cents"]
-            if now_used != reserved:
-                raise StepFailed(f"APPROVED, but credit used {money(now_used)}, expected {money(reserved)}")
+            reserved = await self.approved_with_its_credit(self.alice, order, story, credit_used)
             step.outcome = f"APPROVED: credit used {money(credit_used)} -> {money(reserved)}"
         with self.steps.step("Alice cancels it", "POST /api/v2/orders/{id}/cancel") as step:
             cancelled = await self.gateway.cancel(self.alice, order["id"], story=story)
@@ -371,12 +379,8 @@ class Demo:
                 raise StepFailed(f"422, but for {pointers or problem_of(refused.body)}, expected the price")
             [error] = refused.body["errors"]
             step.outcome = f"422 {refused.body['title']}: {error['pointer']} {error['detail']}"
-        reserved: int = credit_used + order["total_cents"]
         with self.steps.step("...the saga decides", "GET /api/v2/orders/{id}, polled") as step:
-            await self.decided(self.alice, order, story, expect="APPROVED")
-            now_used = (await self.gateway.me(self.alice, story=story))["credit_used_cents"]
-            if now_used != reserved:
-                raise StepFailed(f"APPROVED, but credit used {money(now_used)}, expected {money(reserved)}")
+            reserved = await self.approved_with_its_credit(self.alice, order, story, credit_used)
             step.outcome = (
                 f"APPROVED, read on version 2: credit used {money(credit_used)} -> {money(reserved)}"
             )

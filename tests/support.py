@@ -1,9 +1,13 @@
 """Helpers for tests: a TCP relay to make network faults with (devstack/relay.py), a test's own fake
-upstream, a raw publish, and what a test does when this machine lacks a tool it needs."""
+upstream, a raw publish, one of the project's commands run to its end, and what a test does when this
+machine lacks a tool it needs."""
 
+import asyncio
 import contextlib
+import dataclasses
 import os
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Mapping
 
 import aio_pika
 import pytest
@@ -11,6 +15,7 @@ from aio_pika.abc import HeadersType
 from aiohttp import web
 
 from devstack.ports import free_port
+from devstack.processes import ROOT
 from devstack.rabbitmq import Vhost
 from devstack.relay import TcpRelay as TcpRelay
 from devstack.relay import tcp_relay as tcp_relay
@@ -28,6 +33,35 @@ def require_tool(found: object, message: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_python(*arguments: str, within: float, env: Mapping[str, str] | None = None) -> Finished:
+    """Run `python ARGUMENTS...` with this interpreter, from the repository's root and with `env`
+    added to the environment, as a user runs one of the project's commands; wait for it to end. One
+    that has not ended within `within` seconds is killed, and fails the test."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *arguments,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"python {' '.join(arguments)} did not end within {within:g} s") from None
+    assert process.returncode is not None
+    return Finished(process.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 @contextlib.asynccontextmanager

@@ -19,24 +19,13 @@ import pytest
 
 from devstack.waiting import eventually
 from shared.api_versions import DEPRECATED
-from tests.compose.api import (
-    FINAL,
-    User,
-    api,
-    final_order,
-    me,
-    new_admin,
-    new_product,
-    new_user,
-    place_order,
-    set_credit_limit,
-    signed_in,
-)
+from tests.compose.api import api, new_admin, signed_in
 from tests.compose.conftest import PROJECT, ROOT, containers, docker_compose
 from tests.dead_letter_probes import (
     assert_dead_lettered_after_the_limit,
     assert_every_listing_showed_every_letter,
 )
+from tests.e2e.api import FINAL, User, final_order, me, new_product, new_user, order_product, set_credit_limit
 from users_service.config import UsersConfig
 
 LONG_RUNNING = ("postgres", "rabbitmq", "users_service", "orders_service", "gateway")
@@ -128,8 +117,8 @@ async def test_the_walkthrough_catalogue_register_sign_in_order_approved_cancel(
     user = await new_user(http, gateway_url)
     account = await me(http, gateway_url, user)
     assert (account["id"], account["credit_limit_cents"]) == (user.id, NEW_USER_CREDIT_LIMIT_CENTS)
-    sku = await new_product(http, gateway_url, admin, 1_250)
-    order = await place_order(http, gateway_url, user, sku, quantity=2)
+    sku = await new_product(http, gateway_url, admin.headers, 1_250)
+    order = await order_product(http, gateway_url, user, sku, quantity=2)
     assert (order["status"], order["total_cents"]) == ("PENDING", 2_500), "priced from the catalogue"
     assert order["items"] == [{"sku": sku, "quantity": 2, "unit_price_cents": 1_250}]
     approved = await final_order(http, gateway_url, user, order["id"])
@@ -195,10 +184,14 @@ async def test_approved_rejected_and_cancelled_orders(
     http: aiohttp.ClientSession, gateway_url: str, admin: User
 ) -> None:
     user = await new_user(http, gateway_url)
-    await set_credit_limit(http, gateway_url, admin, user, 5_000)
-    approved = await place_order(http, gateway_url, user, await new_product(http, gateway_url, admin, 3_000))
+    await set_credit_limit(http, gateway_url, admin.headers, user.id, 5_000)
+    approved = await order_product(
+        http, gateway_url, user, await new_product(http, gateway_url, admin.headers, 3_000)
+    )
     assert (await final_order(http, gateway_url, user, approved["id"]))["status"] == "APPROVED"
-    too_much = await place_order(http, gateway_url, user, await new_product(http, gateway_url, admin, 2_001))
+    too_much = await order_product(
+        http, gateway_url, user, await new_product(http, gateway_url, admin.headers, 2_001)
+    )
     rejected = await final_order(http, gateway_url, user, too_much["id"])
     assert (rejected["status"], rejected["rejection_reason"]) == ("REJECTED", "insufficient_credit")
     await assert_credit_matches_approved_orders(http, gateway_url, [user])
@@ -208,9 +201,9 @@ async def test_an_admin_made_by_the_operator_raises_a_limit_and_the_refused_orde
     http: aiohttp.ClientSession, gateway_url: str, admin: User
 ) -> None:
     user = await new_user(http, gateway_url)
-    dear = await new_product(http, gateway_url, admin, NEW_USER_CREDIT_LIMIT_CENTS + 1)
+    dear = await new_product(http, gateway_url, admin.headers, NEW_USER_CREDIT_LIMIT_CENTS + 1)
     refused = await final_order(
-        http, gateway_url, user, (await place_order(http, gateway_url, user, dear))["id"]
+        http, gateway_url, user, (await order_product(http, gateway_url, user, dear))["id"]
     )
     assert (refused["status"], refused["rejection_reason"]) == ("REJECTED", "insufficient_credit")
     raise_it = {"credit_limit_cents": NEW_USER_CREDIT_LIMIT_CENTS + 1}
@@ -219,10 +212,12 @@ async def test_an_admin_made_by_the_operator_raises_a_limit_and_the_refused_orde
     ) as response:
         assert response.status == 403, "only an admin changes a credit limit"
         assert (await response.json())["type"] == "urn:eda-reference:problem:forbidden"
-    changed = await set_credit_limit(http, gateway_url, admin, user, NEW_USER_CREDIT_LIMIT_CENTS + 1)
+    changed = await set_credit_limit(
+        http, gateway_url, admin.headers, user.id, NEW_USER_CREDIT_LIMIT_CENTS + 1
+    )
     assert changed["credit_limit_cents"] == NEW_USER_CREDIT_LIMIT_CENTS + 1
     again = await final_order(
-        http, gateway_url, user, (await place_order(http, gateway_url, user, dear))["id"]
+        http, gateway_url, user, (await order_product(http, gateway_url, user, dear))["id"]
     )
     assert again["status"] == "APPROVED"
     await assert_credit_matches_approved_orders(http, gateway_url, [user])
@@ -232,7 +227,7 @@ async def test_version_1_still_answers_and_says_on_every_answer_that_it_is_depre
     http: aiohttp.ClientSession, gateway_url: str, admin: User
 ) -> None:
     user = await new_user(http, gateway_url)
-    sku = await new_product(http, gateway_url, admin, 999)
+    sku = await new_product(http, gateway_url, admin.headers, 999)
     placed = {"items": [{"sku": sku, "quantity": 1, "unit_price_cents": 999}]}
     async with http.post(f"{gateway_url}/api/orders", json=placed, headers=user.headers) as response:
         assert response.status == 202, await response.text()
@@ -289,9 +284,9 @@ async def test_fifty_concurrent_orders_never_over_reserve(
     http: aiohttp.ClientSession, gateway_url: str, admin: User
 ) -> None:
     user = await new_user(http, gateway_url)
-    await set_credit_limit(http, gateway_url, admin, user, 10_000)
-    sku = await new_product(http, gateway_url, admin, 700)
-    orders = await asyncio.gather(*(place_order(http, gateway_url, user, sku) for _ in range(50)))
+    await set_credit_limit(http, gateway_url, admin.headers, user.id, 10_000)
+    sku = await new_product(http, gateway_url, admin.headers, 700)
+    orders = await asyncio.gather(*(order_product(http, gateway_url, user, sku) for _ in range(50)))
     finals = [await final_order(http, gateway_url, user, order["id"]) for order in orders]
     assert sum(order["status"] == "APPROVED" for order in finals) == 10_000 // 700
     await assert_credit_matches_approved_orders(http, gateway_url, [user])
@@ -304,7 +299,7 @@ async def test_a_service_restarted_during_a_burst_of_orders_loses_none(
     """`docker compose restart` in the middle of a stream of orders: the container gets SIGTERM,
     drains, and starts again. Every order, accepted before, during or after, reaches a final state."""
     users = [await new_user(http, gateway_url) for _ in range(3)]
-    sku = await new_product(http, gateway_url, admin, 300)
+    sku = await new_product(http, gateway_url, admin.headers, 300)
     started_at = (await containers())[service]["State"]["StartedAt"]
     burst = Burst(http, gateway_url, users, sku)
     placing = asyncio.create_task(burst.run())

@@ -5,9 +5,7 @@ dead letter while the other one is reading the same queue, and the system they l
 """
 
 import asyncio
-import os
 import re
-import sys
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -16,13 +14,12 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from devstack.processes import ROOT
 from shared.api_versions import DEPRECATED
 from shared.dlq import list_dead_letters
 from shared.events import CreditLimitChanged
 from tests.e2e.conftest import Stack
 from tests.e2e.saga_checker import assert_invariants_once_quiet
-from tests.support import serving
+from tests.support import run_python, serving
 
 DEMO_DEADLINE = 90.0
 MONEY = r"\d+\.\d\d"
@@ -147,25 +144,11 @@ STORIES = ("alice", "bob", "carol", "approved", "rejected", "cancelled", "limit"
 async def run_demo(*arguments: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     """Run `python -m demo` as `make demo` does, with `env` added to the environment; its exit code,
     stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "demo",
-        *arguments,
-        cwd=ROOT,
-        # Wide enough that no cell wraps, version 1's deprecation headers included: one line per row.
-        env={**os.environ, "COLUMNS": "400", **(env or {})},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    # Wide enough that no cell wraps, version 1's deprecation headers included: one line per row.
+    finished = await run_python(
+        "-m", "demo", *arguments, within=DEMO_DEADLINE, env={"COLUMNS": "400", **(env or {})}
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), DEMO_DEADLINE)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"the demo took more than {DEMO_DEADLINE} s") from None
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return finished.returncode, finished.stdout, finished.stderr
 
 
 def table_rows(output: str) -> list[list[str]]:

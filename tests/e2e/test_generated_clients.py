@@ -9,7 +9,6 @@ once per module; the tests then call only its generated functions and models, no
 Each generated function is found by its operation's operationId, as a client's developer finds it.
 """
 
-import asyncio
 import dataclasses
 import importlib
 import json
@@ -28,6 +27,7 @@ from devstack.waiting import eventually
 from shared.api_versions import DEPRECATED
 from tests.e2e.api import PASSWORD
 from tests.e2e.conftest import Stack
+from tests.support import run_python
 from users_service.config import UsersConfig
 
 # The public contract as version 1 was released (before version 2), which version 1's clients
@@ -68,8 +68,7 @@ async def generate(source: list[str], package: Path) -> None:
     the client with a warning, fails the test instead of going unnoticed."""
     config = package.with_suffix(".json")
     config.write_text(json.dumps(GENERATOR_CONFIG))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
+    generated = await run_python(
         "-m",
         "openapi_python_client",
         "generate",
@@ -81,16 +80,11 @@ async def generate(source: list[str], package: Path) -> None:
         "--config",
         str(config),
         "--fail-on-warning",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        within=GENERATION_DEADLINE,
     )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), GENERATION_DEADLINE)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"openapi-python-client took more than {GENERATION_DEADLINE} s") from None
-    assert process.returncode == 0, f"openapi-python-client {' '.join(source)} failed:\n{output.decode()}"
+    assert generated.returncode == 0, (
+        f"openapi-python-client {' '.join(source)} failed:\n{generated.stdout}{generated.stderr}"
+    )
 
 
 @dataclasses.dataclass

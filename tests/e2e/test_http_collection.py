@@ -3,9 +3,6 @@ it, in order, against the running system, each answering as the file says, the a
 user whom the operator's command (`python -m users_service.admin grant EMAIL`) made one. And the
 reader and runner of such files (tests/e2e/http_collection.py), on a small example of their own."""
 
-import asyncio
-import os
-import sys
 import uuid
 
 import aiohttp
@@ -17,7 +14,7 @@ from shared.api_versions import DEPRECATED
 from tests.e2e.api import PASSWORD
 from tests.e2e.conftest import Stack
 from tests.e2e.http_collection import CollectionError, HttpRequest, Substitution, named, parse, run
-from tests.support import serving
+from tests.support import run_python, serving
 
 WALKTHROUGH = ROOT / "docs" / "walkthrough.http"
 GRANT_DEADLINE = 60.0
@@ -157,25 +154,16 @@ async def new_admin(stack: Stack, http: aiohttp.ClientSession) -> str:
     body = {"email": email, "name": "Walkthrough Admin", "password": PASSWORD}
     async with http.post(f"{stack.url}/api/v2/users", json=body) as response:
         assert response.status == 201, await response.text()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
+    granted = await run_python(
         "-m",
         "users_service.admin",
         "grant",
         email,
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": stack.env["users_service"]["DATABASE_URL"]},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        within=GRANT_DEADLINE,
+        env={"DATABASE_URL": stack.env["users_service"]["DATABASE_URL"]},
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), GRANT_DEADLINE)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"users_service.admin grant took more than {GRANT_DEADLINE} s") from None
-    assert process.returncode == 0, err.decode()
-    assert f"granted admin: {email}" in out.decode()
+    assert granted.returncode == 0, granted.stderr
+    assert f"granted admin: {email}" in granted.stdout
     return email
 
 
