@@ -131,7 +131,7 @@ def rate_limits(
     return limit_rate
 
 
-CORS_ALLOWED_METHODS = "GET, POST"
+CORS_ALLOWED_METHODS = "GET, POST, PUT"
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
 CORS_EXPOSED_HEADERS = "Location, Retry-After, X-Request-ID"
 CORS_MAX_AGE = "600"

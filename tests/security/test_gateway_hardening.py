@@ -358,6 +358,8 @@ async def test_api8_cors_allows_only_listed_origins(
         assert response.status == 204
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
         assert "POST" in response.headers["Access-Control-Allow-Methods"]
+        # An admin's page changes limits and products with PUT.
+        assert "PUT" in response.headers["Access-Control-Allow-Methods"]
         assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
         assert "Access-Control-Allow-Credentials" not in response.headers
     async with http.post(
