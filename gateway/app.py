@@ -56,10 +56,11 @@ def create_app(config: GatewayConfig) -> web.Application:
     app.cleanup_ctx.append(upstream_session(config))
     app.router.add_routes(proxy_routes(config, upstreams, tracing, observer=flow.observer if flow else None))
     app.router.add_routes(readiness_routes(app, upstreams))
-    app.router.add_routes(documentation_routes())
+    contract = public_contract()
+    app.router.add_routes(documentation_routes(contract))
     if flow is not None:
         flow.attach(app)
-    app.on_response_prepare.append(deprecation_notices(public_contract()))
+    app.on_response_prepare.append(deprecation_notices(contract))
     app[METRICS] = metrics
     app.router.add_routes(metrics.routes())
     return app
@@ -235,13 +236,13 @@ def upstream_readiness(app: web.Application, upstream: Upstream) -> ReadinessChe
     return check
 
 
-def documentation_routes() -> list[web.AbstractRouteDef]:
+def documentation_routes(contract: Mapping[str, Any]) -> list[web.AbstractRouteDef]:
     """/openapi.json (the public contract), /docs (Swagger UI, served from a Python package) and
     /docs/events (the events' AsyncAPI contract as a page, rendered here once: gateway/events_page.py)."""
-    contract = dumps(public_contract())
+    contract_json = dumps(contract)
 
     async def openapi(_: web.Request) -> web.Response:
-        return web.Response(body=contract, content_type="application/json")
+        return web.Response(body=contract_json, content_type="application/json")
 
     async def docs(_: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "docs.html", headers=DOCS_HEADERS)

@@ -50,11 +50,6 @@ def product_json(product: dict[str, Any]) -> dict[str, Any]:
     return {key: product[key] for key in ("sku", "name", "price_cents", "active")}
 
 
-def _version_prefix(request: web.Request) -> str:
-    """Where the request's version lives: a Location points into the version it was asked in."""
-    return "/api/v2" if request.path.startswith("/api/v2/") else "/api"
-
-
 def _order_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(request.match_info["id"])
@@ -102,7 +97,8 @@ async def place_order(request: web.Request) -> web.Response:
             type="urn:eda-reference:problem:idempotency-key-reused",
         ) from None
     order = placed.order
-    headers = {"Location": f"{_version_prefix(request)}/orders/{order['id']}"}
+    # Under the path it was placed at: a Location points into the version it was asked in.
+    headers = {"Location": f"{request.path}/{order['id']}"}
     if placed.replayed:
         # The first response again, as the idempotency-key draft has it: same status, same body.
         headers["Idempotent-Replayed"] = "true"
@@ -200,6 +196,6 @@ async def put_product(request: web.Request) -> web.Response:
     )
     if created:
         return json_response(
-            product_json(product), status=201, headers={"Location": f"/api/v2/products/{sku}"}
+            product_json(product), status=201, headers={"Location": request.path}
         )
     return json_response(product_json(product))

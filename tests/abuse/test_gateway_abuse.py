@@ -8,6 +8,7 @@ Where an attack needs many client addresses, the gateway trusts the test as a pr
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 
 import aiohttp
 import pytest
@@ -278,3 +279,33 @@ async def test_one_client_cannot_register_without_limit(
     async with http.post(f"{stack.url}/api/v2/users", json=registration(), headers=someone_else) as response:
         assert response.status == 201
     await assert_bystander_served(http, stack.url, bystander)
+
+
+async def test_the_widest_orders_cost_one_catalogue_lookup_and_place_nothing(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    # The most an order body may hold (100 items, each sku 64 characters) is priced with one lookup
+    # of at most 100 skus, whatever they are: refused items are each named, and nothing is stored.
+    attacker = await new_user(http, stack.url)
+    bystander = await new_user(http, stack.url)
+    unknown = {"items": [{"sku": f"{index:03d}".ljust(64, "Z"), "quantity": 1000} for index in range(100)]}
+    # Version 1's widest: the issue's 1000 pianos at 0.00, a hundred times over.
+    free_pianos = {"items": [{"sku": "PIANO", "quantity": 1000, "unit_price_cents": 0}] * 100}
+    attacks: list[tuple[str, Mapping[str, object], str]] = [
+        ("/api/v2/orders", unknown, "#/items/99/sku"),
+        ("/api/orders", free_pianos, "#/items/99/unit_price_cents"),
+    ]
+
+    async def attack(path: str, body: Mapping[str, object], last_pointer: str) -> None:
+        async with http.post(f"{stack.url}{path}", json=body, headers=attacker.headers) as response:
+            assert response.status == 422, await response.text()
+            errors = (await response.json())["errors"]
+            assert len(errors) == 100
+            assert errors[-1]["pointer"] == last_pointer, errors[-1]
+
+    await asyncio.gather(
+        *(attack(*what) for what in attacks for _ in range(20)),
+        assert_bystander_served(http, stack.url, bystander),
+    )
+    async with http.get(f"{stack.url}/api/v2/orders", headers=attacker.headers) as response:
+        assert (await response.json())["items"] == []
