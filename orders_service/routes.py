@@ -195,7 +195,5 @@ async def put_product(request: web.Request) -> web.Response:
         active=body["active"],
     )
     if created:
-        return json_response(
-            product_json(product), status=201, headers={"Location": request.path}
-        )
+        return json_response(product_json(product), status=201, headers={"Location": request.path})
     return json_response(product_json(product))
