@@ -209,6 +209,12 @@ class ServiceConfig(TokenConfig, DatabaseConfig):
     consumer_prefetch: int = setting(
         "CONSUMER_PREFETCH", 16, "Most unacknowledged messages a consumer holds at once."
     )
+    consumer_batch_size: int = setting(
+        "CONSUMER_BATCH_SIZE",
+        16,
+        "Most consumed events applied together in one transaction (shared/inbox.py); 1 applies each"
+        " alone. A batch is what waits when the last one commits, so at light load it is one event.",
+    )
     retry_delays_ms: str = setting(
         "RETRY_DELAYS_MS",
         "1000,5000,30000",

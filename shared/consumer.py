@@ -7,8 +7,9 @@ For each message:
    contract). A message that is too large, cannot be parsed, breaks its schema, has an unknown type
    or data version, or comes from anyone but its type's publisher can never succeed: it goes to the
    dead-letter queue at once.
-2. In ONE transaction: record the event id in the inbox (a duplicate finds it there and is skipped),
-   apply the handler's change, and write any new events to the outbox.
+2. Apply it through the inbox (shared/inbox.py): in ONE transaction, record the event id in the inbox
+   (a duplicate finds it there and is skipped), apply the handler's change, and write any new events
+   to the outbox; the messages that wait together are applied together, in one transaction.
 3. Only after the commit, ack. A crash before the ack means a redelivery, which step 2 skips.
 
 A handler that raises is retried later through the retry queues (growing delays), then
@@ -25,8 +26,7 @@ the queue's own dead-lettering takes to the same dead-letter queue.
 import asyncio
 import contextlib
 import datetime
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import aiormq
@@ -35,19 +35,17 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from shared.broker import BROKER_UNAVAILABLE
-from shared.db import DATABASE_UNAVAILABLE
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import Event
+from shared.inbox import Abandoned, Delivery, Handler, Inbox
 from shared.messages import copy_of, sender_of
 from shared.metrics import MessagingMetrics, known_type
 from shared.topology import ConsumerQueues
-from shared.unit_of_work import Outbox, UnitOfWork, unit_of_work
+from shared.unit_of_work import Outbox
 
 log = structlog.get_logger("consumer")
 
-# A handler gets the unit of work (its connection and `emit`) and the typed event. The table that
-# maps event classes to handlers is the one place a service says what it reacts to.
-Handler = Callable[[UnitOfWork, Any], Awaitable[None]]
+# The table that maps event classes to handlers is the one place a service says what it reacts to.
 HandlerTable = Mapping[type[Event], Handler]
 
 # What becomes of a message that could not be moved to a retry or dead-letter queue: given back to its
@@ -72,6 +70,7 @@ class Consumer:
         retry_delays_ms: tuple[int, ...],
         publish_timeout: float,
         unavailable_wait: float,
+        batch_size: int,
         own_user: str | None,
         publishers: Mapping[str, str],
         metrics: MessagingMetrics,
@@ -79,12 +78,18 @@ class Consumer:
         self.queues = queues
         self.metrics = metrics
         self.handlers = handlers
-        self.pool = pool
         self.outbox = outbox
         self.channel = channel
         self.retry_delays_ms = retry_delays_ms
         self.publish_timeout = publish_timeout
-        self.unavailable_wait = unavailable_wait
+        self.inbox = Inbox(
+            pool=pool,
+            outbox=outbox,
+            batch_size=batch_size,
+            unavailable_wait=unavailable_wait,
+            consumed=self._consumed,
+            batched=metrics.batch_sizes.observe,
+        )
         self.own_user = own_user  # this service's broker user, who signs the copies it makes
         self.publishers = publishers  # event type -> the broker user that publishes it
         self._queue: AbstractQueue | None = None
@@ -129,6 +134,7 @@ class Consumer:
     async def stop(self) -> None:
         """Take no new messages, and let the ones in hand finish (their acks included)."""
         self._stopping = True
+        self.inbox.stopping()
         if self._queue is not None and self._consumer_tag is not None:
             # Bounded: with the broker unreachable, a robust channel would wait for it forever.
             # Then no message is coming anyway, and the unacked ones will be redelivered.
@@ -137,6 +143,7 @@ class Consumer:
         if self._in_flight:
             log.info("finishing the messages in hand", count=len(self._in_flight))
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self.inbox.close()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -150,7 +157,7 @@ class Consumer:
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        with self.outbox.tracing.consumer_span(known_type(message.type), message.headers or {}):
+        with self.outbox.tracing.consumer_span(known_type(message.type), message.headers or {}) as span:
             fields = {"type": message.type or "unknown"}
             try:
                 envelope = admitted(message)
@@ -167,8 +174,8 @@ class Consumer:
             # Bound for the whole handling, so that whatever a handler logs joins the same story.
             with structlog.contextvars.bound_contextvars(correlation_id=envelope.correlationid):
                 try:
-                    applied = await self._apply_while_database_unavailable(envelope, event, handler)
-                except _Abandoned:
+                    applied = await self.inbox.apply(Delivery(envelope, event, handler, span))
+                except Abandoned:
                     return  # shutting down during a database outage: unacked, so it will be redelivered
                 except Exception as error:
                     await self._retry_or_dead_letter(message, error, fields)
@@ -184,42 +191,6 @@ class Consumer:
         if publisher is not None and sender != publisher:
             # A forged event, or one published by mistake: whatever it says, it changes nothing.
             raise InvalidEvent(f"{envelope.type} from {sender or 'no user'}; only {publisher} publishes it")
-
-    async def _apply_while_database_unavailable(
-        self, envelope: Envelope, event: Event, handler: Handler
-    ) -> bool:
-        backoff = 0.1
-        give_up_at = time.monotonic() + self.unavailable_wait
-        while True:
-            try:
-                return await self._apply_once(envelope, event, handler)
-            except DATABASE_UNAVAILABLE as error:
-                if self._stopping:
-                    raise _Abandoned from error
-                if time.monotonic() + backoff > give_up_at:
-                    raise  # unreachable for too long: retried later, like any failure
-                log.warning(
-                    "database unavailable; will retry the message", error=repr(error), retry_in=backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _apply_once(self, envelope: Envelope, event: Event, handler: Handler) -> bool:
-        """Inbox, change and outbox in one transaction; False if the event was applied before."""
-        async with unit_of_work(self.pool, self.outbox, envelope.as_cause()) as work:
-            first_time = await work.connection.fetchval(
-                """
-                INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)
-                ON CONFLICT DO NOTHING RETURNING true
-                """,
-                envelope.id,
-                envelope.type,
-            )
-            if not first_time:
-                return False
-            work.after_commit(lambda: self._consumed(envelope))
-            await handler(work, event)
-        return True
 
     def _consumed(self, envelope: Envelope) -> None:
         self.metrics.consumed.labels(envelope.type).inc()
@@ -348,7 +319,3 @@ def _dead_letter_headers(message: AbstractIncomingMessage, reason: str, error: s
         "x-dead-lettered-at": datetime.datetime.now(datetime.UTC).isoformat(),
         "x-original-routing-key": message.routing_key or "",
     }
-
-
-class _Abandoned(Exception):
-    """The message was left unacknowledged on purpose (shutdown); the broker will redeliver it."""

@@ -151,18 +151,31 @@ class Envelope:
             raise InvalidEvent(f"{self.type} v{self.dataversion}: {problem}")
         return decode(self.data)
 
-    def log_fields(self) -> dict[str, str]:
-        """What a log line about this event shows: its type, a short subject id, its story's id."""
-        fields = {"type": self.type, "correlation_id": self.correlationid}
+    @property
+    def subject(self) -> str | None:
+        """What the event is about, as "order:<id>" or "user:<id>" (an order before its customer)."""
         for key, label in (("order_id", "order"), ("user_id", "user")):
             if isinstance(self.data.get(key), str):
-                fields[label] = self.data[key][:8]
-                break
-        return fields
+                return f"{label}:{self.data[key]}"
+        return None
+
+    def log_fields(self) -> dict[str, str]:
+        """What a log line about this event shows: its type, a short subject id, its story's id."""
+        return log_fields(self.type, self.correlationid, self.subject)
 
     def as_cause(self) -> Cause:
         """The cause of whatever this event leads to: same story, caused by this event."""
         return Cause(correlation_id=self.correlationid, causation_id=str(self.id))
+
+
+def log_fields(event_type: str, correlation_id: str, subject: str | None) -> dict[str, str]:
+    """The fields that name an event in a log line, from what an outbox row keeps of it as well as
+    from its envelope: "order=5c1e1a2b" shows the subject short."""
+    fields = {"type": event_type, "correlation_id": correlation_id}
+    if subject is not None:
+        label, _, subject_id = subject.partition(":")
+        fields[label] = subject_id[:8]
+    return fields
 
 
 def check_outgoing(body: bytes) -> None:

@@ -25,14 +25,35 @@ def event_message(
     body: bytes, envelope: Envelope, *, user_id: str | None, headers: HeadersType | None = None
 ) -> aio_pika.Message:
     """The message that publishes `envelope`, whose JSON is `body`, as broker user `user_id`."""
+    return stored_event_message(
+        body,
+        event_id=str(envelope.id),
+        event_type=envelope.type,
+        correlation_id=envelope.correlationid,
+        user_id=user_id,
+        headers=headers,
+    )
+
+
+def stored_event_message(
+    body: bytes,
+    *,
+    event_id: str,
+    event_type: str,
+    correlation_id: str,
+    user_id: str | None,
+    headers: HeadersType | None = None,
+) -> aio_pika.Message:
+    """The same message, from what an outbox row keeps beside the body: the relay sends a body as it
+    was stored, without parsing it again."""
     return aio_pika.Message(
         body,
         headers=headers or {},
         content_type=CLOUDEVENTS_JSON,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=str(envelope.id),
-        type=envelope.type,
-        correlation_id=envelope.correlationid,
+        message_id=event_id,
+        type=event_type,
+        correlation_id=correlation_id,
         user_id=user_id,
     )
 

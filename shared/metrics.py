@@ -89,6 +89,12 @@ class MessagingMetrics:
             "Publishes of an outbox row that the broker returned or refused, or that failed.",
         )
         self.set_aside = per_type("outbox_set_aside", "Outbox rows set aside after failing to publish.")
+        self.batch_sizes = Histogram(
+            "events_applied_per_transaction",
+            "Events a consumer applied together in one transaction (shared/inbox.py): 1 at light load.",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
         self.outbox_lag = Gauge(
             "outbox_lag_seconds",
             "Age of the oldest unpublished outbox row (0 when every row is published).",

@@ -158,6 +158,7 @@ async def _consume(
         retry_delays_ms=config.retry_delays,
         publish_timeout=config.publish_timeout,
         unavailable_wait=config.database_unavailable_wait,
+        batch_size=config.consumer_batch_size,
         own_user=own_user,
         publishers=bus().publisher,
         metrics=app[MESSAGING_METRICS],

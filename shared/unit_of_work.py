@@ -10,7 +10,7 @@ and it publishes them.
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import asyncpg
 import structlog
@@ -32,27 +32,37 @@ class Outbox:
         self.tracing = tracing or Tracing(source, enabled=False)
         self.nudged = asyncio.Event()
 
-    async def add(self, connection: Connection, event: Event, cause: Cause) -> Envelope:
-        """Write the event in the caller's transaction. An event that breaks its contract raises
+    def envelope(self, event: Event, cause: Cause) -> Envelope:
+        """The event in its envelope, checked against its contract. An event that breaks it raises
         ContractViolation: a bug, so the transaction rolls back rather than every consumer failing."""
         envelope = Envelope.wrap(
             event, source=self.source, cause=cause, traceparent=self.tracing.current_traceparent()
         )
-        body = envelope.to_json()
-        check_outgoing(body)
+        check_outgoing(envelope.to_json())
         publisher = bus().publisher.get(event.TYPE)
         if publisher != self.source:
             # Its consumers would refuse it anyway: they accept a type from its publisher only.
             raise ContractViolation(
                 f"{self.source} emits {event.TYPE}, which the bus's contract has {publisher} publish"
             )
-        await connection.execute(
-            "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)",
-            envelope.id,
-            envelope.type,
-            body.decode(),
-        )
         return envelope
+
+    @staticmethod
+    async def write(connection: Connection, envelopes: Sequence[Envelope]) -> None:
+        """The rows of `envelopes`, in the caller's transaction, in one statement however many there
+        are: with the fields the relay publishes them with, so that it never parses a body again."""
+        await connection.execute(
+            """
+            INSERT INTO outbox (event_id, event_type, body, correlation_id, traceparent, subject)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+            """,
+            [envelope.id for envelope in envelopes],
+            [envelope.type for envelope in envelopes],
+            [envelope.to_json().decode() for envelope in envelopes],
+            [envelope.correlationid for envelope in envelopes],
+            [envelope.traceparent for envelope in envelopes],
+            [envelope.subject for envelope in envelopes],
+        )
 
     def nudge(self) -> None:
         """Wake the relay now rather than at its next poll (called after a commit, never before)."""
@@ -70,7 +80,14 @@ class UnitOfWork:
     committed: list[Callable[[], None]] = dataclasses.field(default_factory=list)
 
     async def emit(self, event: Event) -> None:
-        self.emitted.append(await self.outbox.add(self.connection, event, self.cause))
+        """Announce `event` with this unit's change: its outbox row is written with the unit's
+        other events, just before the commit, in one statement."""
+        self.emitted.append(self.outbox.envelope(event, self.cause))
+
+    def for_cause(self, cause: Cause) -> "UnitOfWork":
+        """The same transaction, for work with a cause of its own: each event of a batch that a
+        consumer applies together (shared/inbox.py) leads to events of its own story."""
+        return dataclasses.replace(self, cause=cause)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the transaction has committed, and never if it rolls back (for what
@@ -92,6 +109,8 @@ async def unit_of_work(pool: asyncpg.Pool, outbox: Outbox, cause: Cause) -> Asyn
             async with connection.transaction():
                 work = UnitOfWork(connection=connection, outbox=outbox, cause=cause)
                 yield work
+                if work.emitted:
+                    await outbox.write(connection, work.emitted)
         except (asyncpg.InterfaceError, asyncpg.InternalClientError) as error:
             if _lost(connection):
                 raise ConnectionLost(repr(error)) from error

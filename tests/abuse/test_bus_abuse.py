@@ -108,8 +108,8 @@ async def test_rows_that_cannot_be_published_are_set_aside_and_the_relay_goes_on
     users_db = await asyncpg.connect(stack.admin_dsn("users_service"))
     try:
         await users_db.executemany(
-            "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)",
-            [(envelope.id, envelope.type, envelope.to_json().decode()) for envelope in bad],
+            "INSERT INTO outbox (event_id, event_type, body, correlation_id) VALUES ($1, $2, $3, $4)",
+            [(envelope.id, envelope.type, envelope.to_json().decode(), story) for envelope in bad],
         )
         await assert_bystander_served(http, stack.url, bystander)
 
@@ -126,7 +126,11 @@ async def test_rows_that_cannot_be_published_are_set_aside_and_the_relay_goes_on
         listed = await run_parked(stack, "list")
         assert "Found 150 set-aside outbox row(s) of users_service" in listed
         await users_db.execute(
-            "UPDATE outbox SET body = replace(body, $1, 'mended') WHERE set_aside_at IS NOT NULL", story
+            """
+            UPDATE outbox SET body = replace(body, $1, 'mended'), correlation_id = 'mended'
+            WHERE set_aside_at IS NOT NULL
+            """,
+            story,
         )
         assert "Put back 150 outbox row(s)" in await run_parked(stack, "retry")
 

@@ -137,3 +137,59 @@ async def test_a_failing_handler_is_retried_then_dead_lettered_then_replayed(
         return stack.orders.log_text().count("retries exhausted") == 2
 
     await eventually(dead_lettered_again, what="the replayed orphan to fail its retries again")
+
+
+async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_rest_applied_once(
+    fresh_stack: StackFactory, http: aiohttp.ClientSession
+) -> None:
+    """Messages that wait together are applied in one transaction (shared/inbox.py). One of them whose
+    handler fails rolls the batch back; applied again one by one, the others take effect once each,
+    a duplicate among them is skipped, and the poison alone is retried, then dead-lettered."""
+    stack = await fresh_stack(orders_service=FAST_RETRIES, users_service=FAST_RETRIES)
+    admin = stack.keys.admin_headers()
+    user = await new_user(http, stack.url, admin=admin)
+    cent = await new_product(http, stack.url, admin, 1)
+    # The credit answers are made to wait in orders_service's queue, so that it takes them at once
+    # when it starts: users_service is away while the orders come in, orders_service while it answers.
+    assert await stack.users.stop() == 0
+    orders = [await order_product(http, stack.url, user, cent) for _ in range(8)]
+    assert await stack.orders.stop() == 0
+    await stack.start("users_service")
+    users_db = await asyncpg.connect(stack.admin_dsn("users_service"))
+    try:
+
+        async def answered() -> bool:
+            published: int = await users_db.fetchval(
+                "SELECT count(*) FROM outbox WHERE event_type = $1 AND published_at IS NOT NULL",
+                CreditReserved.TYPE,
+            )
+            return published == len(orders)
+
+        await eventually(answered, what="users_service's eight credit answers published")
+        a_real_answer: str = await users_db.fetchval(
+            "SELECT body FROM outbox WHERE event_type = $1 LIMIT 1", CreditReserved.TYPE
+        )
+    finally:
+        await users_db.close()
+    await publish_raw(stack.broker, a_real_answer.encode(), CreditReserved.TYPE)  # a duplicate
+    orphan = Envelope.wrap(
+        CreditReserved(uuid.uuid4(), uuid.uuid4(), 100), source="test", cause=Cause("poison", "poison")
+    )
+    await publish_raw(stack.broker, orphan.to_json(), CreditReserved.TYPE)  # its handler raises
+    await stack.start("orders_service")
+
+    async def dead_lettered() -> bool:
+        letters = await list_dead_letters(stack.rabbitmq_url, "orders_service")
+        return [(letter.message_id, letter.reason) for letter in letters] == [
+            (str(orphan.id), "retries exhausted")
+        ]
+
+    await eventually(dead_lettered, what="the poison message in orders_service.dlq")
+    for order in orders:
+        assert (await final_order(http, stack.url, user, order["id"]))["status"] == "APPROVED"
+    log = stack.orders.log_text()
+    assert "a batch failed; applying its messages one by one" in log
+    assert log.count("duplicate skipped") == 1
+    assert log.count("retry scheduled") == 2
+    assert (await me(http, stack.url, user))["credit_used_cents"] == len(orders)
+    await assert_invariants_once_quiet(stack)

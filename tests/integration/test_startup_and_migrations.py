@@ -38,13 +38,14 @@ async def test_migrations_apply_once_even_when_two_replicas_start_together(
                 "shared/001_outbox_and_inbox.sql",
                 "shared/002_outbox_failures.sql",
                 "shared/003_retention_indexes.sql",
+                "shared/004_outbox_publishing_fields.sql",
                 "orders_service/001_orders.sql",
                 "orders_service/002_idempotency_keys.sql",
                 "orders_service/003_saga_endings.sql",
                 "orders_service/004_products.sql",
             ],
         ]
-        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 7
+        assert await first.fetchval("SELECT count(*) FROM schema_migrations") == 8
         assert await apply_migrations(first, MIGRATIONS) == []
     finally:
         await first.close()

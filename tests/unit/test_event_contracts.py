@@ -23,7 +23,7 @@ from shared.envelope import ContractViolation, Envelope, InvalidEvent, check_out
 from shared.events import DECODERS, EVENT_TYPES, CreditRejected, CreditReserved, Event, OrderCancelled
 from shared.metrics import MessagingMetrics
 from shared.topology import ConsumerQueues
-from shared.unit_of_work import Outbox
+from shared.unit_of_work import Outbox, UnitOfWork
 from tests.unit.event_samples import CAUSE, sample_envelope, sample_event
 
 # ---- the dataclasses and the schemas agree ---------------------------------------------------------
@@ -244,32 +244,36 @@ async def test_writing_an_event_that_breaks_its_contract_raises_and_writes_nothi
     event: Event, problem: str
 ) -> None:
     connection = RecordingConnection()
+    work = UnitOfWork(
+        cast(Connection, connection), Outbox(source=bus().publisher.get(event.TYPE, "?")), CAUSE
+    )
     with pytest.raises(ContractViolation) as raised:
-        await Outbox(source=bus().publisher.get(event.TYPE, "?")).add(
-            cast(Connection, connection), event, CAUSE
-        )
+        await work.emit(event)
     assert str(raised.value).startswith(problem)
+    assert work.emitted == []
     assert connection.executed == []
 
 
 async def test_a_service_cannot_emit_an_event_type_that_another_publishes() -> None:
     connection = RecordingConnection()
+    work = UnitOfWork(cast(Connection, connection), Outbox(source="orders_service"), CAUSE)
     with pytest.raises(ContractViolation, match="orders_service emits users.credit.reserved"):
-        await Outbox(source="orders_service").add(
-            cast(Connection, connection), sample_event(CreditReserved), CAUSE
-        )
+        await work.emit(sample_event(CreditReserved))
+    assert work.emitted == []
     assert connection.executed == []
 
 
 async def test_writing_a_valid_event_stores_exactly_the_checked_body() -> None:
     connection = RecordingConnection()
-    envelope = await Outbox(source="users_service").add(
-        cast(Connection, connection), sample_event(CreditReserved), CAUSE
-    )
-    [(_, (event_id, event_type, body))] = connection.executed
-    assert (event_id, event_type) == (envelope.id, "users.credit.reserved")
-    assert isinstance(body, str)
-    assert Envelope.from_json(body.encode()) == envelope
+    envelope = Outbox(source="users_service").envelope(sample_event(CreditReserved), CAUSE)
+    await Outbox.write(cast(Connection, connection), [envelope])
+    [(_, (event_ids, event_types, bodies, correlation_ids, traceparents, subjects))] = connection.executed
+    assert (event_ids, event_types) == ([envelope.id], ["users.credit.reserved"])
+    assert isinstance(bodies, list)
+    assert Envelope.from_json(bodies[0].encode()) == envelope
+    # What the relay publishes the row with, beside the body it never parses again.
+    assert (correlation_ids, traceparents) == ([CAUSE.correlation_id], [None])
+    assert subjects == [envelope.subject] == [f"order:{envelope.data['order_id']}"]
 
 
 # ---- on the way in: a message that breaks its contract is an InvalidEvent -------------------------
@@ -452,6 +456,7 @@ async def test_the_consumer_dead_letters_a_message_that_breaks_its_contract_at_o
         retry_delays_ms=(1000,),
         publish_timeout=1.0,
         unavailable_wait=1.0,
+        batch_size=16,
         own_user="orders_service",
         publishers={"users.credit.rejected": "users_service"},
         metrics=MessagingMetrics(CollectorRegistry()),

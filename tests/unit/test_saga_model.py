@@ -1,4 +1,5 @@
-"""Property: whatever the interleaving, duplication and reordering of the saga's messages, and
+"""Property: whatever the interleaving, duplication and reordering of the saga's messages, whether
+they are applied one at a time or in batches that a failure rolls back (shared/inbox.py), and
 whichever of them are lost for good (dead-lettered, never replayed), once the deadlines have passed
 and everything in flight is delivered, the state satisfies I1 to I3: every saga ended, the credit is
 exact, no effect was applied twice.
@@ -11,6 +12,7 @@ production code.
 """
 
 import collections
+import copy
 import dataclasses
 import uuid
 
@@ -30,6 +32,7 @@ from shared.events import (
 )
 from users_service import saga as users_saga
 
+ACTIONS = ("place", "cancel", "deliver", "deliver together", "deadline", "announce", "lose")
 MAX_REDELIVERIES = 20
 MAX_LOST = 5
 TO_USERS = OrderCreated | OrderCancelled | OrderRejected
@@ -118,7 +121,35 @@ class Model:
         self.network.pop(index)
 
     def deliver(self, index: int, again_later: bool) -> None:
-        message = self.network[index] if again_later else self.network.pop(index)
+        self._apply(self.network[index] if again_later else self.network.pop(index))
+
+    def deliver_together(self, to: str, indexes: list[int], failing: int | None) -> None:
+        """A consumer applies the messages it holds together, in one transaction (shared/inbox.py).
+        If one of them fails, the whole batch rolls back and each is applied again alone: the failing
+        one fails again, and goes back to be retried later; the others take effect once."""
+        held = [message for message in self.network if message.to == to]
+        batch = [held[index] for index in sorted({index % len(held) for index in indexes})]
+        for message in batch:
+            self.network.remove(message)
+        before = copy.deepcopy(
+            (self.accounts, self.reservations, self.orders, self.inboxes, self.network, self.emitted)
+        )
+        if failing is not None:
+            failing %= len(batch)
+        try:
+            for position, message in enumerate(batch):
+                if position == failing:
+                    raise HandlerFailed
+                self._apply(message)
+        except HandlerFailed:
+            self.accounts, self.reservations, self.orders, self.inboxes, self.network, self.emitted = before
+            for position, message in enumerate(batch):
+                if position == failing:
+                    self.network.append(message)  # retried later
+                else:
+                    self._apply(message)
+
+    def _apply(self, message: Message) -> None:
         inbox = self.inboxes[message.to]
         if message.event_id in inbox:
             return  # a duplicate: the inbox skips it
@@ -181,6 +212,10 @@ class Model:
                 self.deliver(draw.draw(st.integers(0, len(self.network) - 1), label="which"), again)
 
 
+class HandlerFailed(Exception):
+    """A handler's failure in the middle of a batch: the model's poison message."""
+
+
 ENDED = frozenset({orders_saga.OrderStatus.CANCELLED, orders_saga.OrderStatus.REJECTED})
 
 
@@ -228,7 +263,7 @@ def test_any_delivery_order_with_duplicates_ends_consistent(data: st.DataObject)
     redeliveries = lost = 0
 
     for _ in range(data.draw(st.integers(min_value=1, max_value=30), label="steps")):
-        action = data.draw(st.sampled_from(["place", "cancel", "deliver", "deadline", "announce", "lose"]))
+        action = data.draw(st.sampled_from(ACTIONS))
         if action == "place":
             model.place(data.draw(st.sampled_from(users)), data.draw(st.sampled_from([0, 500, 1_000, 3_000])))
         elif action in ("cancel", "deadline", "announce") and model.orders:
@@ -240,6 +275,11 @@ def test_any_delivery_order_with_duplicates_ends_consistent(data: st.DataObject)
             again = redeliveries < MAX_REDELIVERIES and data.draw(st.booleans(), label="duplicate")
             redeliveries += again
             model.deliver(data.draw(st.integers(0, len(model.network) - 1), label="which"), again)
+        elif action == "deliver together" and model.network:
+            to = data.draw(st.sampled_from(sorted({message.to for message in model.network})), label="to")
+            indexes = data.draw(st.lists(st.integers(0, 15), min_size=1, max_size=16), label="held")
+            failing = data.draw(st.none() | st.integers(0, 15), label="failing")
+            model.deliver_together(to, indexes, failing)
         elif action == "lose" and model.network and lost < MAX_LOST:
             lost += 1
             model.lose(data.draw(st.integers(0, len(model.network) - 1), label="which is lost"))
