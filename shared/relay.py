@@ -14,8 +14,9 @@ aside for an operator (shared/parked.py), counted and logged.
 It costs little per event. A batch is claimed in one statement and marked in one; its rows carry what
 the message needs beside the body (shared/migrations/004), so a body goes out as it was stored,
 never parsed again; and two batches are in hand at once, so that the next is claimed and sent while
-the broker confirms the last. Claims take turns, and each batch's messages are sent before the next
-claim: one relay sends its rows in the order they were written.
+the broker confirms the last. Claims take turns, and a batch's publishes start within its turn, so
+they queue for the channel before the next batch's rows have even come back from Postgres: one relay
+sends its rows in the order they were written.
 """
 
 import asyncio
