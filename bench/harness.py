@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import shutil
@@ -16,7 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,24 @@ import aiohttp
 import orjson
 
 from bench import profile, report
-from bench.machine import MemoryWatch, cpu_busy_fraction, find_tool, machine_info
+from bench.cpu import (
+    CpuCounter,
+    Pids,
+    PinGroup,
+    affinity,
+    cpu_jiffies,
+    cpu_list,
+    own_seconds,
+    pinned,
+    process_seconds,
+    read,
+    seconds_of,
+    server_pids,
+    tree,
+    tree_seconds,
+    used,
+)
+from bench.machine import CLOCK_TICKS, MemoryWatch, cpu_busy_fraction, find_tool, machine_info
 from bench.nginx import Nginx, running_nginx
 from bench.relay import raw_throughput, relay_throughput
 from bench.saga import (
@@ -38,15 +56,40 @@ from bench.saga import (
     saga_latency,
     saga_throughput,
 )
-from bench.stack import Stack, bench_servers, bench_stack, databases, register_customers, stock_the_catalogue
+from bench.stack import (
+    Stack,
+    bench_servers,
+    bench_stack,
+    cheap_gateway,
+    databases,
+    register_customers,
+    stock_the_catalogue,
+)
 from bench.stats import latency_percentiles, ratio, summarize
-from bench.wrk import run_wrk
+from bench.wrk import WrkResult, run_wrk
 from devstack.ports import free_port
+from devstack.processes import ServiceProcess
 from devstack.waiting import eventually
 from shared.api_versions import CURRENT_PREFIX
 
 PERCENTILES = ("p50", "p99", "p99.9")
 R4_SHARE_OF_R3 = 0.25
+# What `--only` may name. R2's rate comes from R1 and R4's from R3, so each brings the other along.
+SECTIONS = ("r1", "r1-cheap", "r2", "r3", "r4", "r5")
+NEEDS = {"r2": "r1", "r4": "r3"}
+# The processes of the system whose CPU time is counted per order in R3 (the harness apart).
+SYSTEM = ("gateway", "users_service", "orders_service", "postgres", "rabbitmq")
+
+
+def sections_to_run(only: str | None) -> frozenset[str]:
+    """The sections `--only` names (comma-separated), with those they need; all of them without it."""
+    if not only:
+        return frozenset(SECTIONS)
+    named = {name.strip().lower() for name in only.split(",") if name.strip()}
+    unknown = named - set(SECTIONS)
+    if unknown or not named:
+        raise ValueError(f"--only {only!r}: choose from {', '.join(SECTIONS)}")
+    return frozenset(named | {NEEDS[name] for name in named if name in NEEDS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +110,9 @@ class Settings:
     wake_rate: float
     wake_duration: float
     profile_dir: Path | None
+    idle_probe: float  # seconds over which the machine's idle is measured before each round
     wait_quiet: float = 0.0  # seconds to wait, at most, for the machine to be quiet before starting
+    sections: frozenset[str] = frozenset(SECTIONS)
 
     @classmethod
     def for_mode(cls, *, smoke: bool, rounds: int | None, duration: float | None, **extra: Any) -> "Settings":
@@ -89,6 +134,7 @@ class Settings:
                 wake_rate=10.0,
                 wake_duration=1.0,
                 profile_dir=None,
+                idle_probe=0.2,
             )
         else:
             base = cls(
@@ -108,6 +154,7 @@ class Settings:
                 wake_rate=20.0,
                 wake_duration=5.0,
                 profile_dir=None,
+                idle_probe=1.0,
             )
         changes: dict[str, Any] = {key: value for key, value in extra.items() if value is not None}
         if rounds is not None:
@@ -164,6 +211,7 @@ class Benchmark:
         session: aiohttp.ClientSession,
         final: FinalStates,
         work_dir: Path,
+        servers: dict[str, int],
     ) -> None:
         self.settings = settings
         self.stack = stack
@@ -172,15 +220,17 @@ class Benchmark:
         self.session = session
         self.final = final
         self.work_dir = work_dir
+        self.servers = servers  # "postgres" and "rabbitmq": the roots of their process trees
         self.memory = MemoryWatch(self.process_ids)
         self.customers: list[Any] = []
         self.order_path = ""
+        self.order_body = b""  # orders_service's answer at order_path, which the cheap upstream serves
 
     def process_ids(self) -> dict[str, list[int]]:
         found = {
-            service.name: [service.pid]
-            for service in self.stack.processes.values()
-            if service.pid is not None
+            name: [service.pid]
+            for name, service in self.stack.processes.items()
+            if service.pid is not None and name not in self.stack.replica_of
         }
         return {**found, "nginx": self.nginx.pids()}
 
@@ -196,6 +246,11 @@ class Benchmark:
             raise RuntimeError("could not place the order that R1 and R2 read")
         await eventually(self._final(order_id), within=30, what="the first order reached its final state")
         self.order_path = f"{CURRENT_PREFIX}/orders/{order_id}"
+        headers = {"Authorization": f"Bearer {self.customers[0].token}"}
+        async with self.session.get(self.stack.orders.url + self.order_path, headers=headers) as response:
+            if response.status != 200 or response.content_type != "application/json":
+                raise RuntimeError(f"GET {self.order_path}: {response.status} {response.content_type}")
+            self.order_body = await response.read()
 
     def _final(self, order_id: str) -> Any:
         async def probe() -> bool:
@@ -210,70 +265,216 @@ class Benchmark:
             await asyncio.sleep(0.2)
         return {name: statistics.median(sample[name] for sample in samples) for name in samples[0]}
 
+    async def busy_before(self, section: str, turn: int) -> float:
+        """How busy the machine is just before a round: what our processes leave idle between rounds
+        is whatever else runs on it. Off the event loop, which has connections to keep meanwhile."""
+        busy = await asyncio.to_thread(cpu_busy_fraction, self.settings.idle_probe)
+        if busy > report.QUIET_BUSY:
+            say(f"NOTE: {section} round {turn + 1} starts on a busy machine: {busy:.0%} of the CPUs busy")
+        return round(busy, 3)
+
     # --- R1 ----------------------------------------------------------------------------------------
 
-    async def r1(self) -> dict[str, Any]:
+    async def _wrk(self, url: str, duration: float) -> WrkResult:
         settings = self.settings
-        token = self.customers[0].token
-        rounds: list[dict[str, Any]] = []
-        for base in self.targets.values():  # warm every path: connections, pools, caches
-            await run_wrk(
-                self.wrk,
-                base + self.order_path,
-                token=token,
-                script_dir=self.work_dir,
-                threads=settings.wrk_threads,
-                connections=settings.wrk_connections,
-                duration=1,
-                cpus=settings.wrk_cpus,
+        return await run_wrk(
+            self.wrk,
+            url,
+            token=self.customers[0].token,
+            script_dir=self.work_dir,
+            threads=settings.wrk_threads,
+            connections=settings.wrk_connections,
+            duration=duration,
+            cpus=settings.wrk_cpus,
+        )
+
+    async def _throughput_rounds(
+        self, section: str, targets: dict[str, str], proxies: dict[str, Pids], *, warm: bool
+    ) -> dict[str, Any]:
+        """wrk against each target in turn, for every round; around each run, the CPU time the
+        proxy's processes (`proxies`) used, by their own counters, per request wrk completed."""
+        settings = self.settings
+        if warm:  # every path: connections, pools, caches
+            for base in targets.values():
+                await self._wrk(base + self.order_path, 1)
+        rounds: list[dict[str, float]] = []
+        cpu_rounds: list[dict[str, dict[str, float]]] = []
+        busy: list[float] = []
+        for turn in range(settings.rounds):
+            busy.append(await self.busy_before(section, turn))
+            row: dict[str, float] = {}
+            cpu_row: dict[str, dict[str, float]] = {}
+            for name in rotated(list(targets), turn):
+                pids = proxies.get(name)
+                before = process_seconds(pids()) if pids else 0.0
+                result = await self._wrk(targets[name] + self.order_path, settings.duration)
+                if not result.clean:
+                    raise RuntimeError(f"{section} {name}: errors under load:\n{result.output}")
+                row[name] = result.requests_per_second
+                if pids is not None:
+                    seconds = process_seconds(pids()) - before
+                    cpu_row[name] = {
+                        "cpu_seconds": seconds,
+                        "requests": result.requests,
+                        "us_per_request": 1e6 * seconds / result.requests,
+                    }
+            rounds.append(row)
+            cpu_rounds.append(cpu_row)
+            say(
+                f"{section} round {turn + 1}: "
+                + ", ".join(f"{k} {v:.0f}/s" for k, v in row.items())
+                + "; CPU per request "
+                + ", ".join(f"{k} {v['us_per_request']:.0f} us" for k, v in cpu_row.items())
             )
-        async with self.memory.phase("R1"):
-            for turn in range(settings.rounds):
-                row: dict[str, Any] = {}
-                for name in rotated(list(self.targets), turn):
-                    result = await run_wrk(
-                        self.wrk,
-                        self.targets[name] + self.order_path,
-                        token=token,
-                        script_dir=self.work_dir,
-                        threads=settings.wrk_threads,
-                        connections=settings.wrk_connections,
-                        duration=settings.duration,
-                        cpus=settings.wrk_cpus,
-                    )
-                    if not result.clean:
-                        raise RuntimeError(f"R1 {name}: errors under load:\n{result.output}")
-                    row[name] = result.requests_per_second
-                rounds.append(row)
-                say(f"R1 round {turn + 1}: " + ", ".join(f"{k} {v:.0f}/s" for k, v in row.items()))
         return {
             "unit": "requests/s",
-            "request": f"GET {CURRENT_PREFIX}/orders/{{id}}, authenticated, keep-alive on both hops",
             "generator": f"wrk -t{settings.wrk_threads} -c{settings.wrk_connections} -d{settings.duration:g}s"
             + (f" (taskset -c {settings.wrk_cpus})" if settings.wrk_cpus else " (not pinned)"),
-            "throughput": {name: summarize([row[name] for row in rounds]) for name in self.targets},
+            "throughput": {name: summarize([row[name] for row in rounds]) for name in targets},
             "ratio_gateway_nginx": summarize([ratio(row["gateway"], row["nginx"]) for row in rounds]),
             "ratio_nginx_direct": summarize([ratio(row["nginx"], row["direct"]) for row in rounds]),
+            "cpu_us_per_request": {
+                name: summarize([row[name]["us_per_request"] for row in cpu_rounds]) for name in proxies
+            },
+            "ratio_cpu_gateway_nginx": summarize(
+                [
+                    ratio(row["gateway"]["us_per_request"], row["nginx"]["us_per_request"])
+                    for row in cpu_rounds
+                ]
+            ),
+            "cpu_method": (
+                "utime + stime from /proc/<pid>/stat (nginx: master and worker; the gateway: its "
+                "process, every thread), read before and after each wrk run, over the requests wrk "
+                f"completed; clock ticks of {1000 / CLOCK_TICKS:g} ms"
+            ),
             "rounds": rounds,
+            "cpu_rounds": cpu_rounds,
+            "machine_busy_before_round": busy,
         }
 
+    def _pids_of(self, process: ServiceProcess) -> Pids:
+        """The process's pid while it runs: a restarted service is followed under its new one."""
+
+        def pids() -> list[int]:
+            return [process.pid] if process.pid is not None else []
+
+        return pids
+
+    async def r1(self) -> dict[str, Any]:
+        async with self.memory.phase("R1"):
+            result = await self._throughput_rounds(
+                "R1",
+                self.targets,
+                {"nginx": self.nginx.pids, "gateway": self._pids_of(self.stack.gateway)},
+                warm=True,
+            )
+        return {
+            "request": f"GET {CURRENT_PREFIX}/orders/{{id}}, authenticated, keep-alive on both hops",
+            **result,
+        }
+
+    async def r1_cheap(self, nginx_binary: str) -> dict[str, Any]:
+        """R1 again with an upstream that costs almost nothing: nginx answering every request with
+        the body orders_service gave (so the gateway gets the same bytes it would), behind a second
+        nginx proxy and a second gateway, configured as the first ones. What orders_service's own
+        CPU took from the proxies on two shared cores is given back to them."""
+        async with contextlib.AsyncExitStack() as exits:
+            stub = await exits.enter_async_context(
+                running_nginx(nginx_binary, self.work_dir / "stub", free_port(), body=self.order_body)
+            )
+            proxy = await exits.enter_async_context(
+                running_nginx(
+                    nginx_binary, self.work_dir / "nginx-stub", free_port(), f"127.0.0.1:{stub.port}"
+                )
+            )
+            await eventually(
+                self._answers(stub.url), within=20, what=f"the cheap upstream\n{stub.log_text()}"
+            )
+            await eventually(self._answers(proxy.url), within=20, what=f"nginx to it\n{proxy.log_text()}")
+            gateway = await exits.enter_async_context(cheap_gateway(self.stack, stub.url))
+            targets = {"direct": stub.url, "nginx": proxy.url, "gateway": gateway.url}
+            await self._same_answer_everywhere(targets)
+            result = await self._throughput_rounds(
+                "R1 cheap upstream",
+                targets,
+                {"nginx": proxy.pids, "gateway": self._pids_of(gateway)},
+                warm=not self.settings.smoke,
+            )
+        return {
+            "request": f"GET {CURRENT_PREFIX}/orders/{{id}}, authenticated, keep-alive on both hops",
+            "upstream": (
+                f"nginx, one worker, answering every request with orders_service's answer "
+                f"({len(self.order_body)} bytes, application/json); a second gateway and nginx proxy to it"
+            ),
+            **result,
+        }
+
+    def _answers(self, base: str) -> Callable[[], Awaitable[bool]]:
+        async def probe() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.session.get(f"{base}/healthz") as response:
+                    return response.status == 200
+            return False
+
+        return probe
+
+    async def _same_answer_everywhere(self, targets: dict[str, str]) -> None:
+        """The cheap upstream is a fair stand-in only if the proxies pass its answer on as they do
+        orders_service's: the same status and body, through the gateway's token check."""
+        headers = {"Authorization": f"Bearer {self.customers[0].token}"}
+        for name, base in targets.items():
+            async with self.session.get(base + self.order_path, headers=headers) as response:
+                body = await response.read()
+                if response.status != 200 or body != self.order_body:
+                    raise RuntimeError(f"cheap upstream, {name}: {response.status} {body[:200]!r}")
+
     # --- R2 ----------------------------------------------------------------------------------------
+
+    def pin_groups(self) -> dict[str, PinGroup] | None:
+        """The gateway alone on one CPU, and everything else this run uses on the others: both
+        services, Postgres and RabbitMQ (their whole trees), nginx, and the harness, whose open-loop
+        generator inherits its CPUs. None on a machine with fewer than two CPUs for us."""
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < 2:
+            return None
+        gateway = self.stack.gateway
+
+        def others() -> list[int]:
+            pids = [os.getpid(), *self.nginx.pids()]
+            pids += [service.pid for service in (self.stack.users, self.stack.orders) if service.pid]
+            for root in self.servers.values():
+                pids += tree(root)
+            return pids
+
+        return {
+            "gateway": PinGroup(self._pids_of(gateway), frozenset(allowed[-1:])),
+            "everything else": PinGroup(others, frozenset(allowed[:-1])),
+        }
 
     async def r2(self, gateway_max: float) -> dict[str, Any]:
         settings = self.settings
         rate = max(10.0, 0.5 * gateway_max)
         token = self.customers[0].token
         rounds: list[dict[str, Any]] = []
+        pinned_rounds: list[dict[str, Any]] = []
+        busy: list[float] = []
+        groups = self.pin_groups()
         async with self.memory.phase("R2"):
             for turn in range(settings.rounds):
-                await self._r2_round(turn, rate, token, rounds)
+                busy.append(await self.busy_before("R2", turn))
+                # Unpinned first in one round, pinned first in the next: neither always follows a rest.
+                for block in rotated(["free", "pinned"], turn):
+                    if block == "free":
+                        await self._r2_round(turn, rate, token, rounds)
+                    elif groups is not None:
+                        await self._r2_pinned_round(turn, rate, token, groups, pinned_rounds)
 
-        def added(proxy: str, key: str) -> dict[str, Any]:
+        def added(rows: list[dict[str, Any]], proxy: str, key: str) -> dict[str, Any]:
             return summarize(
-                [row[proxy]["latency_ms"][key] - row["direct"]["latency_ms"][key] for row in rounds]
+                [row[proxy]["latency_ms"][key] - row["direct"]["latency_ms"][key] for row in rows]
             )
 
-        return {
+        result: dict[str, Any] = {
             "unit": "ms",
             "rate": rate,
             "rate_basis": "50% of R1's median gateway throughput",
@@ -284,8 +485,8 @@ class Benchmark:
                 }
                 for name in self.targets
             },
-            "gateway_added": {key: added("gateway", key) for key in PERCENTILES},
-            "nginx_added": {key: added("nginx", key) for key in PERCENTILES},
+            "gateway_added": {key: added(rounds, "gateway", key) for key in PERCENTILES},
+            "nginx_added": {key: added(rounds, "nginx", key) for key in PERCENTILES},
             "generator_lag": {
                 key: summarize([max(row[name]["lag_ms"][key] for name in self.targets) for row in rounds])
                 for key in PERCENTILES
@@ -294,25 +495,188 @@ class Benchmark:
                 name: summarize([row[name]["achieved_rate"] for row in rounds]) for name in self.targets
             },
             "rounds": rounds,
+            "machine_busy_before_round": busy,
         }
+        if groups is None:
+            result["pinned"] = {"skipped": "pinning needs two CPUs, one of them for the gateway alone"}
+            return result
+        pinned_targets = ("direct", "gateway")
+        result["pinned"] = {
+            "gateway_cpus": cpu_list(groups["gateway"].cpus),
+            "other_cpus": cpu_list(groups["everything else"].cpus),
+            "what": (
+                "the gateway (every thread) alone on its CPU; both services, Postgres and RabbitMQ "
+                "(every process of their trees), nginx, the harness and its open-loop generator on the "
+                "others; the affinities given back after each pinned run"
+            ),
+            "latency": {
+                name: {
+                    key: summarize([row[name]["latency_ms"][key] for row in pinned_rounds])
+                    for key in PERCENTILES
+                }
+                for name in pinned_targets
+            },
+            "gateway_added": {key: added(pinned_rounds, "gateway", key) for key in PERCENTILES},
+            "generator_lag": {
+                key: summarize(
+                    [max(row[name]["lag_ms"][key] for name in pinned_targets) for row in pinned_rounds]
+                )
+                for key in PERCENTILES
+            },
+            "achieved_rate": {
+                name: summarize([row[name]["achieved_rate"] for row in pinned_rounds])
+                for name in pinned_targets
+            },
+            "gateway_cpu": {
+                key: summarize([row["gateway_cpu"][key] for row in pinned_rounds])
+                for key in ("busy", "by_gateway", "by_other_work")
+            },
+            "gateway_cpu_definition": (
+                "share of the gateway's CPU busy during its pinned runs (warm-up included): in all, by "
+                "the gateway, and by anything else (work not pinned away: other users', the kernel's)"
+            ),
+            "rounds": pinned_rounds,
+        }
+        return result
+
+    def _checked(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        # A connection a proxy closes under a request in flight costs that one request; more than
+        # one in a thousand means the rate or the setup is wrong, and the round is void.
+        if result["errors"] > result["completed"] / 1000 or set(result["statuses"]) != {"200"}:
+            raise RuntimeError(f"R2 {name}: errors: {result}")
+        return result
 
     async def _r2_round(self, turn: int, rate: float, token: str, rounds: list[dict[str, Any]]) -> None:
         row: dict[str, Any] = {}
         for name in rotated(list(self.targets), turn):
-            row[name] = await run_openloop(self.targets[name] + self.order_path, token, rate, self.settings)
-            # A connection a proxy closes under a request in flight costs that one request; more
-            # than one in a thousand means the rate or the setup is wrong, and the round is void.
-            if row[name]["errors"] > row[name]["completed"] / 1000 or set(row[name]["statuses"]) != {"200"}:
-                raise RuntimeError(f"R2 {name}: errors: {row[name]}")
+            url = self.targets[name] + self.order_path
+            row[name] = self._checked(name, await run_openloop(url, token, rate, self.settings))
         rounds.append(row)
         say(
             f"R2 round {turn + 1} at {rate:.0f}/s: "
             + ", ".join(f"{k} p99 {v['latency_ms']['p99']:.2f} ms" for k, v in row.items())
         )
 
+    @staticmethod
+    def _cpu_shares(
+        cpus: frozenset[int], before: tuple[int, int], gateway_seconds: float
+    ) -> dict[str, float]:
+        """How busy the gateway's CPU was since `before`: in all, by the gateway, by anything else.
+        Pinning holds our processes only: other work on the machine may still take that CPU, and
+        what it took stands beside the latency it caused."""
+        busy, total = (after - earlier for after, earlier in zip(cpu_jiffies(cpus), before, strict=True))
+        if not total:
+            return {"busy": math.nan, "by_gateway": math.nan, "by_other_work": math.nan}
+        capacity = total / CLOCK_TICKS  # seconds of those CPUs that went by
+        share, own = busy / total, gateway_seconds / capacity
+        return {"busy": share, "by_gateway": own, "by_other_work": max(0.0, share - own)}
+
+    async def _r2_pinned_round(
+        self,
+        turn: int,
+        rate: float,
+        token: str,
+        groups: dict[str, PinGroup],
+        rounds: list[dict[str, Any]],
+    ) -> None:
+        row: dict[str, Any] = {}
+        gateway, orders = self.stack.gateway.pid, self.stack.orders.pid
+        assert gateway is not None
+        assert orders is not None
+        row["affinity_before"] = {
+            "gateway": cpu_list(affinity(gateway)),
+            "orders_service": cpu_list(affinity(orders)),
+        }
+        with pinned(groups) as pinning:
+            row["affinity_during"] = {
+                "gateway": cpu_list(affinity(gateway)),
+                "orders_service": cpu_list(affinity(orders)),
+            }
+            row["processes_pinned"] = pinning.processes
+            row["pin_failures"] = pinning.failures
+            for name in rotated(["direct", "gateway"], turn):
+                url = self.targets[name] + self.order_path
+                busy_before = cpu_jiffies(groups["gateway"].cpus)
+                gateway_before = process_seconds([gateway])
+                row[name] = self._checked(
+                    f"pinned {name}", await run_openloop(url, token, rate, self.settings)
+                )
+                if name == "gateway":
+                    row["gateway_cpu"] = self._cpu_shares(
+                        groups["gateway"].cpus, busy_before, process_seconds([gateway]) - gateway_before
+                    )
+        row["affinity_after"] = {
+            "gateway": cpu_list(affinity(gateway)),
+            "orders_service": cpu_list(affinity(orders)),
+        }
+        rounds.append(row)
+        say(
+            f"R2 pinned round {turn + 1} (gateway on CPU {row['affinity_during']['gateway']}, the rest on "
+            f"{row['affinity_during']['orders_service']}): "
+            + ", ".join(f"{k} p99 {row[k]['latency_ms']['p99']:.2f} ms" for k in ("direct", "gateway"))
+        )
+
     # --- R3 and R4 ---------------------------------------------------------------------------------
 
-    async def r3_r4(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def cpu_counters(self) -> dict[str, CpuCounter]:
+        """Each process's CPU time so far: the three services' own, Postgres's and RabbitMQ's whole
+        trees, and the harness's own (the load generator, reported apart from the system)."""
+        counters: dict[str, CpuCounter] = {}
+        for name in ("gateway", "users_service", "orders_service"):
+            counters[name] = seconds_of(self._pids_of(self.stack.processes[name]))
+        for name, root in self.servers.items():
+            counters[name] = functools.partial(tree_seconds, root)
+        counters["harness"] = own_seconds
+        return counters
+
+    async def _saga_round(self) -> dict[str, Any]:
+        """One saga round, and the CPU time each process spent on it per order decided in it: all the
+        round's orders, warm-up and drain included, since its CPU is counted from start to end."""
+        settings = self.settings
+        counters = self.cpu_counters()
+        before, started = read(counters), time.perf_counter()
+        result = await saga_throughput(
+            self.session,
+            self.stack.orders.url,
+            self.customers,
+            self.final,
+            warmup=settings.warmup,
+            duration=settings.duration,
+            in_flight=settings.saga_in_flight,
+            posters=settings.saga_posters,
+            drain_timeout=120,
+        )
+        spent = used(before, read(counters))
+        decided = self.final.count_between(started, time.perf_counter())
+        result["decided_in_round"] = decided
+        result["cpu_seconds"] = spent
+        result["cpu_ms_per_order"] = {
+            name: 1000 * seconds / decided if decided else math.nan for name, seconds in spent.items()
+        }
+        return result
+
+    def _cpu_per_order(self, saga_rounds: list[dict[str, Any]]) -> dict[str, Any]:
+        system = [name for name in SYSTEM if all(name in row["cpu_ms_per_order"] for row in saga_rounds)]
+        totals = [sum(row["cpu_ms_per_order"][name] for name in system) for row in saga_rounds]
+        reference = report.BASELINE_CPU_MS_PER_ORDER
+        return {
+            "unit": "ms of CPU per order decided",
+            "method": (
+                "utime + stime (and, for Postgres and RabbitMQ, every process of their trees, ended ones "
+                "included) read before and after each saga round, over the orders that reached a final "
+                "state in it"
+            ),
+            "by_process": {
+                name: summarize([row["cpu_ms_per_order"][name] for row in saga_rounds]) for name in system
+            },
+            "processes_in_total": system,
+            "total": summarize(totals),
+            "harness": summarize([row["cpu_ms_per_order"]["harness"] for row in saga_rounds]),
+            "reference": reference,
+            "ratio_to_reference": summarize([ratio(total, reference["total"]) for total in totals]),
+        }
+
+    async def r3_r4(self, *, with_r4: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
         settings = self.settings
         async with (
             databases(self.stack.servers, "raw_orders", "raw_users") as dsns,
@@ -320,30 +684,22 @@ class Benchmark:
         ):
             saga_rounds: list[dict[str, Any]] = []
             raw_rounds: list[dict[str, Any]] = []
+            busy: list[float] = []
             async with self.memory.phase("R3"):
                 for turn in range(settings.rounds):
+                    busy.append(await self.busy_before("R3", turn))
                     for name in rotated(["saga", "raw"], turn):
                         if name == "saga":
-                            saga_rounds.append(
-                                await saga_throughput(
-                                    self.session,
-                                    self.stack.orders.url,
-                                    self.customers,
-                                    self.final,
-                                    warmup=settings.warmup,
-                                    duration=settings.duration,
-                                    in_flight=settings.saga_in_flight,
-                                    posters=settings.saga_posters,
-                                    drain_timeout=120,
-                                )
-                            )
+                            saga_rounds.append(await self._saga_round())
                         else:
                             raw_rounds.append(
                                 await raw.throughput(workers=settings.raw_workers, duration=settings.duration)
                             )
+                    total = sum(saga_rounds[-1]["cpu_ms_per_order"].get(name, 0.0) for name in SYSTEM)
+                    saga, raw_rate = saga_rounds[-1], raw_rounds[-1]["transactions_per_second"]
                     say(
-                        f"R3 round {turn + 1}: saga {saga_rounds[-1]['orders_per_second']:.1f} orders/s, "
-                        f"raw {raw_rounds[-1]['transactions_per_second']:.0f} tx/s"
+                        f"R3 round {turn + 1}: saga {saga['orders_per_second']:.1f} orders/s "
+                        f"({total:.2f} ms of CPU per order), raw {raw_rate:.0f} tx/s"
                     )
             saga_rates = [row["orders_per_second"] for row in saga_rounds]
             raw_rates = [row["orders_per_second"] for row in raw_rounds]
@@ -362,17 +718,23 @@ class Benchmark:
                 "ratio": summarize(
                     [ratio(saga, raw) for saga, raw in zip(saga_rates, raw_rates, strict=True)]
                 ),
+                "cpu_ms_per_order": self._cpu_per_order(saga_rounds),
                 "saga_rounds": saga_rounds,
                 "raw_rounds": raw_rounds,
+                "machine_busy_before_round": busy,
             }
+            if not with_r4:
+                return r3, None
 
             # A quarter, not a half: R3 posts to orders_service directly, R4 goes through the gateway,
             # whose CPU comes from the same two cores; at half of R3's rate that path is saturated, and
             # R4 would measure a queue, not the saga.
             rate = max(2.0, R4_SHARE_OF_R3 * r3["saga"]["median"])
             latency_rounds = []
+            r4_busy: list[float] = []
             async with self.memory.phase("R4"):
                 for turn in range(settings.rounds):
+                    r4_busy.append(await self.busy_before("R4", turn))
                     latency_rounds.append(
                         await saga_latency(
                             self.session,
@@ -427,6 +789,7 @@ class Benchmark:
             "publish_confirm": confirm,
             "ratio_p50_to_parts": summarize([ratio(p50, parts_sum) for p50 in p50s]),
             "rounds": latency_rounds,
+            "machine_busy_before_round": r4_busy,
         }
         return r3, r4
 
@@ -435,8 +798,10 @@ class Benchmark:
     async def r5(self) -> dict[str, Any]:
         settings = self.settings
         rows: list[dict[str, float]] = []
+        busy: list[float] = []
         async with self.memory.phase("R5"):
             for turn in range(settings.rounds):
+                busy.append(await self.busy_before("R5", turn))
                 await self._r5_round(turn, rows)
         return {
             "unit": "events/s",
@@ -445,6 +810,7 @@ class Benchmark:
             "raw_aio_pika": summarize([row["raw"] for row in rows]),
             "ratio": summarize([ratio(row["relay"], row["raw"]) for row in rows]),
             "rounds": rows,
+            "machine_busy_before_round": busy,
         }
 
     async def _r5_round(self, turn: int, rows: list[dict[str, float]]) -> None:
@@ -569,6 +935,32 @@ async def wait_for_quiet_machine(patience: float) -> None:
         say(f"waiting for a quiet machine: {busy:.0%} of the CPUs busy")
 
 
+async def run_sections(
+    bench: Benchmark, settings: Settings, nginx_binary: str, results: dict[str, Any]
+) -> None:
+    sections = settings.sections
+    if "r1" in sections:
+        say("R1 gateway throughput")
+        results["r1_gateway_throughput"] = await bench.r1()
+    if "r1-cheap" in sections:
+        say("R1 again, against a cheap upstream (nginx serving a fixed answer)")
+        results["r1_cheap_upstream"] = await bench.r1_cheap(nginx_binary)
+    if "r2" in sections:
+        say("R2 gateway latency, unpinned and pinned")
+        results["r2_gateway_latency"] = await bench.r2(
+            results["r1_gateway_throughput"]["throughput"]["gateway"]["median"]
+        )
+    if "r3" in sections:
+        say("R3 saga throughput" + (", R4 saga latency" if "r4" in sections else ""))
+        r3, r4 = await bench.r3_r4(with_r4="r4" in sections)
+        results["r3_saga_throughput"] = r3
+        if r4 is not None:
+            results["r4_saga_latency"] = r4
+    if "r5" in sections:
+        say("R5 relay")
+        results["r5_relay"] = await bench.r5()
+
+
 async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
     nginx_binary, wrk_binary = find_tool("nginx"), find_tool("wrk")
     if nginx_binary is None or wrk_binary is None:
@@ -588,9 +980,14 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
         "mode": "smoke" if settings.smoke else "full",
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "settings": {
-            key: str(value) if isinstance(value, Path) else value
+            key: str(value)
+            if isinstance(value, Path)
+            else sorted(value)
+            if isinstance(value, frozenset)
+            else value
             for key, value in dataclasses.asdict(settings).items()
         },
+        "sections": [name for name in SECTIONS if name in settings.sections],
     }
     try:
         async with contextlib.AsyncExitStack() as exits:
@@ -616,19 +1013,13 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
 
             await eventually(nginx_ready, within=20, what=f"nginx ready\n{nginx.log_text()}")
             final = await exits.enter_async_context(final_states(stack.rabbitmq_url))
-            bench = Benchmark(settings, stack, nginx, wrk_binary, session, final, work_dir)
+            found = await server_pids(servers)
+            say("servers' processes: " + (", ".join(f"{k} {v}" for k, v in found.items()) or "none found"))
+            results["server_pids"] = found
+            bench = Benchmark(settings, stack, nginx, wrk_binary, session, final, work_dir, found)
             await bench.prepare()
             idle = await bench.idle_memory()
-            say("R1 gateway throughput")
-            results["r1_gateway_throughput"] = await bench.r1()
-            say("R2 gateway latency")
-            results["r2_gateway_latency"] = await bench.r2(
-                results["r1_gateway_throughput"]["throughput"]["gateway"]["median"]
-            )
-            say("R3 saga throughput, R4 saga latency")
-            results["r3_saga_throughput"], results["r4_saga_latency"] = await bench.r3_r4()
-            say("R5 relay")
-            results["r5_relay"] = await bench.r5()
+            await run_sections(bench, settings, nginx_binary, results)
             await asyncio.sleep(1)  # a quiet second: the idle figure after load, not the tail of R5
             results["cpu_by_phase"] = bench.memory.cpu
             results["memory"] = {
@@ -640,8 +1031,9 @@ async def run(settings: Settings, output: Path, chart: Path) -> dict[str, Any]:
             if settings.profile_dir is not None:
                 say(f"profiles (py-spy) into {settings.profile_dir}")
                 results["profile"] = await bench.profiles(settings.profile_dir)
-            say("relay wake-up (services restarted at LOG_LEVEL=INFO)")
-            results["r4_saga_latency"]["relay_wake"] = await bench.relay_wake()
+            if "r4" in settings.sections:
+                say("relay wake-up (services restarted at LOG_LEVEL=INFO)")
+                results["r4_saga_latency"]["relay_wake"] = await bench.relay_wake()
     except BaseException:
         say(f"stopped early; the services' logs and nginx's are kept in {work_dir}")
         raise

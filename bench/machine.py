@@ -115,7 +115,7 @@ def children(pid: int) -> list[int]:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_fields(pid: int | str) -> list[str]:
+def stat_fields(pid: int | str) -> list[str]:
     """/proc/<pid>/stat after the command name (which may hold spaces): field 3 onwards."""
     text = Path(f"/proc/{pid}/stat").read_text()
     return text[text.rindex(")") + 2 :].split()
@@ -136,7 +136,7 @@ def tree_jiffies(root: int) -> int:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = _stat_fields(entry.name)
+            fields = stat_fields(entry.name)
             parents[int(entry.name)] = int(fields[1])
             # utime, stime, and cutime, cstime: the children it has reaped (wrk runs, for example).
             times[int(entry.name)] = sum(int(value) for value in fields[11:15])

@@ -4,6 +4,10 @@ One worker process: the gateway is one Python process, one event loop, so one ng
 like-for-like proxy; on two cores a second worker would only take CPU from the backend they share.
 Keep-alive on both hops (upstream `keepalive`, HTTP/1.1 and an empty Connection header towards the
 backend), no access log (the services run at LOG_LEVEL=WARNING, which logs no request either).
+
+The same binary also serves the cheap upstream of R1's second half: a stand-in for orders_service
+that answers every request with one fixed body, costing next to nothing, so that what is left of a
+proxy's throughput and CPU time is the proxy's own.
 """
 
 import asyncio
@@ -54,12 +58,57 @@ http {{
 """
 
 
+# The cheap upstream: one worker, as the proxy has, and the body given, as JSON, to every request.
+STUB_CONFIG = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+
+    server {{
+        listen 127.0.0.1:{port};
+        default_type application/json;
+        location / {{
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
+
+
+def quoted_body(body: bytes) -> str:
+    """`body` as the inside of a single-quoted nginx string. nginx would expand a `$` in it as a
+    variable, and has no escape for one: such a body is refused rather than served changed."""
+    text = body.decode()
+    if "$" in text:
+        raise ValueError("the cheap upstream cannot serve a body with a '$' in it (nginx expands it)")
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
 class Nginx:
-    def __init__(self, binary: str, root: Path, port: int, backend: str) -> None:
+    def __init__(
+        self, binary: str, root: Path, port: int, backend: str, *, body: bytes | None = None
+    ) -> None:
+        """A proxy to `backend` (host:port), or, given `body`, the cheap upstream that serves it."""
         self.binary = binary
         self.root = root
         self.port = port
         self.backend = backend
+        self.body = body
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -78,7 +127,11 @@ class Nginx:
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "nginx.conf"
-        config.write_text(CONFIG.format(root=self.root, port=self.port, backend=self.backend))
+        if self.body is None:
+            text = CONFIG.format(root=self.root, port=self.port, backend=self.backend)
+        else:
+            text = STUB_CONFIG.format(root=self.root, port=self.port, body=quoted_body(self.body))
+        config.write_text(text)
         # -e: the error log before the config is read, so nothing is written to /var/log/nginx.
         self.process = await asyncio.create_subprocess_exec(
             self.binary,
@@ -103,8 +156,10 @@ class Nginx:
 
 
 @contextlib.asynccontextmanager
-async def running_nginx(binary: str, root: Path, port: int, backend: str) -> AsyncIterator[Nginx]:
-    nginx = Nginx(binary, root, port, backend)
+async def running_nginx(
+    binary: str, root: Path, port: int, backend: str = "", *, body: bytes | None = None
+) -> AsyncIterator[Nginx]:
+    nginx = Nginx(binary, root, port, backend, body=body)
     await nginx.start()
     try:
         yield nginx

@@ -17,6 +17,7 @@ from devstack.waiting import eventually
 from shared.envelope import Cause, Envelope
 from shared.events import OrderApproved
 from shared.messages import event_message
+from shared.unit_of_work import Outbox
 
 BATCH = 100
 
@@ -36,13 +37,14 @@ async def relay_throughput(orders_dsn: str, count: int, within: float) -> dict[s
     rate is taken between the starts of its first and its last batch (each batch's published_at is
     its transaction's start), which leaves the poll wait out.
     """
-    rows = [(envelope.id, envelope.type, envelope.to_json().decode()) for envelope in envelopes(count)]
+    written = envelopes(count)
     connection = await asyncpg.connect(orders_dsn)
     try:
-        await connection.executemany(
-            "INSERT INTO outbox (event_id, event_type, body) VALUES ($1, $2, $3)", rows
-        )
-        ids = [row[0] for row in rows]
+        # Written as the services write them: the relay publishes a row with fields stored beside its
+        # body, and sets aside one written otherwise.
+        async with connection.transaction():
+            await Outbox.write(connection, written)
+        ids = [envelope.id for envelope in written]
 
         async def published() -> bool:
             waiting = await connection.fetchval(

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from devstack.keys import KeyPair, make_key_pair
+from devstack.processes import ServiceProcess
 from devstack.servers import Servers, choose, started
 from devstack.stack import Stack, running_stack
 from shared.api_versions import CURRENT_PREFIX
@@ -24,6 +25,7 @@ __all__ = [
     "Stack",
     "bench_servers",
     "bench_stack",
+    "cheap_gateway",
     "databases",
     "register_customers",
     "stock_the_catalogue",
@@ -35,6 +37,9 @@ QUIET = {"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "OTEL_EXPORTER_OTLP_ENDPO
 # customer's credit (the largest limit there is) runs out however long the load lasts.
 BENCH_SKU = "BENCH-1"
 BENCH_PRICE_CENTS = 1
+# Below users_service's PASSWORD_HASH_CONCURRENCY (4 by default), each registration being two hashes in
+# turn (the registration's and the sign-in's).
+HASHES_AT_ONCE = 2
 
 
 @contextlib.asynccontextmanager
@@ -63,6 +68,22 @@ async def bench_stack(servers: Servers, work_dir: Path, *, jwt_ttl_seconds: int)
         yield stack
 
 
+CHEAP_GATEWAY = "gateway_cheap_upstream"
+
+
+@contextlib.asynccontextmanager
+async def cheap_gateway(stack: Stack, orders_url: str) -> AsyncIterator[ServiceProcess]:
+    """A second gateway, configured as the first, whose orders_service is `orders_url` (the cheap
+    upstream of R1's second half); stopped at the end, so that it weighs on no other section."""
+    process = await stack.start_replica("gateway", CHEAP_GATEWAY, ORDERS_SERVICE_URL=orders_url)
+    try:
+        yield process
+    finally:
+        await process.stop()
+        stack.processes.pop(CHEAP_GATEWAY, None)
+        stack.replica_of.pop(CHEAP_GATEWAY, None)
+
+
 @contextlib.asynccontextmanager
 async def databases(servers: Servers, *prefixes: str) -> AsyncIterator[dict[str, str]]:
     """Fresh, empty databases (prefix -> a superuser's DSN), dropped at the end."""
@@ -85,8 +106,15 @@ class Customer:
 async def register_customers(session: aiohttp.ClientSession, users_url: str, count: int) -> list[Customer]:
     """Users, with the limit bench_stack's policy gives them (the largest), and their access tokens
     (signed in through the API)."""
+    # No more at once than users_service hashes passwords at once: beyond that, on a busy machine, a
+    # registration waits past its queue timeout for a slot and is refused (503, busy).
+    hashing = asyncio.Semaphore(HASHES_AT_ONCE)
 
     async def one(index: int) -> Customer:
+        async with hashing:
+            return await register(index)
+
+    async def register(index: int) -> Customer:
         email = f"bench-{index}-{uuid.uuid4().hex[:8]}@example.com"
         password = "bench-password"
         body = {"email": email, "name": f"Bench {index}", "password": password}

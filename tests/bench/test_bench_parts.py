@@ -1,10 +1,19 @@
 """The harness's own arithmetic and parsers, without any server: percentiles, wrk's summary, HTTP
-framing in the open-loop generator, and the relay wake-up read from log lines."""
+framing in the open-loop generator, the relay wake-up read from log lines, the sections `--only`
+names, the cheap upstream's body, and the CPU counters and pinning read and set through /proc."""
 
 import math
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 
 import pytest
 
+from bench.cpu import PinGroup, affinity, listening_pid, pinned, process_seconds, tree
+from bench.harness import SECTIONS, sections_to_run
+from bench.nginx import quoted_body
 from bench.openloop import response_length
 from bench.saga import relay_wake_delays
 from bench.stats import latency_percentiles, percentile, summarize
@@ -79,3 +88,66 @@ def test_relay_wake_is_read_from_the_services_log_lines() -> None:
     [(event_type, delay)] = relay_wake_delays("\n".join(lines))
     assert event_type == "orders.order.created"
     assert delay == pytest.approx(3.0, abs=1e-3)  # published 5 ms after the commit, 2 ms of it confirming
+
+
+def test_only_names_sections_and_brings_along_those_they_need() -> None:
+    assert sections_to_run(None) == frozenset(SECTIONS)
+    assert sections_to_run("r3") == {"r3"}
+    assert sections_to_run("r2, R4") == {"r1", "r2", "r3", "r4"}
+    with pytest.raises(ValueError, match="choose from"):
+        sections_to_run("r6")
+
+
+def test_the_cheap_upstream_serves_a_body_as_nginx_reads_it() -> None:
+    assert quoted_body(b'{"note": "it\'s \\\\ here"}') == '{"note": "it\\\'s \\\\\\\\ here"}'
+    with pytest.raises(ValueError, match="expands"):
+        quoted_body(b'{"price": "$1"}')
+
+
+def test_a_process_cpu_time_is_read_from_its_own_counters() -> None:
+    before = process_seconds([os.getpid()])
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # burn CPU: the counter is what is under test
+        pass
+    assert process_seconds([os.getpid()]) > before
+    assert process_seconds([2**22 + 1]) == 0  # no such process: it counts nothing
+
+
+def test_a_listening_socket_is_found_by_its_port() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert listening_pid(listener.getsockname()[1]) == os.getpid()
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_pinning_holds_processes_on_their_cpus_then_gives_their_affinity_back(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("pinning one process apart needs two CPUs")
+    original = affinity(sleeper.pid)
+    assert sleeper.pid in tree(os.getpid())
+    group = {"sleeper": PinGroup(lambda: [sleeper.pid], frozenset(cpus[:1]))}
+    seen: list[frozenset[int]] = []
+
+    def fail_while_pinned() -> None:
+        with pinned(group) as done:
+            seen.append(affinity(sleeper.pid))
+            assert done.processes == {"sleeper": 1}
+            raise RuntimeError("a failure in the block")
+
+    with pytest.raises(RuntimeError, match="in the block"):
+        fail_while_pinned()
+    assert seen == [{cpus[0]}]
+    assert affinity(sleeper.pid) == original
