@@ -207,7 +207,10 @@ class ServiceConfig(TokenConfig, DatabaseConfig):
         "RABBITMQ_URL", Secret("amqp://guest:guest@127.0.0.1:5672/"), "The broker.", local=True
     )
     consumer_prefetch: int = setting(
-        "CONSUMER_PREFETCH", 16, "Most unacknowledged messages a consumer holds at once."
+        "CONSUMER_PREFETCH",
+        32,
+        "Most unacknowledged messages a consumer holds at once: twice CONSUMER_BATCH_SIZE, so that the"
+        " next batch arrives while one commits.",
     )
     consumer_batch_size: int = setting(
         "CONSUMER_BATCH_SIZE",
