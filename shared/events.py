@@ -35,9 +35,18 @@ class Event:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Self:
         """Build the event from `data` that its schema has admitted (so every field is there, typed)."""
-        hints = typing.get_type_hints(cls)
-        values = {field.name: data[field.name] for field in dataclasses.fields(cls)}
-        return cls(**{name: uuid.UUID(v) if hints[name] is uuid.UUID else v for name, v in values.items()})
+        fields = _FIELDS.get(cls) or _FIELDS.setdefault(cls, _fields(cls))
+        return cls(**{name: uuid.UUID(data[name]) if is_uuid else data[name] for name, is_uuid in fields})
+
+
+# Each event class's fields, and which of them are UUIDs: read from its annotations once, not for every
+# event decoded (typing.get_type_hints evaluates them anew each time).
+_FIELDS: dict[type[Event], tuple[tuple[str, bool], ...]] = {}
+
+
+def _fields(event_class: type[Event]) -> tuple[tuple[str, bool], ...]:
+    hints = typing.get_type_hints(event_class)
+    return tuple((field.name, hints[field.name] is uuid.UUID) for field in dataclasses.fields(event_class))
 
 
 @dataclasses.dataclass(frozen=True)
