@@ -300,8 +300,8 @@ def _r2_section(r2: dict[str, Any]) -> list[str]:
         lines.append(f"  pinned: not measured ({pinned['skipped']})")
     elif pinned:
         lines.append(
-            f"  pinned: the gateway alone on CPU {pinned['gateway_cpus']}, everything else on CPU "
-            f"{pinned['other_cpus']}"
+            f"  pinned, at {pinned['rate']:.0f} requests/s: the gateway alone on CPU "
+            f"{pinned['gateway_cpus']}, everything else on CPU {pinned['other_cpus']}"
         )
         for name in ("direct", "gateway"):
             cells = " / ".join(_cell(pinned["latency"][name][key], 2) for key in PERCENTILES)
@@ -564,7 +564,7 @@ def _r2_pinned_panel(axis: Any, r2: dict[str, Any] | None) -> None:
         [
             ("unpinned", GREY, [r2["gateway_added"][key] for key in PERCENTILES]),
             (
-                f"gateway alone on CPU {pinned['gateway_cpus']}",
+                f"gateway alone on CPU {pinned['gateway_cpus']}, {pinned['rate']:.0f}/s",
                 ORANGE,
                 [pinned["gateway_added"][key] for key in PERCENTILES],
             ),
