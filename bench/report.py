@@ -38,6 +38,9 @@ BASELINE_CPU_MS_PER_ORDER: dict[str, Any] = {
     },
     "total": 6.97,
 }
+# What issue 19 asks to be no worse than: the figures of a full 5-round run of the code before it, from
+# a fresh clone on a quiet 2-core machine of this kind, as the issue quotes them.
+BEFORE: dict[str, float] = {"r5_ratio": 0.94, "wake_p99_ms": 2.1, "idle_rss_mb": 68.0}
 # Each verdict's section, whose rounds say whether the machine was busy meanwhile.
 SECTION_KEYS = {
     "R1": "r1_gateway_throughput",
@@ -130,7 +133,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     r3 = results.get("r3_saga_throughput")
     if r3 is not None:
         verdicts.append(
-            _summary_verdict("R3", "saga / (raw tx rate / 6)", r3["ratio"], ">= 0.5", lambda v: v >= 0.5)
+            # Issue 19: beat the bound of one transaction per message, which batching is not held to.
+            _summary_verdict("R3", "saga / (raw tx rate / 6)", r3["ratio"], ">= 1.0", lambda v: v >= 1.0)
         )
         half = float(r3["cpu_ms_per_order"]["reference"]["total"]) / 2
         verdicts.append(
@@ -146,7 +150,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if r4 is not None:
         verdicts.append(
             _summary_verdict(
-                "R4", "saga p50 / sum of parts", r4["ratio_p50_to_parts"], "<= 1.5", lambda v: v <= 1.5
+                "R4", "saga p50 / sum of parts", r4["ratio_p50_to_parts"], "<= 1.3", lambda v: v <= 1.3
             )
         )
         wake = r4.get("relay_wake", {}).get("all", {})
@@ -158,14 +162,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "relay wake p99, commit to publish (ms)",
                 wake_p99,
                 (wake_p99, wake_max),
-                "<= 5 ms",
-                wake_p99 <= 5.0,
+                f"<= {BEFORE['wake_p99_ms']} ms",
+                wake_p99 <= BEFORE["wake_p99_ms"],
             )
         )
     r5 = results.get("r5_relay")
     if r5 is not None:
         verdicts.append(
-            _summary_verdict("R5", "relay / raw aio-pika", r5["ratio"], ">= 0.8", lambda v: v >= 0.8)
+            _summary_verdict(
+                "R5",
+                "relay / raw aio-pika",
+                r5["ratio"],
+                f">= {BEFORE['r5_ratio']}",
+                lambda v: v >= BEFORE["r5_ratio"],
+            )
         )
     idle = results["memory"]["idle"]
     idle_max = max(idle.get(name, math.nan) for name in SERVICES)
@@ -177,6 +187,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             (idle_max, idle_max),
             "< 80 MB",
             idle_max < MEMORY_LIMIT_MB,
+        )
+    )
+    verdicts.append(
+        _verdict(
+            "MEM",
+            "the same, against before issue 19 (MB)",
+            idle_max,
+            (idle_max, idle_max),
+            f"<= {BEFORE['idle_rss_mb']} MB",
+            idle_max <= BEFORE["idle_rss_mb"],
         )
     )
     for verdict in verdicts:
