@@ -38,6 +38,10 @@ BASELINE_CPU_MS_PER_ORDER: dict[str, Any] = {
     },
     "total": 6.97,
 }
+# Issue 19's targets for the saga: beat the bound of one transaction per message, which batching is not
+# held to (R3), without costing latency at light load (R4).
+R3_TARGET = 1.0
+R4_TARGET = 1.3
 # What issue 19 asks to be no worse than: the figures of a full 5-round run of the code before it, from
 # a fresh clone on a quiet 2-core machine of this kind, as the issue quotes them.
 BEFORE: dict[str, float] = {"r5_ratio": 0.94, "wake_p99_ms": 2.1, "idle_rss_mb": 68.0}
@@ -133,8 +137,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     r3 = results.get("r3_saga_throughput")
     if r3 is not None:
         verdicts.append(
-            # Issue 19: beat the bound of one transaction per message, which batching is not held to.
-            _summary_verdict("R3", "saga / (raw tx rate / 6)", r3["ratio"], ">= 1.0", lambda v: v >= 1.0)
+            _summary_verdict(
+                "R3", "saga / (raw tx rate / 6)", r3["ratio"], f">= {R3_TARGET}", lambda v: v >= R3_TARGET
+            )
         )
         half = float(r3["cpu_ms_per_order"]["reference"]["total"]) / 2
         verdicts.append(
@@ -150,7 +155,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if r4 is not None:
         verdicts.append(
             _summary_verdict(
-                "R4", "saga p50 / sum of parts", r4["ratio_p50_to_parts"], "<= 1.3", lambda v: v <= 1.3
+                "R4",
+                "saga p50 / sum of parts",
+                r4["ratio_p50_to_parts"],
+                f"<= {R4_TARGET}",
+                lambda v: v <= R4_TARGET,
             )
         )
         wake = r4.get("relay_wake", {}).get("all", {})
@@ -603,7 +612,7 @@ def _r3_panel(axis: Any, r3: dict[str, Any] | None) -> None:
         return
     _bars(axis, ["saga", "raw Postgres / 6"], [r3["saga"], r3["raw_per_order"]], [ORANGE, GREY])
     axis.set_ylabel("orders/s")
-    axis.set_title(f"R3 saga throughput: orders/s\nsaga/raw {r3['ratio']['median']:.2f} (target 0.5)")
+    axis.set_title(f"R3 saga throughput: orders/s\nsaga/raw {r3['ratio']['median']:.2f} (target {R3_TARGET})")
 
 
 def _cpu_per_order_panel(axis: Any, r3: dict[str, Any] | None) -> None:
@@ -658,12 +667,14 @@ def _r4_panel(axis: Any, r4: dict[str, Any] | None) -> None:
     values = [r4["latency"][key]["median"] for key in PERCENTILES]
     axis.bar(PERCENTILES, values, color=ORANGE)
     axis.axhline(r4["parts_sum"], color=GREY, linestyle="-", label=f"sum of parts {r4['parts_sum']:.1f} ms")
-    axis.axhline(1.5 * r4["parts_sum"], color=GREY, linestyle=":", label="1.5 x sum (target for p50)")
+    axis.axhline(
+        R4_TARGET * r4["parts_sum"], color=GREY, linestyle=":", label=f"{R4_TARGET} x sum (target for p50)"
+    )
     axis.set_ylabel("ms")
     axis.legend(fontsize=8)
     axis.set_title(
         f"R4 saga latency at {r4['rate']:.1f} orders/s\n"
-        f"p50/parts {r4['ratio_p50_to_parts']['median']:.2f} (target 1.5)"
+        f"p50/parts {r4['ratio_p50_to_parts']['median']:.2f} (target {R4_TARGET})"
     )
 
 
@@ -674,7 +685,8 @@ def _r5_panel(axis: Any, r5: dict[str, Any] | None) -> None:
     _bars(axis, ["outbox relay", "raw aio-pika"], [r5["relay"], r5["raw_aio_pika"]], [ORANGE, GREY])
     axis.set_ylabel("events/s")
     axis.set_title(
-        f"R5 publishing with confirms: events/s\nrelay/raw {r5['ratio']['median']:.2f} (target 0.8)"
+        "R5 publishing with confirms: events/s\n"
+        f"relay/raw {r5['ratio']['median']:.2f} (target {BEFORE['r5_ratio']})"
     )
 
 
