@@ -17,6 +17,8 @@ from pathlib import Path
 
 from bench.machine import children
 
+# What both the proxy and the cheap upstream are: one worker, in the foreground, every file in the
+# run's own folder, no access log; `{servers}` is what each one serves.
 CONFIG = """\
 daemon off;
 master_process on;
@@ -38,7 +40,11 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
+{servers}
+}}
+"""
 
+PROXY = """
     upstream orders_service {{
         server {backend};
         keepalive 128;
@@ -53,41 +59,17 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
         }}
-    }}
-}}
-"""
+    }}"""
 
-
-# The cheap upstream: one worker, as the proxy has, and the body given, as JSON, to every request.
-STUB_CONFIG = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-
-events {{
-    worker_connections 4096;
-}}
-
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-
+# The cheap upstream: the body given, as JSON, to every request.
+STUB = """
     server {{
         listen 127.0.0.1:{port};
         default_type application/json;
         location / {{
             return 200 '{body}';
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 def quoted_body(body: bytes) -> str:
@@ -128,10 +110,10 @@ class Nginx:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "nginx.conf"
         if self.body is None:
-            text = CONFIG.format(root=self.root, port=self.port, backend=self.backend)
+            servers = PROXY.format(port=self.port, backend=self.backend)
         else:
-            text = STUB_CONFIG.format(root=self.root, port=self.port, body=quoted_body(self.body))
-        config.write_text(text)
+            servers = STUB.format(port=self.port, body=quoted_body(self.body))
+        config.write_text(CONFIG.format(root=self.root, servers=servers))
         # -e: the error log before the config is read, so nothing is written to /var/log/nginx.
         self.process = await asyncio.create_subprocess_exec(
             self.binary,

@@ -514,11 +514,16 @@ def _grouped(
     axis.legend(fontsize=8)
 
 
-def _r1_throughput_panel(axis: Any, r1: dict[str, Any] | None, cheap: dict[str, Any] | None) -> None:
-    title = f"R1 GET {CURRENT_PREFIX}/orders/{{id}}: req/s"
-    present = [
+def _r1_present(r1: dict[str, Any] | None, cheap: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """R1's sections that ran, by the upstream they proxied to."""
+    return [
         (label, section) for label, section in (("orders_service", r1), ("cheap upstream", cheap)) if section
     ]
+
+
+def _r1_throughput_panel(axis: Any, r1: dict[str, Any] | None, cheap: dict[str, Any] | None) -> None:
+    title = f"R1 GET {CURRENT_PREFIX}/orders/{{id}}: req/s"
+    present = _r1_present(r1, cheap)
     if not present:
         _not_run(axis, title)
         return
@@ -539,9 +544,7 @@ def _r1_throughput_panel(axis: Any, r1: dict[str, Any] | None, cheap: dict[str, 
 
 def _r1_cpu_panel(axis: Any, r1: dict[str, Any] | None, cheap: dict[str, Any] | None) -> None:
     title = "R1 CPU per proxied request (us)"
-    present = [
-        (label, section) for label, section in (("orders_service", r1), ("cheap upstream", cheap)) if section
-    ]
+    present = _r1_present(r1, cheap)
     if not present:
         _not_run(axis, title)
         return
