@@ -120,23 +120,6 @@ class Envelope:
             traceparent=document.get("traceparent"),
         )
 
-    @classmethod
-    def from_own_json(cls, raw: bytes) -> "Envelope":
-        """An envelope this service wrote and checked itself (an outbox row): parsed, not checked
-        again, because the relay reads every row and the check already ran when it was written."""
-        document = orjson.loads(raw)
-        return cls(
-            id=uuid.UUID(document["id"]),
-            source=document["source"],
-            type=document["type"],
-            time=datetime.datetime.fromisoformat(document["time"]),
-            data=document["data"],
-            dataversion=document["dataversion"],
-            correlationid=document["correlationid"],
-            causationid=document["causationid"],
-            traceparent=document.get("traceparent"),
-        )
-
     def event(self) -> Event:
         """The typed event inside. An unknown type or data version, or data that breaks its schema, is
         an InvalidEvent."""

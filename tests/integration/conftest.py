@@ -12,9 +12,10 @@ price it needs (`new_product`), or sets the limit (`set_credit_limit`).
 """
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -26,11 +27,23 @@ from orders_service.app import create_app as create_orders_app
 from orders_service.config import OrdersConfig
 from shared.auth import ADMIN
 from shared.config import Secret
+from shared.db import SHARED_MIGRATIONS, apply_migrations
 from tests.conftest import CreateDatabase
 from tests.contract import response_checker
 from users_service.app import create_app as create_users_app
 from users_service.config import UsersConfig
 from users_service.tokens import TokenIssuer
+
+
+@pytest.fixture
+async def shared_tables(create_database: CreateDatabase) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database that holds the shared library's tables alone (outbox, inbox), for
+    the tests of what works on them without a service."""
+    pool = await asyncpg.create_pool(await create_database("shared_tables"), min_size=1, max_size=4)
+    await apply_migrations(pool, [SHARED_MIGRATIONS])
+    yield pool
+    await pool.close()
+
 
 Client = TestClient[web.Request, web.Application]
 # A client of an app (`aiohttp_client(app)`), or of a server a test started itself (`aiohttp_server`).

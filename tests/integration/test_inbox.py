@@ -5,18 +5,15 @@ batch is one delivery."""
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from shared.db import SHARED_MIGRATIONS, apply_migrations
 from shared.envelope import Cause, Envelope
 from shared.events import CreditReserved, OrderCreated
 from shared.inbox import Delivery, Inbox
 from shared.tracing import Tracing
 from shared.unit_of_work import Outbox, UnitOfWork
-from tests.conftest import CreateDatabase
 
 POISON = 13  # an order total the handler below refuses
 
@@ -38,12 +35,9 @@ class Recorder:
 
 
 @pytest.fixture
-async def pool(create_database: CreateDatabase) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(await create_database("inbox"), min_size=1, max_size=2)
-    await apply_migrations(pool, [SHARED_MIGRATIONS])
-    await pool.execute("CREATE TABLE applied (order_id uuid PRIMARY KEY)")
-    yield pool
-    await pool.close()
+async def pool(shared_tables: asyncpg.Pool) -> asyncpg.Pool:
+    await shared_tables.execute("CREATE TABLE applied (order_id uuid PRIMARY KEY)")
+    return shared_tables
 
 
 @dataclasses.dataclass

@@ -5,7 +5,7 @@ changes nothing, on either side of the saga, with both services' real apps on th
 import asyncio
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -13,9 +13,7 @@ import pytest
 from devstack.rabbitmq import Vhost
 from devstack.waiting import eventually
 from shared.app_keys import DB_POOL
-from shared.db import SHARED_MIGRATIONS, apply_migrations
 from shared.retention import prune_inbox, prune_published_outbox
-from tests.conftest import CreateDatabase
 from tests.integration.conftest import Client, new_product
 from tests.support import publish_raw
 
@@ -25,11 +23,8 @@ NOW = datetime.timedelta(0)
 
 
 @pytest.fixture
-async def pool(create_database: CreateDatabase) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(await create_database("retention"), min_size=1, max_size=4)
-    await apply_migrations(pool, [SHARED_MIGRATIONS])
-    yield pool
-    await pool.close()
+def pool(shared_tables: asyncpg.Pool) -> asyncpg.Pool:
+    return shared_tables
 
 
 async def add_outbox_row(pool: asyncpg.Pool, *, age: datetime.timedelta, published: bool) -> uuid.UUID:

@@ -2,27 +2,23 @@
 connection that breaks under it is the database being unavailable, not the work being wrong."""
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 
-from shared.db import DATABASE_UNAVAILABLE, SHARED_MIGRATIONS, apply_migrations
+from shared.db import DATABASE_UNAVAILABLE
 from shared.envelope import Cause
 from shared.events import OrderCreated
 from shared.unit_of_work import ConnectionLost, Outbox, UnitOfWork, unit_of_work
-from tests.conftest import CreateDatabase
 
 CAUSE = Cause(correlation_id="unit-of-work", causation_id="unit-of-work")
 
 
 @pytest.fixture
-async def pool(create_database: CreateDatabase) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(await create_database("unit_of_work"), min_size=1, max_size=2)
-    await apply_migrations(pool, [SHARED_MIGRATIONS])
-    await pool.execute("CREATE TABLE things (id uuid PRIMARY KEY)")
-    yield pool
-    await pool.close()
+async def pool(shared_tables: asyncpg.Pool) -> asyncpg.Pool:
+    await shared_tables.execute("CREATE TABLE things (id uuid PRIMARY KEY)")
+    return shared_tables
 
 
 async def rows(pool: asyncpg.Pool) -> tuple[int, int]:
