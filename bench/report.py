@@ -214,6 +214,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return verdicts
 
 
+def _row(label: str, value: str) -> str:
+    """One line of the table: its label, then its figures, in a column of their own."""
+    return f"  {label:<34} {value}"
+
+
 def _cell(summary: dict[str, Any], digits: int = 0) -> str:
     """median [min-max]"""
     median, low, high = summary["median"], summary["min"], summary["max"]
@@ -306,11 +311,11 @@ def _r1_section(r1: dict[str, Any], labels: dict[str, str], title: str) -> list[
     if "upstream" in r1:
         lines.append(f"  upstream: {r1['upstream']}")
     for name, label in labels.items():
-        lines.append(f"  {label:<34} {_cell(r1['throughput'][name])}")
-    lines.append(f"  {'gateway / nginx':<34} {_cell(r1['ratio_gateway_nginx'], 2)}")
+        lines.append(_row(label, _cell(r1["throughput"][name])))
+    lines.append(_row("gateway / nginx", _cell(r1["ratio_gateway_nginx"], 2)))
     for name in ("nginx", "gateway"):
         lines.append(f"  {name + ' CPU per request (us)':<34} {_cell(r1['cpu_us_per_request'][name])}")
-    lines.append(f"  {'gateway / nginx CPU per request':<34} {_cell(r1['ratio_cpu_gateway_nginx'], 2)}")
+    lines.append(_row("gateway / nginx CPU per request", _cell(r1["ratio_cpu_gateway_nginx"], 2)))
     return lines + _busy_line(r1)
 
 
@@ -318,12 +323,12 @@ def _r2_section(r2: dict[str, Any]) -> list[str]:
     lines = ["", f"R2 latency at {r2['rate']:.0f} requests/s, open loop (ms: p50 / p99 / p99.9)"]
     for name, label in GATEWAY_LABELS.items():
         cells = " / ".join(_cell(r2["latency"][name][key], 2) for key in PERCENTILES)
-        lines.append(f"  {label:<34} {cells}")
+        lines.append(_row(label, cells))
     for name in ("gateway", "nginx"):
         cells = " / ".join(_cell(r2[f"{name}_added"][key], 2) for key in PERCENTILES)
-        lines.append(f"  {name + ' added':<34} {cells}")
+        lines.append(_row(name + " added", cells))
     lag = " / ".join(_cell(r2["generator_lag"][key], 2) for key in PERCENTILES)
-    lines.append(f"  {'generator lag (its own)':<34} {lag}")
+    lines.append(_row("generator lag (its own)", lag))
     pinned = r2.get("pinned", {})
     if "skipped" in pinned:
         lines.append(f"  pinned: not measured ({pinned['skipped']})")
@@ -336,9 +341,9 @@ def _r2_section(r2: dict[str, Any]) -> list[str]:
             cells = " / ".join(_cell(pinned["latency"][name][key], 2) for key in PERCENTILES)
             lines.append(f"  {'  ' + GATEWAY_LABELS[name]:<34} {cells}")
         cells = " / ".join(_cell(pinned["gateway_added"][key], 2) for key in PERCENTILES)
-        lines.append(f"  {'  gateway added, pinned':<34} {cells}")
+        lines.append(_row("  gateway added, pinned", cells))
         lag = " / ".join(_cell(pinned["generator_lag"][key], 2) for key in PERCENTILES)
-        lines.append(f"  {'  generator lag (its own)':<34} {lag}")
+        lines.append(_row("  generator lag (its own)", lag))
         shares = pinned["gateway_cpu"]
         lines.append(
             f"  {'  gateway CPU busy: all / gateway':<34} {_percent(shares['busy'])} / "
@@ -351,10 +356,10 @@ def _r3_section(r3: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "R3 saga throughput (orders reaching a final state per second)",
-        f"  {'saga, sustained':<34} {_cell(r3['saga'], 1)}",
-        f"  {'raw Postgres transactions/s':<34} {_cell(r3['raw_transactions_per_second'])}",
-        f"  {'raw / 6 transactions per order':<34} {_cell(r3['raw_per_order'], 1)}",
-        f"  {'saga / raw':<34} {_cell(r3['ratio'], 2)}",
+        _row("saga, sustained", _cell(r3["saga"], 1)),
+        _row("raw Postgres transactions/s", _cell(r3["raw_transactions_per_second"])),
+        _row("raw / 6 transactions per order", _cell(r3["raw_per_order"], 1)),
+        _row("saga / raw", _cell(r3["ratio"], 2)),
     ]
     cpu = r3["cpu_ms_per_order"]
     reference = cpu["reference"]
@@ -364,8 +369,8 @@ def _r3_section(r3: dict[str, Any]) -> list[str]:
         before = reference["by_process"].get(name, math.nan)
         lines.append(f"  {'  ' + name:<34} {_cell(summary, 2)}   reference {before:.2f}")
     lines.append(f"  {'  all processes':<34} {_cell(cpu['total'], 2)}   reference {reference['total']:.2f}")
-    lines.append(f"  {'  all processes / reference':<34} {_cell(cpu['ratio_to_reference'], 2)}")
-    lines.append(f"  {'  harness (load generator; apart)':<34} {_cell(cpu['harness'], 2)}")
+    lines.append(_row("  all processes / reference", _cell(cpu["ratio_to_reference"], 2)))
+    lines.append(_row("  harness (load generator; apart)", _cell(cpu["harness"], 2)))
     return lines + _busy_line(r3)
 
 
@@ -378,7 +383,7 @@ def _r4_section(r4: dict[str, Any]) -> list[str]:
         + " / ".join(_cell(r4["post_answered"][key], 1) for key in PERCENTILES),
         f"  {'sum of parts (p50)':<34} {r4['parts_sum']:.1f}  = "
         + " + ".join(f"{name} {value:.1f}" for name, value in r4["parts_p50"].items()),
-        f"  {'saga p50 / sum of parts':<34} {_cell(r4['ratio_p50_to_parts'], 2)}",
+        _row("saga p50 / sum of parts", _cell(r4["ratio_p50_to_parts"], 2)),
     ]
     wake = r4.get("relay_wake")
     if wake:
@@ -394,9 +399,9 @@ def _relay_section(r5: dict[str, Any]) -> list[str]:
     return [
         "",
         f"R5 relay ({r5['events_per_round']} events per round; events/s)",
-        f"  {'outbox relay':<34} {_cell(r5['relay'])}",
-        f"  {'raw aio-pika, same confirms':<34} {_cell(r5['raw_aio_pika'])}",
-        f"  {'relay / raw':<34} {_cell(r5['ratio'], 2)}",
+        _row("outbox relay", _cell(r5["relay"])),
+        _row("raw aio-pika, same confirms", _cell(r5["raw_aio_pika"])),
+        _row("relay / raw", _cell(r5["ratio"], 2)),
         *_busy_line(r5),
     ]
 
