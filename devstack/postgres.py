@@ -57,6 +57,10 @@ class Postgres(abc.ABC):
         credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
         return f"postgresql://{credentials}@{self.host}:{self.port}/{quote(database, safe='')}"
 
+    def libpq_target(self) -> dict[str, str]:
+        """Where psql finds the server, as libpq's environment variables."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port)}
+
     @property
     def admin_dsn(self) -> str:
         return self.dsn()
@@ -85,8 +89,7 @@ class Postgres(abc.ABC):
         """Run a bash script that talks to this server with psql as the superuser (such as
         deploy/postgres/create-databases.sh); return what it printed."""
         settings = {
-            "PGHOST": self.host,
-            "PGPORT": str(self.port),
+            **self.libpq_target(),
             "PGPASSWORD": self.password,
             "POSTGRES_USER": self.superuser,
             "POSTGRES_DB": "postgres",

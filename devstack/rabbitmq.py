@@ -88,6 +88,25 @@ DEVELOPMENT_PASSWORDS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterMembership:
+    """What the private nodes of one cluster share (devstack/cluster.py): the Erlang cookie that lets
+    them talk, the port mapper through which they find each other, and their settings."""
+
+    cookie: str
+    epmd_port: int
+    configuration: str  # rabbitmq.conf lines, added to each node's own
+    advanced_configuration: str  # advanced.config: the Erlang terms rabbitmq.conf has no keys for
+
+    @staticmethod
+    def erl_arguments(distribution_source: str) -> str:
+        """The node's links to its peers start from `distribution_source`, a loopback address of its
+        own (Linux answers on all of 127.0.0.0/8): a firewall rule on that address cuts exactly those
+        links, and a partition can be made on one machine."""
+        address = distribution_source.replace(".", ",")
+        return f"-kernel inet_dist_connect_options [{{ip,{{{address}}}}}]"
+
+
 class RabbitMQ(abc.ABC):
     """A RabbitMQ node: an administrator for virtual hosts and permissions, and its life cycle."""
 
@@ -193,12 +212,22 @@ class PrivateRabbitMQ(RabbitMQ):
 
     kind = "private instance"
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        *,
+        cluster: ClusterMembership | None = None,
+        distribution_source: str = "127.0.0.1",
+    ) -> None:
         super().__init__(amqp_port=free_port(), management_port=free_port(), user="guest", password="guest")
         self.bin_dir = bin_dir
+        self.cluster = cluster
+        self.distribution_source = distribution_source
         self.directory = new_instance_dir("rabbitmq")
         self.node = f"eda-devstack-{uuid.uuid4().hex[:8]}@localhost"
-        self.epmd_port = free_port()
+        # A cluster's nodes find each other through one port mapper, the cluster's; a lone node has its own.
+        self.epmd_port = cluster.epmd_port if cluster else free_port()
+        self.distribution_port = 0  # chosen at each start
         self.processes = ProcessGroup(self.directory, self.directory / "rabbitmq-server.log")
         self.port_mapper = ProcessGroup(self.directory / "epmd", self.directory / "epmd.log")
         self._write_configuration()
@@ -215,12 +244,14 @@ class PrivateRabbitMQ(RabbitMQ):
             f"management.tcp.ip = {self.host}\n"
             f"management.tcp.port = {self.management_port}\n"
             "log.console = false\n"
-            "log.file.level = info\n"
+            "log.file.level = info\n" + (self.cluster.configuration if self.cluster else "")
         )
+        if self.cluster:
+            self.advanced_configuration.write_text(self.cluster.advanced_configuration)
         (self.directory / "enabled_plugins").write_text("[rabbitmq_management].\n")
         (self.directory / "rabbitmq-env.conf").write_text("")  # not the machine's /etc/rabbitmq one
         cookie = self.directory / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20))
+        cookie.write_text(self.cluster.cookie if self.cluster else secrets.token_hex(20))
         cookie.chmod(0o400)
         (self.directory / "epmd").mkdir()
 
@@ -228,6 +259,9 @@ class PrivateRabbitMQ(RabbitMQ):
         """What the node and rabbitmqctl need to be this node and to find it, and nothing of the
         machine's own broker's settings."""
         keep = {key: value for key, value in os.environ.items() if not key.startswith(("RABBITMQ_", "ERL_"))}
+        erl_arguments = "-kernel inet_dist_use_interface {127,0,0,1}"
+        if self.cluster:
+            erl_arguments += f" {self.cluster.erl_arguments(self.distribution_source)}"
         return {
             **keep,
             "HOME": str(self.directory),  # the Erlang cookie
@@ -238,22 +272,21 @@ class PrivateRabbitMQ(RabbitMQ):
             "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.directory / "log"),
             "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.directory / "plugins-expanded"),
-            # Free at each start: the last start's port may still be in TIME_WAIT.
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_DIST_PORT": str(self.distribution_port),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": erl_arguments,
             "ERL_EPMD_PORT": str(self.epmd_port),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
-        }
+        } | ({"RABBITMQ_ADVANCED_CONFIG_FILE": str(self.advanced_configuration)} if self.cluster else {})
+
+    @property
+    def advanced_configuration(self) -> Path:
+        return self.directory / "advanced.config"
 
     async def start(self) -> None:
-        if not self.port_mapper.running:
-            epmd = find_binary("epmd", override=None, candidates=[str(self.bin_dir)])
-            if epmd is None:
-                raise RuntimeError(
-                    "Erlang's epmd is missing (Debian: erlang-base, installed with rabbitmq-server)"
-                )
-            command = [str(epmd), "-port", str(self.epmd_port), "-address", "127.0.0.1"]
-            await self.port_mapper.start(command, self._environment(), self.directory)
+        # Free at each start: the last start's port may still be in TIME_WAIT.
+        self.distribution_port = free_port()
+        if self.cluster is None and not self.port_mapper.running:
+            await start_port_mapper(self.port_mapper, self.bin_dir, self.epmd_port)
         await self.processes.start(
             [str(self.bin_dir / "rabbitmq-server")], self._environment(), self.directory
         )
@@ -400,6 +433,15 @@ class ExternalRabbitMQ(RabbitMQ):
 
     async def resume(self) -> None:
         raise RuntimeError("devstack never pauses a broker of yours")
+
+
+async def start_port_mapper(group: ProcessGroup, bin_dir: Path, port: int) -> None:
+    """Erlang's port mapper (epmd) on a port of its own, where nodes register and find each other."""
+    epmd = find_binary("epmd", override=None, candidates=[str(bin_dir)])
+    if epmd is None:
+        raise RuntimeError("Erlang's epmd is missing (Debian: erlang-base, installed with rabbitmq-server)")
+    command = [str(epmd), "-port", str(port), "-address", "127.0.0.1"]
+    await group.start(command, os.environ, group.directory)
 
 
 def find_rabbitmq_binaries(override: str | None) -> Path | None:
