@@ -19,13 +19,14 @@ left running.
 """
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import random
 import time
 from collections.abc import Callable
 
-from chaos.system import PROCESSES, System
+from devstack.replicated import PROCESSES, System
 
 
 class FaultKind(enum.StrEnum):
@@ -120,12 +121,25 @@ START_ATTEMPTS = 5
 class Injector:
     """Injects planned faults into a running system and undoes them."""
 
-    def __init__(self, system: System, started_at: float, out: Callable[[str], None]) -> None:
+    def __init__(
+        self, system: System, started_at: float, out: Callable[[str], None], planned: dict[str, list[Fault]]
+    ) -> None:
         self.system = system
         self.started_at = started_at
         self.out = out
+        self.planned = planned
         self.injected: list[Fault] = []
         self.failed_starts: list[str] = []  # "process: why", for each start that failed
+
+    async def run(self, duration: float) -> None:
+        """Every lane of the plan, side by side."""
+        async with asyncio.TaskGroup() as lanes:
+            for lane in self.planned.values():
+                lanes.create_task(self.run_lane(lane, duration))
+
+    def counts(self) -> dict[str, int]:
+        injected = collections.Counter(fault.kind for fault in self.injected)
+        return {kind: injected[kind] for kind in FaultKind}
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started_at

@@ -75,6 +75,7 @@ class Operation:
     total_cents: int = 0  # what an order must come to: its product's price in the catalogue
     order_id: str | None = None  # the order placed (from an ok answer), or the one cancelled
     answer: dict[str, Any] | None = None  # the body of the ok answer
+    finished_at: float | None = None  # seconds into the run when its outcome stood
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
 
     @property

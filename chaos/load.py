@@ -131,6 +131,7 @@ class Clients:
         body = {"items": [{"sku": product.sku, "quantity": 1}]}
         headers = {**customer.headers, "Idempotency-Key": key, REQUEST_ID_HEADER: f"{STORY_PREFIX}{key}"}
         answer = await self._attempt(operation, f"{CURRENT_PREFIX}/orders", headers, body, prefer)
+        operation.finished_at = self.elapsed()
         if answer is not None:
             operation.order_id = answer["id"]
         return operation
@@ -140,6 +141,7 @@ class Clients:
         self.history.append(operation)
         path = f"{CURRENT_PREFIX}/orders/{order_id}/cancel"
         await self._attempt(operation, path, customer.headers, None, prefer)
+        operation.finished_at = self.elapsed()
         return operation
 
     async def _attempt(

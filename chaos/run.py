@@ -1,6 +1,6 @@
 """A whole chaos run: the system up, the load and the faults together, the drain, the checks, the summary.
 
-1. the six processes and the relays start (chaos/system.py); the customers are made
+1. the six processes and the relays start (devstack/replicated.py); the customers are made
 2. for `duration` seconds the load runs (chaos/load.py) while the faults are injected on their
    seeded plan (chaos/faults.py); every fault is undone before the next step
 3. the drain: the run waits, with a deadline, until the system has settled (nothing in flight,
@@ -18,17 +18,18 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import orjson
 
 from chaos.check import Anomaly, Decisions, Finding, check_history, decision_times, placed_orders
-from chaos.faults import FaultKind, Injector, plan
+from chaos.faults import Injector, plan
 from chaos.history import Kind, Operation, Outcome
 from chaos.load import Clients, Load, make_customers, stock_catalogue
-from chaos.system import PROCESSES, running_system
 from devstack.invariants import in_flight, is_settled, state_once, violations
 from devstack.keys import make_key_pair
+from devstack.replicated import PROCESSES, System, running_system
 from devstack.servers import Servers
 from orders_service.config import OrdersConfig
 
@@ -46,11 +47,29 @@ class Settings:
         return f"make chaos DURATION={self.duration:g} SEED={self.seed} RATE={self.rate:g}"
 
 
+class Disruption(Protocol):
+    """What strikes the system while the load runs: the seeded faults of a chaos run
+    (chaos/faults.py), or a cluster's failure (tests/cluster/)."""
+
+    failed_starts: list[str]  # "process: why", for each start of a process that failed
+
+    async def run(self, duration: float) -> None:
+        """Inject, and undo, within the load's `duration` seconds."""
+
+    def counts(self) -> dict[str, int]:
+        """What was injected: how many faults of each kind."""
+
+
+# How a run makes its disruption, once the system is up: from the system, the moment the load
+# starts (time.monotonic()) and where to say what happens.
+MakeDisruption = Callable[[System, float, Callable[[str], None]], Disruption]
+
+
 @dataclasses.dataclass(frozen=True)
 class Summary:
     settings: Settings
     operations: collections.Counter[tuple[Kind, Outcome]]
-    faults: collections.Counter[FaultKind]
+    faults: dict[str, int]
     orders: collections.Counter[str]  # by status
     findings: list[Finding]
     violations: list[str]
@@ -60,6 +79,8 @@ class Summary:
     drain_seconds: float
     unclean_exits: dict[str, int]  # process -> exit code on SIGTERM, for those that were not 0
     failed_starts: list[str]  # processes that exited at start and were started again, and why
+    history: list[Operation]  # every operation the clients attempted
+    replay: str | None  # the command that runs the same faults again, if one can
 
     def count(self, anomaly: Anomaly) -> int:
         return sum(finding.anomaly is anomaly for finding in self.findings)
@@ -92,11 +113,11 @@ class Summary:
             return ", ".join(f"{outcome} {counts[outcome]}" for outcome in Outcome)
 
         lines = [
-            f"seed                 {self.settings.seed} (replay: {self.settings.replay()})",
+            f"seed                 {self.settings.seed}{f' (replay: {self.replay})' if self.replay else ''}",
             f"operations           {sum(ops.values())}: {outcomes(None)}",
             *(f"  {kind:<18} {outcomes(kind)}" for kind in Kind),
             f"faults injected      {sum(self.faults.values())}: "
-            + ", ".join(f"{kind} {self.faults[kind]}" for kind in FaultKind),
+            + ", ".join(f"{kind} {count}" for kind, count in self.faults.items()),
             f"orders               {sum(self.orders.values())}: "
             + ", ".join(f"{status} {n}" for status, n in sorted(self.orders.items()))
             + f" ({decisions.by_deadline} rejected at their deadline)",
@@ -129,10 +150,22 @@ def write_history(history: list[Operation], path: Path) -> None:
 
 
 async def chaos_run(
-    servers: Servers, work_dir: Path, settings: Settings, out: Callable[[str], None] = print
+    servers: Servers,
+    work_dir: Path,
+    settings: Settings,
+    out: Callable[[str], None] = print,
+    *,
+    disruption: MakeDisruption | None = None,
+    relayed: bool = True,
 ) -> Summary:
+    """A run under the seeded plan's faults, or under `disruption`'s. `relayed`: the "-2"
+    processes reach the servers through relays (devstack/replicated.py), whose cuts are among the plan's."""
     out(f"chaos run: seed {settings.seed}, {settings.duration:g} s at {settings.rate:g} turns/s")
-    faults = plan(settings.seed, settings.duration)
+
+    def seeded_faults(system: System, started_at: float, out: Callable[[str], None]) -> Disruption:
+        return Injector(system, started_at, out, plan(settings.seed, settings.duration))
+
+    make_disruption = disruption or seeded_faults
     # The processes inherit this environment: the deadline they will keep is the one set here.
     deadline = float(
         os.environ.get("SAGA_DEADLINE_SECONDS", OrdersConfig.default_of("SAGA_DEADLINE_SECONDS"))
@@ -140,8 +173,9 @@ async def chaos_run(
     drain_timeout = deadline + DRAIN_MARGIN
     keys = make_key_pair(work_dir)
     lasting = settings.duration + drain_timeout + 600  # and the start, and the check
-    async with running_system(servers, keys, work_dir, lasting=lasting) as system:
-        out(f"system: {', '.join(PROCESSES)}; the -2 processes through relays; logs in {work_dir}")
+    async with running_system(servers, keys, work_dir, lasting=lasting, relayed=relayed) as system:
+        through = "through relays" if relayed else "as the others"
+        out(f"system: {', '.join(PROCESSES)}; the -2 processes {through}; logs in {work_dir}")
         connector = aiohttp.TCPConnector(limit=2 * WORKERS)
         async with aiohttp.ClientSession(connector=connector) as http:
             rng = random.Random(f"{settings.seed}/load")
@@ -151,15 +185,14 @@ async def chaos_run(
             customers = await make_customers(http, system.gateways, rng, admin)
             started_at = time.monotonic()
             clients = Clients(http, system.gateways, started_at)
-            injector = Injector(system, started_at, out)
+            injector = make_disruption(system, started_at, out)
             load = Load(
                 clients, customers, catalogue, rng, settings.rate, until=started_at + settings.duration
             )
             # A fault that cannot be undone (a process that does not start again) ends the run.
             async with asyncio.TaskGroup() as run:
                 run.create_task(load.run(WORKERS))
-                for lane in faults.values():
-                    run.create_task(injector.run_lane(lane, settings.duration))
+                run.create_task(injector.run(settings.duration))
         out(f"{time.monotonic() - started_at:7.1f} s  load over, every fault undone; draining")
         drain_started = time.monotonic()
         state, _ = await state_once(system.stack, is_settled, within=drain_timeout, interval=1.0)
@@ -171,7 +204,7 @@ async def chaos_run(
     summary = Summary(
         settings=settings,
         operations=collections.Counter((operation.kind, operation.outcome) for operation in clients.history),
-        faults=collections.Counter(fault.kind for fault in injector.injected),
+        faults=injector.counts(),
         orders=collections.Counter(order["status"] for order in state.orders),
         findings=findings,
         violations=violations(state),
@@ -181,6 +214,8 @@ async def chaos_run(
         drain_seconds=drain_seconds,
         unclean_exits={name: code for name, code in exits.items() if code != 0},
         failed_starts=injector.failed_starts,
+        history=clients.history,
+        replay=settings.replay() if disruption is None else None,
     )
     for line in summary.lines():
         out(line)

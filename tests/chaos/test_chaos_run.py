@@ -30,7 +30,7 @@ async def test_a_short_chaos_run_loses_nothing_and_doubles_nothing(
     summary = await chaos_run(fault_servers, tmp_path, Settings(duration=DURATION, seed=SEED))
 
     # The run was a real one: every kind of fault, and orders placed and cancelled under them.
-    assert set(summary.faults) == set(FaultKind), summary.faults
+    assert all(summary.faults[kind] for kind in FaultKind), summary.faults
     assert summary.operations[(Kind.PLACE, Outcome.OK)] >= 100, summary.operations
     assert summary.operations[(Kind.CANCEL, Outcome.OK)] >= 20, summary.operations
 

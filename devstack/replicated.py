@@ -1,4 +1,5 @@
-"""The system under test: two replicas of each service and two gateways, on the run's servers.
+"""Two replicas of each service and two gateways, on given servers: what the chaos run (chaos/) and
+the clusters' failure tests (tests/cluster/) put under load, and what `make cluster-up` runs.
 
     gateway   ──▶ users_service,   orders_service      ──▶ Postgres, RabbitMQ directly
     gateway-2 ──▶ users_service-2, orders_service-2    ──▶ Postgres, RabbitMQ through relays
@@ -6,9 +7,9 @@
 
 A gateway has one URL per upstream, so each is paired with one replica of each service (as in
 tests/e2e/test_replicas.py); the clients know both gateways and fail over between them. The
-replicas of a service compete for its one queue and its one outbox. The "-2" processes reach their
-servers through TCP relays (devstack/relay.py), so that a fault can cut every connection they have
-at once, as a broken network link or a load balancer's reset would.
+replicas of a service compete for its one queue and its one outbox. For the chaos run, the "-2"
+processes reach their servers through TCP relays (devstack/relay.py), so that a fault can cut every
+connection they have at once, as a broken network link or a load balancer's reset would.
 """
 
 import contextlib
@@ -40,6 +41,19 @@ UNLIMITED = {
 }
 
 
+def load_run_settings(lasting: float) -> dict[str, dict[str, str]]:
+    """The processes' settings for a run under load of `lasting` seconds at most, checked at its end."""
+    # The check reads every event the run caused, and the time each order took from them: none may
+    # be pruned by retention before it.
+    kept = {"OUTBOX_RETENTION_SECONDS": str(int(lasting)), "INBOX_RETENTION_SECONDS": str(int(lasting))}
+    return {
+        "gateway": UNLIMITED,
+        # The clients sign in once, before the faults begin: their tokens must outlive the run.
+        "users_service": {**kept, "JWT_TTL_SECONDS": str(int(lasting))},
+        "orders_service": kept,
+    }
+
+
 def replica_2(name: str) -> str:
     return f"{name}-2"
 
@@ -57,45 +71,44 @@ class System:
 
 @contextlib.asynccontextmanager
 async def running_system(
-    servers: Servers, keys: KeyPair, log_dir: Path, *, lasting: float
+    servers: Servers, keys: KeyPair, log_dir: Path, *, lasting: float | None, relayed: bool = True
 ) -> AsyncIterator[System]:
-    """The six processes and the two relays, for a run of `lasting` seconds at most; all stopped
-    and removed on the way out. The processes are not required to exit cleanly there: the run stops
-    them itself first, and says how they did."""
-    relays = {
-        "rabbitmq": TcpRelay(servers.rabbitmq.host, servers.rabbitmq.amqp_port),
-        "postgres": TcpRelay(servers.postgres.host, servers.postgres.port),
-    }
+    """The six processes and the two relays, for a run under load of `lasting` seconds at most, or
+    with the processes' settings as they ship (None: for trying the system). All are stopped and
+    removed on the way out, and need not exit cleanly there: a run stops them itself first, and says
+    how they did. Without `relayed`, the "-2" processes reach the servers as the others do (on
+    clusters, whose faults are the servers' own: devstack/cluster.py)."""
+    relays = (
+        {
+            "rabbitmq": TcpRelay(servers.rabbitmq.host, servers.rabbitmq.amqp_port),
+            "postgres": TcpRelay(servers.postgres.host, servers.postgres.port),
+        }
+        if relayed
+        else {}
+    )
     for relay in relays.values():
         await relay.start()
-    # The check reads every event the run caused, and the time each order took from them: none may
-    # be pruned by retention before it.
-    kept = {"OUTBOX_RETENTION_SECONDS": str(int(lasting)), "INBOX_RETENTION_SECONDS": str(int(lasting))}
-    service_env = {
-        "gateway": UNLIMITED,
-        # The clients sign in once, before the faults begin: their tokens must outlive the run.
-        "users_service": {**kept, "JWT_TTL_SECONDS": str(int(lasting))},
-        "orders_service": kept,
-    }
+    service_env = {} if lasting is None else load_run_settings(lasting)
     try:
         async with running_stack(servers, keys, log_dir, service_env, require_clean_exit=False) as stack:
 
-            def relayed(name: str, variable: str, relay: str) -> str:
-                return with_port(stack.env[name][variable], relays[relay].port)
+            def relayed_url(name: str, variable: str, relay: str) -> str:
+                url = stack.env[name][variable]
+                return with_port(url, relays[relay].port) if relay in relays else url
 
             for service in SERVICES:
                 await stack.start_replica(
                     service,
                     replica_2(service),
-                    RABBITMQ_URL=relayed(service, "RABBITMQ_URL", "rabbitmq"),
-                    DATABASE_URL=relayed(service, "DATABASE_URL", "postgres"),
+                    RABBITMQ_URL=relayed_url(service, "RABBITMQ_URL", "rabbitmq"),
+                    DATABASE_URL=relayed_url(service, "DATABASE_URL", "postgres"),
                 )
             await stack.start_replica(
                 "gateway",
                 replica_2("gateway"),
                 USERS_SERVICE_URL=stack.processes[replica_2("users_service")].url,
                 ORDERS_SERVICE_URL=stack.processes[replica_2("orders_service")].url,
-                DATABASE_URL=relayed("gateway", "DATABASE_URL", "postgres"),
+                DATABASE_URL=relayed_url("gateway", "DATABASE_URL", "postgres"),
             )
             yield System(servers, stack, relays)
     finally:
