@@ -555,6 +555,16 @@ def test_prod_runs_at_least_two_of_every_process_and_keeps_one_through_a_drain()
         cluster["metadata"]["name"]: cluster["spec"]["instances"] for cluster in of_kind(documents, "Cluster")
     }
     assert instances == {"users-db": 3, "orders-db": 3, "gateway-db": 2}
+    # The services' databases commit on a standby too: an asynchronous failover loses what the clients
+    # were told was accepted (tests/cluster/test_failover.py). The gateway's has nothing to lose.
+    synchronous = {
+        cluster["metadata"]["name"]: (
+            cluster["spec"].get("minSyncReplicas"),
+            cluster["spec"].get("maxSyncReplicas"),
+        )
+        for cluster in of_kind(documents, "Cluster")
+    }
+    assert synchronous == {"users-db": (1, 1), "orders-db": (1, 1), "gateway-db": (None, None)}
 
 
 def test_the_gateways_database_holds_only_unlogged_tables() -> None:
