@@ -19,7 +19,8 @@ PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --no-emit-index-url 
 GOALS := $(or $(MAKECMDGOALS),install)
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev databases broker keys test test-quick test-containers test-compose lint format lock clean \
+.PHONY: help install dev databases broker keys test test-quick test-containers test-compose test-cluster \
+	cluster-up cluster-down lint format lock clean \
 	dlq dlq-replay outbox outbox-retry demo demo-throwaway demo-compose stack bench chaos
 
 help: ## list the targets
@@ -85,11 +86,11 @@ lint: $(BIN)/.bench-installed ## ruff and mypy (strict) over the code and the te
 # The whole suite also measures the product's coverage, and fails below the floor in pyproject.toml
 # (`.venv/bin/coverage report` then lists what each file misses); a part of it (PYTEST_ARGS) does not.
 test: lint ## the whole suite on servers of its own (containers or private instances; it says which)
-	$(BIN)/pytest $(or $(PYTEST_ARGS),--cov --cov-report=)
+	$(BIN)/pytest -m "not cluster" $(or $(PYTEST_ARGS),--cov --cov-report=)
 
 # The markers are declared in pyproject.toml; what is left runs in-process, each test in seconds.
 test-quick: install ## the edit-test loop: no lint, no processes, faults, browser or benchmark [PYTEST_ARGS=-x]
-	$(BIN)/pytest -m "not e2e and not faults and not browser and not bench" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not e2e and not faults and not browser and not bench and not cluster" $(PYTEST_ARGS)
 
 # The servers' part of the suite (the in-process tests and the fault tests) on containers of the images
 # docker-compose.yml ships: PostgreSQL 17 and RabbitMQ 4, where `make test` may have run on the
@@ -97,6 +98,17 @@ test-quick: install ## the edit-test loop: no lint, no processes, faults, browse
 test-containers: install ## the servers' tests on containers of compose's images (needs Docker)
 	DEVSTACK_SERVERS=containers $(BIN)/pytest -m "(not e2e and not browser and not bench) or faults" \
 		tests/integration tests/security tests/e2e $(PYTEST_ARGS)
+
+# Apart from `make test`: the clusters (devstack/cluster.py) start from this machine's binaries, with
+# HAProxy in front of RabbitMQ, and the partition test needs root for iptables. docs/scaling.md.
+test-cluster: install ## the clustered engines' failures under load: node kills, a partition, a failover
+	$(BIN)/pytest -m cluster tests/cluster $(PYTEST_ARGS)
+
+cluster-up: install ## a 3-node RabbitMQ cluster, a Postgres primary and standby, and the system on them
+	$(BIN)/python -m devstack cluster-up
+
+cluster-down: install ## stop what `make cluster-up` started, and remove it
+	$(BIN)/python -m devstack cluster-down
 
 test-compose: install ## the stack in containers (docker compose), tested end to end, then removed
 	bash tests/compose/setup-docker.sh

@@ -26,7 +26,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ NET_TICKTIME_SECONDS = 8
 CLUSTER_READY_DEADLINE = 180.0
 # How long a node that paused in a partition is given to start again by itself once it has healed.
 PARTITION_RECOVERY_DEADLINE = 30.0
-FIREWALL_CHAIN_PREFIX = "eda-partition-"
+FIREWALL_CHAIN_PREFIX = "eda-cut-"
 
 # The AMQP 0-9-1 protocol header, and the start of the broker's first answer (a method frame on
 # channel 0): HAProxy sends traffic only to nodes that speak AMQP, not to ones that merely accept
@@ -130,8 +129,8 @@ class Firewall:
     """iptables rules of the cluster's own, in a chain of its own that INPUT jumps to: loopback
     traffic passes INPUT too, so a rule there cuts links between processes of this machine."""
 
-    def __init__(self) -> None:
-        self.chain = f"{FIREWALL_CHAIN_PREFIX}{os.getpid()}"
+    def __init__(self, purpose: str) -> None:
+        self.chain = f"{FIREWALL_CHAIN_PREFIX}{os.getpid()}-{purpose}"[:28]  # iptables's longest name
         self.created = False
 
     @staticmethod
@@ -175,11 +174,11 @@ async def remove_abandoned_chains() -> None:
         "iptables", "-w", "-S", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
     output, _ = await process.communicate()
-    for owner in set(re.findall(rf"^-N {FIREWALL_CHAIN_PREFIX}(\d+)$", output.decode(), re.MULTILINE)):
+    chains = re.findall(rf"^-N ({FIREWALL_CHAIN_PREFIX}(\d+)-\S+)$", output.decode(), re.MULTILINE)
+    for chain, owner in chains:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(owner), 0)
             continue
-        chain = f"{FIREWALL_CHAIN_PREFIX}{owner}"
         with contextlib.suppress(RuntimeError):
             await Firewall.iptables("-D", "INPUT", "-j", chain)
         await Firewall.iptables("-F", chain)
@@ -214,7 +213,7 @@ class RabbitMQCluster(RabbitMQ):
                 "management": (self.management_port, [node.management_port for node in self.nodes], "tcp"),
             }
         )
-        self.firewall = Firewall()
+        self.firewall = Firewall("rabbitmq")
         self.formed = False
 
     def describe(self) -> str:
@@ -394,7 +393,7 @@ class ReplicatedPostgres(Postgres):
         self.standby: PrivatePostgres | None = PrivatePostgres(bin_dir, settings=settings)
         self.servers = [self.primary, self.standby]  # the DSN's hosts, in this order, for good
         self.bin_dir = bin_dir
-        self.held_receiver: int | None = None
+        self.firewall = Firewall("postgres")
         super().__init__(port=self.primary.port)
 
     def describe(self) -> str:
@@ -465,24 +464,28 @@ class ReplicatedPostgres(Postgres):
         await eventually(streaming, within=within, interval=0.1, what=f"the standby streaming ({wanted})")
 
     async def hold_standby(self) -> None:
-        """Freeze the standby's WAL receiver: a standby that lags, as behind a slow link. On loopback it
-        is otherwise microseconds behind, and the window a failover loses would be too small to see."""
+        """Cut the replication link (iptables), as a slow or broken network would: the standby lags from
+        here on. On loopback it is otherwise microseconds behind, and the window a failover loses would
+        be too small to see. (Freezing the WAL receiver would not do: what the primary sends meanwhile
+        waits in the socket's buffers, and reaches the standby once it is let go.)"""
         assert self.standby is not None
-        connection = await asyncpg.connect(self.standby.admin_dsn)
+        connection = await asyncpg.connect(self.primary.admin_dsn)
         try:
-            pid = await connection.fetchval("SELECT pid FROM pg_stat_wal_receiver")
+            receiver_port = await connection.fetchval("SELECT client_port FROM pg_stat_replication LIMIT 1")
         finally:
             await connection.close()
-        if pid is None:
-            raise RuntimeError("the standby has no WAL receiver to hold")
-        os.kill(pid, signal.SIGSTOP)
-        self.held_receiver = pid
+        if receiver_port is None:
+            raise RuntimeError("the standby is not streaming from the primary: nothing to hold")
+        primary, receiver = str(self.primary.port), str(receiver_port)
+        await self.firewall.drop(
+            [
+                ["-p", "tcp", "--sport", primary, "--dport", receiver],
+                ["-p", "tcp", "--sport", receiver, "--dport", primary],
+            ]
+        )
 
-    def release_standby(self) -> None:
-        if self.held_receiver is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.held_receiver, signal.SIGCONT)
-            self.held_receiver = None
+    async def release_standby(self) -> None:
+        await self.firewall.clear()
 
     async def kill_primary(self) -> None:
         await self.primary.kill()
@@ -491,7 +494,7 @@ class ReplicatedPostgres(Postgres):
         """What a failover manager (CloudNativePG, Patroni) does once the primary is gone: the standby
         becomes the primary. The old primary must never come back as one: it is left dead here."""
         assert self.standby is not None
-        self.release_standby()
+        await self.release_standby()
         connection = await asyncpg.connect(self.standby.admin_dsn)
         try:
             promoted = await connection.fetchval("SELECT pg_promote(true, 60)")
@@ -515,7 +518,7 @@ class ReplicatedPostgres(Postgres):
         await asyncio.gather(*(server.resume() for server in self.servers))
 
     async def close(self) -> None:
-        self.release_standby()
+        await self.firewall.close()
         await asyncio.gather(*(server.close() for server in self.servers), return_exceptions=True)
 
     def _psql_path(self) -> str:

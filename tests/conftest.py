@@ -24,7 +24,7 @@ TESTS = Path(__file__).resolve().parent
 SERVER_CHOICE = pytest.StashKey[Choice | NoServers]()
 # Markers every test of a folder, or every test that uses a fixture, carries, so that `-m` selects
 # by what a test needs: `-m "not e2e"` leaves out every test that starts the system's processes.
-FOLDER_MARKERS = {"e2e": "e2e", "abuse": "e2e", "chaos": "e2e", "bench": "bench"}
+FOLDER_MARKERS = {"e2e": "e2e", "abuse": "e2e", "chaos": "e2e", "bench": "bench", "cluster": "cluster"}
 FIXTURE_MARKERS = {"stack": "e2e", "fresh_stack": "e2e", "fault_servers": "faults"}
 _session_patch = pytest.MonkeyPatch()
 

@@ -1,0 +1,324 @@
+"""The clustered engines' own failures, each during a burst of orders and cancels through two gateways
+(two replicas of every service, devstack/replicated.py without its relays), each ending with the history held
+against the databases (chaos/check.py: every accepted order there exactly once, nothing lost, doubled or
+phantom) and I1 to I4 (devstack/invariants.py).
+
+The services reach RabbitMQ through HAProxy and Postgres through a multi-host DSN with
+target_session_attrs=read-write (devstack/cluster.py); nothing in them knows about the clusters.
+
+Each test fails when its protection is taken away (docs/scaling.md says how each was shown):
+- the DSN with the primary's address alone: after the failover no process finds the new primary;
+- the queues classic instead of quorum: a message on the killed node is gone, or waits until it returns;
+- asynchronous replication: `test_asynchronous_replication_loses_orders_it_accepted` measures what it
+  loses, where the synchronous test loses nothing.
+"""
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from chaos.history import Kind, Operation, Outcome
+from chaos.run import DRAIN_MARGIN, Disruption, Settings, Summary, chaos_run
+from devstack.cluster import (
+    Clusters,
+    RabbitMQCluster,
+    ReplicatedPostgres,
+    cluster_binaries,
+    started_replicated_postgres,
+)
+from devstack.invariants import in_flight, is_settled, state_once
+from devstack.rabbitmq import PrivateRabbitMQ
+from devstack.replicated import System
+from devstack.waiting import eventually
+
+LOAD = Settings(duration=30.0, seed=20, rate=10.0)
+FAULT_AT = 5.0  # seconds into the load: the system is busy, and has time to recover before the end
+# Orders must keep being accepted while a fault lasts: this many, placed while it does, end it.
+ORDERS_DURING_FAULT = 20
+# A standby's lag, in seconds, before the primary fails (ReplicatedPostgres.hold_standby): the window a
+# failover loses under asynchronous replication.
+STANDBY_LAG = 3.0
+# The saga's deadline, shorter than its default (120 s), so that the run's drain, which waits for every
+# order's end, stays short: an order the faults delayed past it is rejected, a legitimate end.
+SAGA_DEADLINE_SECONDS = "20"
+
+
+@pytest.fixture(autouse=True)
+def short_saga_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGA_DEADLINE_SECONDS", SAGA_DEADLINE_SECONDS)
+
+
+@pytest.fixture
+async def postgres(request: pytest.FixtureRequest) -> AsyncIterator[ReplicatedPostgres]:
+    """A primary and a standby of the test's own: synchronous unless the test asks otherwise."""
+    synchronous = getattr(request, "param", True)
+    postgres_bin_dir, _ = cluster_binaries()
+    async with started_replicated_postgres(postgres_bin_dir, synchronous=synchronous) as pair:
+        yield pair
+
+
+class ClusterFault(Disruption):
+    """One scripted failure, `at` seconds into the load: its steps are said, and timed, as they happen."""
+
+    def __init__(
+        self,
+        system: System,
+        started_at: float,
+        out: Callable[[str], None],
+        *,
+        name: str,
+        script: Callable[["ClusterFault"], Awaitable[None]],
+    ) -> None:
+        self.system = system
+        self.started_at = started_at
+        self.out = out
+        self.name = name
+        self.script = script
+        self.moments: dict[str, float] = {}
+        self.failed_starts: list[str] = []
+        self.duration = 0.0
+
+    @property
+    def vhost(self) -> str:
+        return self.system.stack.broker.name
+
+    async def run(self, duration: float) -> None:
+        self.duration = duration
+        await asyncio.sleep(max(0.0, FAULT_AT - self.elapsed()))  # the fault's planned moment
+        await self.script(self)
+
+    def counts(self) -> dict[str, int]:
+        return {self.name: int(bool(self.moments))}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def mark(self, what: str) -> None:
+        self.moments[what] = self.elapsed()
+        self.out(f"{self.elapsed():7.1f} s  {what}")
+
+    async def count(self, query: str) -> int:
+        connection = await asyncpg.connect(self.system.stack.admin_dsn("orders_service"))
+        try:
+            return int(await connection.fetchval(query))
+        finally:
+            await connection.close()
+
+    async def until_more_orders(self, more: int, *, within: float = 60.0) -> None:
+        """Wait until `more` orders more have been placed: the system goes on taking orders."""
+        base = await self.count("SELECT count(*) FROM orders")
+
+        async def placed() -> bool:
+            return await self.count("SELECT count(*) FROM orders") >= base + more
+
+        await eventually(placed, within=within, interval=0.2, what=f"{more} more orders placed")
+
+    async def until_settled(self) -> None:
+        """Wait for the load's end, then until every saga has ended (devstack/invariants.py)."""
+        await asyncio.sleep(max(0.0, self.duration - self.elapsed()))  # the load's planned end
+        within = float(SAGA_DEADLINE_SECONDS) + DRAIN_MARGIN
+        state, settled = await state_once(self.system.stack, is_settled, within=within, interval=1.0)
+        assert settled, f"never settled; in flight: {in_flight(state)}"
+
+
+async def under_load(
+    clusters: Clusters, tmp_path: Path, name: str, script: Callable[[ClusterFault], Awaitable[None]]
+) -> tuple[Summary, ClusterFault]:
+    faults: list[ClusterFault] = []
+
+    def make(system: System, started_at: float, out: Callable[[str], None]) -> ClusterFault:
+        faults.append(ClusterFault(system, started_at, out, name=name, script=script))
+        return faults[0]
+
+    summary = await chaos_run(clusters.servers, tmp_path, LOAD, out=print, disruption=make, relayed=False)
+    return summary, faults[0]
+
+
+def assert_every_accepted_request_applied_once(summary: Summary, fault: ClusterFault) -> None:
+    details = "\n".join(summary.lines())
+    assert summary.faults == {fault.name: 1}, details
+    # A real burst: orders placed and cancelled on either side of the fault.
+    assert summary.operations[(Kind.PLACE, Outcome.OK)] >= 150, details
+    assert summary.operations[(Kind.CANCEL, Outcome.OK)] >= 20, details
+    # The exact count: each accepted order there once, each accepted cancel applied, nothing more.
+    assert summary.lost == summary.doubled == summary.phantom == 0, details
+    assert not summary.violations, details
+    assert not any(summary.still_in_flight.values()), details
+    assert not summary.unclean_exits, details
+
+
+async def leading_node(rabbitmq: RabbitMQCluster, vhost: str) -> tuple[PrivateRabbitMQ, str]:
+    leaders = await rabbitmq.queue_leaders(vhost)
+    name, led = leaders.most_common(1)[0]
+    return rabbitmq.node_named(name), f"{name}, leader of {led} of {sum(leaders.values())} quorum queues"
+
+
+async def back_together(rabbitmq: RabbitMQCluster, fault: ClusterFault) -> None:
+    await rabbitmq.wait_all_running()
+    await rabbitmq.wait_queues_fully_replicated(fault.vhost)
+    fault.mark("all three nodes running, every quorum queue on all three again")
+
+
+async def test_the_node_leading_the_quorum_queues_killed(
+    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path
+) -> None:
+    """The node stays down until every saga has ended on the other two, as they would if its disk were
+    gone. (Classic queues would keep the messages on it until it returned.)"""
+    rabbitmq = healthy_rabbitmq_cluster
+
+    async def kill_the_leader(fault: ClusterFault) -> None:
+        leader, leads = await leading_node(rabbitmq, fault.vhost)
+        await leader.kill()
+        fault.mark(f"SIGKILL to {leads}")
+        await eventually(lambda: rabbitmq.led_elsewhere(fault.vhost, leader), within=60, interval=0.2)
+        fault.mark("every quorum queue has a new leader on the other two nodes")
+        await fault.until_more_orders(ORDERS_DURING_FAULT)
+        fault.mark(f"{ORDERS_DURING_FAULT} more orders placed with the node down")
+        await fault.until_settled()
+        fault.mark("the load over, every saga ended on the other two nodes")
+        # Back, for what follows: deleting a quorum queue waits for all its members.
+        await leader.start()
+        await back_together(rabbitmq, fault)
+
+    summary, fault = await under_load(
+        Clusters(postgres, rabbitmq), tmp_path, "leader-killed", kill_the_leader
+    )
+    assert_every_accepted_request_applied_once(summary, fault)
+
+
+async def test_two_nodes_down_the_queues_refuse_and_the_publishers_wait(
+    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path
+) -> None:
+    rabbitmq = healthy_rabbitmq_cluster
+    waiting: list[int] = []
+
+    async def two_down(fault: ClusterFault) -> None:
+        leader, leads = await leading_node(rabbitmq, fault.vhost)
+        second, last = [node for node in rabbitmq.nodes if node is not leader]
+        await leader.kill()
+        fault.mark(f"SIGKILL to {leads}")
+        await eventually(lambda: rabbitmq.led_elsewhere(fault.vhost, leader), within=60, interval=0.2)
+        await second.stop()
+        fault.mark(f"{second.node} stopped too: one node of three left")
+
+        async def paused() -> bool:
+            return not await rabbitmq.serving(last)
+
+        await eventually(paused, within=60, interval=0.2, what="the last node paused (pause_minority)")
+        fault.mark(f"{last.node} paused itself: a minority, it serves no one")
+        await fault.until_more_orders(ORDERS_DURING_FAULT)
+        unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        waiting.append(await fault.count(unpublished))
+        fault.mark(f"{ORDERS_DURING_FAULT} more orders accepted; {waiting[0]} events wait in the outbox")
+        # Together: each waits for the peers it last saw before it serves.
+        await asyncio.gather(second.start(), leader.start())
+        await back_together(rabbitmq, fault)
+
+    summary, fault = await under_load(Clusters(postgres, rabbitmq), tmp_path, "two-nodes-down", two_down)
+    # With no quorum the publishers held their events (confirms never came), and sent them after.
+    assert waiting, "the fault never reached the point where no broker served"
+    assert waiting[0] >= ORDERS_DURING_FAULT, waiting
+    assert_every_accepted_request_applied_once(summary, fault)
+
+
+async def test_a_node_cut_off_from_its_peers_pauses_and_nothing_is_lost(
+    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path
+) -> None:
+    rabbitmq = healthy_rabbitmq_cluster
+
+    async def partition(fault: ClusterFault) -> None:
+        leader, leads = await leading_node(rabbitmq, fault.vhost)
+        await rabbitmq.partition(leader)
+        fault.mark(f"iptables cuts {leads} off from its peers (not from its clients)")
+        try:
+
+            async def paused() -> bool:
+                return not await rabbitmq.serving(leader)
+
+            await eventually(paused, within=90, interval=0.2, what="the cut-off node paused (pause_minority)")
+            fault.mark(f"{leader.node} saw it was a minority and paused: its clients went to the others")
+            await eventually(
+                lambda: rabbitmq.led_elsewhere(fault.vhost, leader),
+                within=60,
+                interval=0.2,
+                what="every quorum queue led by a node of the majority",
+            )
+            fault.mark("every quorum queue has a leader on the majority's side")
+            await fault.until_more_orders(ORDERS_DURING_FAULT)
+            fault.mark(f"{ORDERS_DURING_FAULT} more orders placed during the partition")
+        finally:
+            await rabbitmq.heal()
+            fault.mark("the partition healed")
+        fault.mark(f"{leader.node} back in the cluster: {await rabbitmq.rejoin(leader)}")
+        await back_together(rabbitmq, fault)
+
+    summary, fault = await under_load(Clusters(postgres, rabbitmq), tmp_path, "partition", partition)
+    assert_every_accepted_request_applied_once(summary, fault)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failover:
+    """What a failover cost the clients, from the history."""
+
+    promoted_after: float  # seconds from the primary's death to the standby taking writes
+    first_accepted_after: float  # seconds from its death to the first order accepted that began after
+    delayed: int  # orders accepted only after more than one attempt
+
+    @classmethod
+    def of(cls, history: list[Operation], fault: ClusterFault) -> "Failover":
+        killed, promoted = fault.moments["primary killed"], fault.moments["standby promoted"]
+        placed = [op for op in history if op.kind is Kind.PLACE and op.outcome is Outcome.OK]
+        after = [op.finished_at for op in placed if op.started_at >= killed and op.finished_at is not None]
+        return cls(
+            promoted_after=promoted - killed,
+            first_accepted_after=min(after) - killed,
+            delayed=sum(len(op.attempts) > 1 for op in placed),
+        )
+
+
+def lose_the_primary_while_the_standby_lags(
+    postgres: ReplicatedPostgres,
+) -> Callable[[ClusterFault], Awaitable[None]]:
+    async def failover(fault: ClusterFault) -> None:
+        await postgres.hold_standby()
+        fault.mark(f"the replication link cut: the standby lags, for {STANDBY_LAG:g} s")
+        await asyncio.sleep(STANDBY_LAG)  # how long the standby lags: the fault's length
+        await postgres.kill_primary()
+        fault.mark("primary killed")
+        await postgres.promote_standby()
+        fault.mark("standby promoted")
+
+    return failover
+
+
+async def test_the_primary_killed_and_the_standby_promoted_loses_nothing_with_synchronous_replication(
+    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path
+) -> None:
+    assert postgres.synchronous
+    clusters = Clusters(postgres, healthy_rabbitmq_cluster)
+    summary, fault = await under_load(
+        clusters, tmp_path, "postgres-failover", lose_the_primary_while_the_standby_lags(postgres)
+    )
+    print(f"synchronous replication: {Failover.of(summary.history, fault)}")
+    assert_every_accepted_request_applied_once(summary, fault)
+
+
+@pytest.mark.parametrize("postgres", [False], indirect=True, ids=["asynchronous"])
+async def test_asynchronous_replication_loses_orders_it_accepted(
+    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path
+) -> None:
+    """The same failover without synchronous replication: what the primary had committed and the
+    standby had not yet received is gone, though the clients were told 202."""
+    assert not postgres.synchronous
+    clusters = Clusters(postgres, healthy_rabbitmq_cluster)
+    summary, fault = await under_load(
+        clusters, tmp_path, "postgres-failover", lose_the_primary_while_the_standby_lags(postgres)
+    )
+    print(f"asynchronous replication: {Failover.of(summary.history, fault)}")
+    details = "\n".join(summary.lines())
+    assert summary.lost > 0, details
