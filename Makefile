@@ -162,7 +162,7 @@ lock: | $(BIN)/pip ## re-resolve the dependencies into requirements*.lock (after
 clean: ## remove the virtual environment and caches (keeps .keys)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
 
-bench: $(BIN)/.bench-installed ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk): make bench [BENCH_ARGS=--smoke]
+bench: $(BIN)/.bench-installed ## side-by-side benchmark vs nginx and raw Postgres/aio-pika (needs nginx, wrk, haproxy): make bench [BENCH_ARGS=--smoke]
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Servers of its own, as the tests choose them (DEVSTACK_SERVERS): it restarts and kills them.

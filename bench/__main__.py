@@ -33,11 +33,12 @@ def main() -> None:
         "--only",
         metavar="SECTIONS",
         help=f"run only these sections, comma-separated, of {', '.join(SECTIONS)} (r2 brings r1, r4 r3 along:"
-        " their rates come from there); the JSON and chart then hold only those (default: all)",
+        " their rates come from there; r3-cluster runs in r3's rounds); the JSON and chart then hold only"
+        " those (default: all; with --smoke, all but r3-cluster)",
     )
     arguments = parser.parse_args()
     try:
-        sections = sections_to_run(arguments.only)
+        sections = sections_to_run(arguments.only, smoke=arguments.smoke)
     except ValueError as error:
         parser.error(str(error))
     # The harness applies the services' migrations with shared.db, which logs each one: only warnings

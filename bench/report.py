@@ -18,8 +18,13 @@ MEMORY_LIMIT_MB = 80.0
 # Busier than this before the run or a round (share of all CPUs), the machine was not quiet: say so.
 QUIET_BUSY = 0.15
 SERVICES = ("gateway", "users_service", "orders_service")
-# The processes whose CPU time per order R3 adds up (the harness, the load generator, apart).
-SYSTEM = (*SERVICES, "postgres", "rabbitmq")
+# The processes whose CPU time per order R3 adds up (the harness, the load generator, apart); HAProxy
+# on the clusters only.
+SYSTEM = (*SERVICES, "postgres", "rabbitmq", "haproxy")
+# What R3 on the clusters replicates, in a line of the table (the JSON says it in full).
+CLUSTERS = (
+    "Postgres primary + synchronous standby; RabbitMQ 3 nodes, every quorum queue on each, behind HAProxy"
+)
 # Today's CPU per order, the reference of issue 19's target (the total at most half of it): measured
 # on commit 070a04c, before that work, with `python -m bench --only r3 --rounds 5 --duration 10` on
 # 2026-12-05 on a 2-core KVM machine (2 x Intel Xeon, Linux 6.18, PostgreSQL 15.20, RabbitMQ 3.10.8;
@@ -234,12 +239,14 @@ def table(results: dict[str, Any]) -> str:
         results.get(key) for key in ("r1_gateway_throughput", "r1_cheap_upstream", "r2_gateway_latency")
     )
     r3, r4, r5 = (results.get(key) for key in ("r3_saga_throughput", "r4_saga_latency", "r5_relay"))
+    on_clusters = results.get("r3_cluster_saga_throughput")
     sections = [
         _header(results),
         _r1_section(r1, GATEWAY_LABELS, "R1 gateway throughput") if r1 else [],
         _r1_section(cheap, CHEAP_LABELS, "R1 again, cheap upstream") if cheap else [],
         _r2_section(r2) if r2 else [],
         _r3_section(r3) if r3 else [],
+        _r3_cluster_section(on_clusters, r3) if on_clusters and r3 else [],
         _r4_section(r4) if r4 else [],
         _relay_section(r5) if r5 else [],
         _memory_section(results["memory"]),
@@ -374,6 +381,32 @@ def _r3_section(r3: dict[str, Any]) -> list[str]:
     return lines + _busy_line(r3)
 
 
+def _r3_cluster_section(on_clusters: dict[str, Any], r3: dict[str, Any]) -> list[str]:
+    """The saga on the clusters beside the same run's single-node saga (R3's rounds, in which it
+    ran): the ratio is a measured cost, which no target judges."""
+    lines = [
+        "",
+        "R3 on the clusters, in R3's rounds (orders reaching a final state per second)",
+        f"  clusters: {CLUSTERS}",
+        _row("saga, single-node servers", _cell(on_clusters["single_node"], 1)),
+        _row("saga, clusters", _cell(on_clusters["saga"], 1)),
+        _row(
+            "clusters / single-node",
+            _cell(on_clusters["ratio_cluster_single"], 2) + "   (measured, no target)",
+        ),
+        "  CPU per order decided, ms: single-node / clusters",
+    ]
+    single, clustered = r3["cpu_ms_per_order"], on_clusters["cpu_ms_per_order"]
+    for name in [name for name in SYSTEM if name in single["by_process"] or name in clustered["by_process"]]:
+        cells = [
+            _cell(cpu["by_process"][name], 2) if name in cpu["by_process"] else "-"
+            for cpu in (single, clustered)
+        ]
+        lines.append(_row("  " + name, " / ".join(cells)))
+    lines.append(_row("  all processes", f"{_cell(single['total'], 2)} / {_cell(clustered['total'], 2)}"))
+    return lines
+
+
 def _r4_section(r4: dict[str, Any]) -> list[str]:
     lines = [
         "",
@@ -481,6 +514,7 @@ PROCESS_COLOURS = {
     "orders_service": "#8172b3",
     "postgres": BLUE,
     "rabbitmq": "#c44e52",
+    "haproxy": "#937860",
 }
 
 
@@ -614,16 +648,25 @@ def _r2_pinned_panel(axis: Any, r2: dict[str, Any] | None) -> None:
     axis.set_title(f"{title}\npinned p99 {pinned['gateway_added']['p99']['median']:.2f} ms (target 1)")
 
 
-def _r3_panel(axis: Any, r3: dict[str, Any] | None) -> None:
+def _r3_panel(axis: Any, r3: dict[str, Any] | None, on_clusters: dict[str, Any] | None) -> None:
     if r3 is None:
         _not_run(axis, "R3 saga throughput: orders/s")
         return
-    _bars(axis, ["saga", "raw Postgres / 6"], [r3["saga"], r3["raw_per_order"]], [ORANGE, GREY])
+    labels = ["saga", "raw Postgres / 6"]
+    summaries = [r3["saga"], r3["raw_per_order"]]
+    colours = [ORANGE, GREY]
+    title = f"R3 saga throughput: orders/s\nsaga/raw {r3['ratio']['median']:.2f} (target {R3_TARGET})"
+    if on_clusters is not None:
+        labels.append("saga on the clusters")
+        summaries.append(on_clusters["saga"])
+        colours.append(BLUE)
+        title += f"; clusters/single {on_clusters['ratio_cluster_single']['median']:.2f}"
+    _bars(axis, labels, summaries, colours)
     axis.set_ylabel("orders/s")
-    axis.set_title(f"R3 saga throughput: orders/s\nsaga/raw {r3['ratio']['median']:.2f} (target {R3_TARGET})")
+    axis.set_title(title)
 
 
-def _cpu_per_order_panel(axis: Any, r3: dict[str, Any] | None) -> None:
+def _cpu_per_order_panel(axis: Any, r3: dict[str, Any] | None, on_clusters: dict[str, Any] | None) -> None:
     title = "R3 CPU per order decided (ms), by process"
     if r3 is None:
         _not_run(axis, title)
@@ -634,8 +677,11 @@ def _cpu_per_order_panel(axis: Any, r3: dict[str, Any] | None) -> None:
         ("this run", {name: summary["median"] for name, summary in cpu["by_process"].items()}),
         (f"{reference['commit']} (reference)", reference["by_process"]),
     ]
+    if on_clusters is not None:
+        by_process = on_clusters["cpu_ms_per_order"]["by_process"]
+        columns.append(("on the clusters", {name: summary["median"] for name, summary in by_process.items()}))
     bottoms = [0.0] * len(columns)
-    for name in SYSTEM:
+    for name in [name for name in SYSTEM if any(name in values for _, values in columns)]:
         heights = [float(values.get(name, math.nan)) for _, values in columns]
         heights = [0.0 if math.isnan(height) else height for height in heights]
         axis.bar(
@@ -729,14 +775,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
     r1, cheap = results.get("r1_gateway_throughput"), results.get("r1_cheap_upstream")
     r2, r3 = results.get("r2_gateway_latency"), results.get("r3_saga_throughput")
     r4, r5 = results.get("r4_saga_latency"), results.get("r5_relay")
+    on_clusters = results.get("r3_cluster_saga_throughput")
     machine = results["machine"]
     figure, axes = plt.subplots(3, 3, figsize=(16, 13))
     _r1_throughput_panel(axes[0][0], r1, cheap)
     _r1_cpu_panel(axes[0][1], r1, cheap)
     _r2_latency_panel(axes[0][2], r2)
     _r2_pinned_panel(axes[1][0], r2)
-    _r3_panel(axes[1][1], r3)
-    _cpu_per_order_panel(axes[1][2], r3)
+    _r3_panel(axes[1][1], r3, on_clusters)
+    _cpu_per_order_panel(axes[1][2], r3, on_clusters)
     _r4_panel(axes[2][0], r4)
     _r5_panel(axes[2][1], r5)
     _memory_panel(axes[2][2], results["memory"])

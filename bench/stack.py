@@ -1,6 +1,6 @@
-"""The system under benchmark, on devstack's servers: the same stack the end-to-end tests run, set
-up as a benchmark wants it (quiet logs, no rate limits, no flow page), and fresh databases for the
-raw comparisons, all removed at the end whatever happens."""
+"""The system under benchmark, on devstack's servers (or its clusters): the same stack the end-to-end
+tests run, set up as a benchmark wants it (quiet logs, no rate limits, no flow page), and fresh
+databases for the raw comparisons, all removed at the end whatever happens."""
 
 import asyncio
 import contextlib
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from devstack.cluster import Clusters, started_clusters
 from devstack.keys import KeyPair, make_key_pair
 from devstack.processes import ServiceProcess
 from devstack.servers import Servers, choose, started
@@ -23,6 +24,7 @@ __all__ = [
     "BENCH_SKU",
     "Customer",
     "Stack",
+    "bench_clusters",
     "bench_servers",
     "bench_stack",
     "cheap_gateway",
@@ -48,6 +50,14 @@ async def bench_servers() -> AsyncIterator[Servers]:
     raw figures the system is compared with come from the same servers."""
     async with started(await choose(), tuned_for_tests=False) as servers:
         yield servers
+
+
+@contextlib.asynccontextmanager
+async def bench_clusters() -> AsyncIterator[Clusters]:
+    """The engines as clusters (devstack/cluster.py), durable as they ship, as bench_servers's are: a
+    Postgres primary whose commits wait for a standby, and three RabbitMQ nodes behind HAProxy."""
+    async with started_clusters(tuned_for_tests=False, synchronous=True) as clusters:
+        yield clusters
 
 
 @contextlib.asynccontextmanager

@@ -1,6 +1,7 @@
 """The harness's own arithmetic and parsers, without any server: percentiles, wrk's summary, HTTP
 framing in the open-loop generator, the relay wake-up read from log lines, the sections `--only`
-names, the cheap upstream's body, and the CPU counters and pinning read and set through /proc."""
+names, the cheap upstream's body, the rows of R3 on the clusters, and the CPU counters and pinning
+read and set through /proc."""
 
 import math
 import os
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench import report
 from bench.cpu import PinGroup, affinity, listening_pid, pinned, process_seconds, tree
 from bench.harness import SECTIONS, sections_to_run
 from bench.nginx import quoted_body
@@ -96,6 +98,46 @@ def test_only_names_sections_and_brings_along_those_they_need() -> None:
     assert sections_to_run("r2, R4") == {"r1", "r2", "r3", "r4"}
     with pytest.raises(ValueError, match="choose from"):
         sections_to_run("r6")
+
+
+def test_r3_on_the_clusters_runs_in_r3s_rounds_and_only_when_named_in_a_smoke_run() -> None:
+    assert sections_to_run("r3-cluster") == {"r3", "r3-cluster"}
+    assert "r3-cluster" in sections_to_run(None)
+    # make test's smoke run has neither HAProxy to count on nor half a minute for the clusters to start.
+    assert sections_to_run(None, smoke=True) == frozenset(SECTIONS) - {"r3-cluster"}
+    assert sections_to_run("r3-cluster", smoke=True) == {"r3", "r3-cluster"}
+
+
+def test_r3_on_the_clusters_is_shown_beside_the_single_node_saga_without_a_verdict() -> None:
+    r3 = {
+        "cpu_ms_per_order": {
+            "by_process": {"postgres": summarize([1.2]), "rabbitmq": summarize([1.0])},
+            "total": summarize([2.2]),
+        }
+    }
+    on_clusters = {
+        "single_node": summarize([340.0, 350.0, 360.0]),
+        "saga": summarize([190.0, 200.0, 230.0]),
+        "ratio_cluster_single": summarize([0.56, 0.57, 0.64]),
+        "cpu_ms_per_order": {
+            "by_process": {
+                "postgres": summarize([2.0]),
+                "rabbitmq": summarize([3.0]),
+                "haproxy": summarize([0.5]),
+            },
+            "total": summarize([5.5]),
+        },
+    }
+    lines = report._r3_cluster_section(on_clusters, r3)
+    # A row: its label in a column of 34 characters after two spaces, then its figures.
+    rows = {line[2:36].strip(): line[37:] for line in lines if len(line) > 37 and line[36] == " "}
+    assert rows["saga, single-node servers"] == "350.0 [340.0-360.0]"
+    assert rows["saga, clusters"] == "200.0 [190.0-230.0]"
+    assert rows["clusters / single-node"].startswith("0.57 [0.56-0.64]")
+    assert rows["postgres"] == "1.20 [1.20-1.20] / 2.00 [2.00-2.00]"
+    assert rows["haproxy"] == "- / 0.50 [0.50-0.50]"  # in front of the RabbitMQ nodes: clusters only
+    assert rows["all processes"] == "2.20 [2.20-2.20] / 5.50 [5.50-5.50]"
+    assert not any("PASS" in line or "MISS" in line for line in lines), "no target: no verdict"
 
 
 def test_the_cheap_upstream_serves_a_body_as_nginx_reads_it() -> None:
