@@ -266,11 +266,9 @@ class RabbitMQCluster(RabbitMQ):
         await eventually(all_running, within=within, interval=0.5, what=f"all of {sorted(names)} running")
 
     async def queue_leaders(self, vhost: str) -> collections.Counter[str]:
-        """How many of the vhost's quorum queues each node leads."""
+        """How many of the vhost's durable queues each node serves."""
         queues = await self.management.queues(vhost)
-        return collections.Counter(
-            queue["leader"] for queue in queues if queue.get("type") == "quorum" and queue.get("leader")
-        )
+        return collections.Counter(filter(None, (served_from(queue) for queue in queues if queue["durable"])))
 
     async def wait_queues_fully_replicated(self, vhost: str, within: float = CLUSTER_READY_DEADLINE) -> None:
         """Every quorum queue of the vhost has all its members online again (after a node's return)."""
@@ -303,13 +301,13 @@ class RabbitMQCluster(RabbitMQ):
             writer.close()
 
     async def led_elsewhere(self, vhost: str, node: PrivateRabbitMQ) -> bool:
-        """Whether every quorum queue of the vhost has a leader, and none is `node`."""
+        """Whether every durable queue of the vhost is served, and none from `node`."""
         try:
             queues = await self.management.queues(vhost)
         except (OSError, RuntimeError, TimeoutError, aiohttp.ClientError):
             return False
-        quorum = [queue for queue in queues if queue.get("type") == "quorum"]
-        return bool(quorum) and all(queue.get("leader") not in (None, "", node.node) for queue in quorum)
+        durable = [queue for queue in queues if queue["durable"]]
+        return bool(durable) and all(served_from(queue) not in (None, "", node.node) for queue in durable)
 
     async def partition(self, node: PrivateRabbitMQ) -> None:
         """Cut `node` off from its peers, and only from them: its clients still reach it, as in a
@@ -373,6 +371,13 @@ class RabbitMQCluster(RabbitMQ):
         await asyncio.gather(*(node.close() for node in self.nodes), return_exceptions=True)
         await self.port_mapper.stop()
         shutil.rmtree(self.port_mapper_dir, ignore_errors=True)
+
+
+def served_from(queue: dict[str, Any]) -> str | None:
+    """The node a queue is served from, as the management API lists it: a quorum queue's leader (which
+    its members elect again when it is lost), a classic queue's one node (which it never leaves)."""
+    node = queue.get("leader") if queue.get("type") == "quorum" else queue.get("node")
+    return str(node) if node else None
 
 
 class ReplicatedPostgres(Postgres):

@@ -38,3 +38,10 @@ async def healthy_rabbitmq_cluster(rabbitmq_cluster: RabbitMQCluster) -> AsyncIt
     yield rabbitmq_cluster
     await rabbitmq_cluster.heal()
     await rabbitmq_cluster.start()
+
+
+@pytest.fixture
+def firewall() -> None:
+    """The tests that cut links (a partition, a lagging standby) do it with iptables, as root."""
+    iptables = shutil.which("iptables", path=f"/usr/sbin:/sbin:{os.environ.get('PATH', '')}")
+    require_tool(iptables if os.geteuid() == 0 else None, "needs root and iptables (a cut link is a rule)")
