@@ -40,6 +40,7 @@ from devstack.local import (
     give_to,
     new_instance_dir,
     remove_abandoned_instances,
+    run,
 )
 from devstack.ports import free_port
 from devstack.postgres import (
@@ -138,12 +139,7 @@ class Firewall:
         binary = find_binary("iptables", override=None, candidates=["/usr/sbin", "/sbin"])
         if binary is None:
             raise RuntimeError("iptables is missing (Debian: apt-get install iptables); a partition needs it")
-        process = await asyncio.create_subprocess_exec(
-            str(binary), "-w", *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        output, _ = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"iptables {' '.join(arguments)}: {output.decode(errors='replace')}")
+        await run([str(binary), "-w", *arguments], what=f"iptables {' '.join(arguments)}")
 
     async def drop(self, rules: Sequence[Sequence[str]]) -> None:
         if os.geteuid() != 0:
@@ -309,6 +305,13 @@ class RabbitMQCluster(RabbitMQ):
         durable = [queue for queue in queues if queue["durable"]]
         return bool(durable) and all(served_from(queue) not in (None, "", node.node) for queue in durable)
 
+    async def wait_served_elsewhere(self, vhost: str, node: PrivateRabbitMQ, *, within: float = 60.0) -> None:
+        async def elsewhere() -> bool:
+            return await self.led_elsewhere(vhost, node)
+
+        what = f"every queue of {vhost} served from another node than {node.node}"
+        await eventually(elsewhere, within=within, interval=0.2, what=what)
+
     async def partition(self, node: PrivateRabbitMQ) -> None:
         """Cut `node` off from its peers, and only from them: its clients still reach it, as in a
         real split where the broker's own network fails and the clients' does not."""
@@ -444,15 +447,7 @@ class ReplicatedPostgres(Postgres):
             "--checkpoint=fast",
             "--no-sync",
         ]
-        process = await asyncio.create_subprocess_exec(
-            *as_account(standby.account, command),
-            cwd=standby.directory,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"pg_basebackup failed:\n{output.decode(errors='replace')}")
+        await run(as_account(standby.account, command), what="pg_basebackup", cwd=standby.directory)
 
     async def wait_streaming(self, within: float = 60.0) -> None:
         """The standby streams from the primary (and, if synchronous, is the one commits wait for)."""

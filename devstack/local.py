@@ -72,6 +72,25 @@ def unprivileged_account() -> str | None:
     raise RuntimeError("running as root, and there is no unprivileged account (postgres, nobody) to run as")
 
 
+async def run(
+    command: Sequence[str], *, what: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """Run a tool (initdb, rabbitmqctl, iptables, ...) to its end; what it printed, or a RuntimeError
+    that starts with `what` and carries it."""
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    printed = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{printed}")
+    return printed
+
+
 def as_account(account: str | None, command: Sequence[str]) -> list[str]:
     """`command`, run as `account` (None: as ourselves). setpriv execs the command in its own place,
     so the process we start is the server itself."""

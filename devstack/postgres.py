@@ -25,6 +25,7 @@ from devstack.local import (
     find_binary,
     give_to,
     new_instance_dir,
+    run,
     unprivileged_account,
 )
 from devstack.ports import free_port
@@ -97,17 +98,9 @@ class Postgres(abc.ABC):
         }
         if shutil.which("psql", path=settings["PATH"]) is None:
             raise RuntimeError("psql is missing: install PostgreSQL's client (Debian: postgresql-client)")
-        process = await asyncio.create_subprocess_exec(
-            "bash",
-            str(script),
-            env={**_clean_environment(), **settings, **environment},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+        return await run(
+            ["bash", str(script)], what=script.name, env={**_clean_environment(), **settings, **environment}
         )
-        output, _ = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"{script.name} failed:\n{output.decode(errors='replace')}")
-        return output.decode(errors="replace")
 
     def _psql_path(self) -> str:
         return os.environ.get("PATH", "")
@@ -208,16 +201,8 @@ class PrivatePostgres(Postgres):
             "--no-sync",
             "--no-instructions",
         ]
-        process = await asyncio.create_subprocess_exec(
-            *as_account(self.account, command),
-            cwd=self.directory,
-            env=_clean_environment(),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{output.decode(errors='replace')}")
+        environment = _clean_environment()
+        await run(as_account(self.account, command), what="initdb", cwd=self.directory, env=environment)
 
     async def stop(self) -> None:
         await self.processes.stop(signal.SIGINT)  # SIGINT is Postgres's fast shutdown

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from devstack import docker
-from devstack.local import ProcessGroup, find_binary, new_instance_dir
+from devstack.local import ProcessGroup, find_binary, new_instance_dir, run
 from devstack.ports import free_port
 from devstack.waiting import eventually
 from shared import broker_setup
@@ -301,21 +301,12 @@ class PrivateRabbitMQ(RabbitMQ):
         return f"{self.processes.log_tail()}\n{tail}"
 
     async def rabbitmqctl(self, *arguments: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            str(self.bin_dir / "rabbitmqctl"),
-            "-q",
-            "-n",
-            self.node,
-            *arguments,
-            env=self._environment(),
+        return await run(
+            [str(self.bin_dir / "rabbitmqctl"), "-q", "-n", self.node, *arguments],
+            what=f"rabbitmqctl {' '.join(arguments)}",
             cwd=self.directory,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            env=self._environment(),
         )
-        output, _ = await process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(arguments)}: {output.decode(errors='replace')}")
-        return output.decode(errors="replace")
 
     async def stop(self) -> None:
         await self.processes.stop(signal.SIGTERM)  # the server script stops the node cleanly on TERM

@@ -183,12 +183,7 @@ async def test_the_node_leading_the_quorum_queues_killed(
         leader, leads = await leading_node(rabbitmq, fault.vhost)
         await leader.kill()
         fault.mark(f"SIGKILL to {leads}")
-        await eventually(
-            lambda: rabbitmq.led_elsewhere(fault.vhost, leader),
-            within=60,
-            interval=0.2,
-            what="every queue served from the other two nodes",
-        )
+        await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
         fault.mark("every quorum queue has a new leader on the other two nodes")
         await fault.until_more_orders(ORDERS_DURING_FAULT)
         fault.mark(f"{ORDERS_DURING_FAULT} more orders placed with the node down")
@@ -215,7 +210,7 @@ async def test_two_nodes_down_the_queues_refuse_and_the_publishers_wait(
         second, last = [node for node in rabbitmq.nodes if node is not leader]
         await leader.kill()
         fault.mark(f"SIGKILL to {leads}")
-        await eventually(lambda: rabbitmq.led_elsewhere(fault.vhost, leader), within=60, interval=0.2)
+        await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
         await second.stop()
         fault.mark(f"{second.node} stopped too: one node of three left")
 
@@ -255,12 +250,7 @@ async def test_a_node_cut_off_from_its_peers_pauses_and_nothing_is_lost(
 
             await eventually(paused, within=90, interval=0.2, what="the cut-off node paused (pause_minority)")
             fault.mark(f"{leader.node} saw it was a minority and paused: its clients went to the others")
-            await eventually(
-                lambda: rabbitmq.led_elsewhere(fault.vhost, leader),
-                within=60,
-                interval=0.2,
-                what="every quorum queue led by a node of the majority",
-            )
+            await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
             fault.mark("every quorum queue has a leader on the majority's side")
             await fault.until_more_orders(ORDERS_DURING_FAULT)
             fault.mark(f"{ORDERS_DURING_FAULT} more orders placed during the partition")
