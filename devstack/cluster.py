@@ -54,6 +54,7 @@ from devstack.rabbitmq import (
     ClusterMembership,
     PrivateRabbitMQ,
     RabbitMQ,
+    Vhost,
     find_rabbitmq_binaries,
     start_port_mapper,
 )
@@ -218,6 +219,15 @@ class RabbitMQCluster(RabbitMQ):
             f"RabbitMQ {self.version or '?'}, a private cluster of {len(self.nodes)} nodes behind HAProxy on "
             f"{self.host}:{self.amqp_port}, partition handling {PARTITION_HANDLING}: {nodes}"
         )
+
+    @contextlib.asynccontextmanager
+    async def vhost(self, prefix: str = "test") -> AsyncIterator[Vhost]:
+        """A vhost as on one node, with the firehose on every node: tracing is per node, and the
+        management API turns it on only on the node that answers, so the flow page would see only
+        what was published through that one."""
+        async with super().vhost(prefix) as vhost:
+            await asyncio.gather(*(node.rabbitmqctl("trace_on", "-p", vhost.name) for node in self.nodes))
+            yield vhost
 
     def node_named(self, name: str) -> PrivateRabbitMQ:
         return next(node for node in self.nodes if node.node == name)

@@ -1,8 +1,10 @@
 """`make cluster-up` and `make cluster-down` (python -m devstack), as a user runs them: the clusters
-and the system on them start in the background until both gateways are ready, a second cluster-up
-only says where it is, and cluster-down removes everything the first started."""
+and the system on them start in the background until both gateways are ready, the demo's tour it
+suggests runs as printed, a second cluster-up only says where it is, and cluster-down removes
+everything the first started."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +18,10 @@ from devstack.waiting import eventually
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def devstack(command: str, cluster_dir: Path) -> subprocess.CompletedProcess[str]:
+def python_module(module: str, *arguments: str, cluster_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m module arguments`, as `make` runs it, with cluster-up's state in `cluster_dir`."""
     return subprocess.run(
-        [sys.executable, "-m", "devstack", command],
+        [sys.executable, "-m", module, *arguments],
         cwd=ROOT,
         env={**os.environ, "DEVSTACK_CLUSTER_DIR": str(cluster_dir)},
         capture_output=True,
@@ -26,6 +29,10 @@ def devstack(command: str, cluster_dir: Path) -> subprocess.CompletedProcess[str
         timeout=400,
         check=False,
     )
+
+
+def devstack(command: str, cluster_dir: Path) -> subprocess.CompletedProcess[str]:
+    return python_module("devstack", command, cluster_dir=cluster_dir)
 
 
 async def test_cluster_up_runs_the_system_on_the_clusters_and_cluster_down_removes_it(tmp_path: Path) -> None:
@@ -36,9 +43,8 @@ async def test_cluster_up_runs_the_system_on_the_clusters_and_cluster_down_remov
         assert "The system is up on the clusters" in up.stdout, up.stdout
         state = orjson.loads((tmp_path / "state.json").read_bytes())
         assert "three nodes behind HAProxy" in state["summary"]
-        gateways = [word.rstrip(",") for word in up.stdout.split() if word.startswith("http://127.0.0.1:")][
-            :2
-        ]
+        addresses = [word.rstrip(",") for word in up.stdout.split() if word.startswith("http://127.0.0.1:")]
+        gateways = addresses[:2]  # the summary names the two gateways first
         async with aiohttp.ClientSession() as http:
             for gateway in gateways:
 
@@ -47,6 +53,12 @@ async def test_cluster_up_runs_the_system_on_the_clusters_and_cluster_down_remov
                         return response.status == 200
 
                 await eventually(ready, within=30, what=f"{gateway} ready")
+        # The tour it suggests runs as printed, the flow page's steps included (the firehose is per node).
+        suggestion = "Try: make demo DEMO_ARGS="
+        (suggested,) = [line for line in up.stdout.splitlines() if line.startswith(suggestion)]
+        (demo_arguments,) = shlex.split(suggested.removeprefix(suggestion))
+        tour = python_module("demo", *demo_arguments.split(), cluster_dir=tmp_path)
+        assert tour.returncode == 0, tour.stdout[-3000:] + tour.stderr[-3000:]
         again = devstack("cluster-up", tmp_path)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == state["summary"], "a second cluster-up only says where the first is"
