@@ -319,8 +319,24 @@ class RabbitMQCluster(RabbitMQ):
         async def elsewhere() -> bool:
             return await self.led_elsewhere(vhost, node)
 
-        what = f"every queue of {vhost} served from another node than {node.node}"
-        await eventually(elsewhere, within=within, interval=0.2, what=what)
+        try:
+            await eventually(elsewhere, within=within, interval=0.2)
+        except AssertionError:
+            raise AssertionError(
+                f"within {within} s, not every queue of {vhost} was served from another node than"
+                f" {node.node}: {await self.queue_states(vhost)}"
+            ) from None
+
+    async def queue_states(self, vhost: str) -> list[str]:
+        """Each durable queue's node or leader, and its members online: what a failed wait reports."""
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError, aiohttp.ClientError):
+            queues = await self.management.queues(vhost)
+            return [
+                f"{queue['name']}: {served_from(queue)}, online {queue.get('online', '?')}"
+                for queue in queues
+                if queue["durable"]
+            ]
+        return ["(the management API did not answer)"]
 
     async def partition(self, node: PrivateRabbitMQ) -> None:
         """Cut `node` off from its peers, and only from them: its clients still reach it, as in a

@@ -169,6 +169,9 @@ def assert_every_accepted_request_applied_once(summary: Summary, fault: ClusterF
 
 
 async def leading_node(rabbitmq: RabbitMQCluster, vhost: str) -> tuple[PrivateRabbitMQ, str]:
+    """The node serving most of the vhost's queues, once every queue has its three members online: a
+    member that joins late (a cluster formed a moment ago) must not be counted on for a majority."""
+    await rabbitmq.wait_queues_fully_replicated(vhost)
     leaders = await rabbitmq.queue_leaders(vhost)
     name, led = leaders.most_common(1)[0]
     return rabbitmq.node_named(name), f"{name}, serving {led} of the {sum(leaders.values())} queues"
