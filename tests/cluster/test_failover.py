@@ -117,14 +117,18 @@ class ClusterFault(Disruption):
         finally:
             await connection.close()
 
-    async def until_more_orders(self, more: int, *, within: float = 60.0) -> None:
-        """Wait until `more` orders more have been placed: the system goes on taking orders."""
-        base = await self.count("SELECT count(*) FROM orders")
+    async def orders_placed(self) -> int:
+        return await self.count("SELECT count(*) FROM orders")
+
+    async def until_more_orders(self, since: int, *, within: float = 60.0) -> None:
+        """Wait until ORDERS_DURING_FAULT orders more than `since` have been placed: the system goes
+        on taking orders."""
 
         async def placed() -> bool:
-            return await self.count("SELECT count(*) FROM orders") >= base + more
+            return await self.orders_placed() >= since + ORDERS_DURING_FAULT
 
-        await eventually(placed, within=within, interval=0.2, what=f"{more} more orders placed")
+        what = f"{ORDERS_DURING_FAULT} more orders placed"
+        await eventually(placed, within=within, interval=0.2, what=what)
 
     async def until_settled(self) -> None:
         """Wait for the load's end, then until every saga has ended (devstack/invariants.py)."""
@@ -177,6 +181,13 @@ async def leading_node(rabbitmq: RabbitMQCluster, vhost: str) -> tuple[PrivateRa
     return rabbitmq.node_named(name), f"{name}, serving {led} of the {sum(leaders.values())} queues"
 
 
+async def back_up(rabbitmq: RabbitMQCluster) -> None:
+    """Every node running again, started together (each waits for the peers it last saw), also after
+    a step that failed: the stack cannot be removed while a quorum queue misses a member, and the
+    failure reported must be the step's."""
+    await rabbitmq.start()
+
+
 async def back_together(rabbitmq: RabbitMQCluster, fault: ClusterFault) -> None:
     await rabbitmq.wait_all_running()
     await rabbitmq.wait_queues_fully_replicated(fault.vhost)
@@ -192,16 +203,18 @@ async def test_the_node_leading_the_quorum_queues_killed(
 
     async def kill_the_leader(fault: ClusterFault) -> None:
         leader, leads = await leading_node(rabbitmq, fault.vhost)
+        before = await fault.orders_placed()
         await leader.kill()
         fault.mark(f"SIGKILL to {leads}")
-        await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
-        fault.mark("every quorum queue has a new leader on the other two nodes")
-        await fault.until_more_orders(ORDERS_DURING_FAULT)
-        fault.mark(f"{ORDERS_DURING_FAULT} more orders placed with the node down")
-        await fault.until_settled()
-        fault.mark("the load over, every saga ended on the other two nodes")
-        # Back, for what follows: deleting a quorum queue waits for all its members.
-        await leader.start()
+        try:
+            await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
+            fault.mark("every quorum queue has a new leader on the other two nodes")
+            await fault.until_more_orders(before)
+            fault.mark(f"{ORDERS_DURING_FAULT} more orders placed with the node down")
+            await fault.until_settled()
+            fault.mark("the load over, every saga ended on the other two nodes")
+        finally:
+            await back_up(rabbitmq)
         await back_together(rabbitmq, fault)
 
     summary, fault = await under_load(
@@ -221,21 +234,22 @@ async def test_two_nodes_down_the_queues_refuse_and_the_publishers_wait(
         second, last = [node for node in rabbitmq.nodes if node is not leader]
         await leader.kill()
         fault.mark(f"SIGKILL to {leads}")
-        await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
-        await second.stop()
-        fault.mark(f"{second.node} stopped too: one node of three left")
+        try:
+            await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
+            await second.stop()
+            fault.mark(f"{second.node} stopped too: one node of three left")
 
-        async def paused() -> bool:
-            return not await rabbitmq.serving(last)
+            async def paused() -> bool:
+                return not await rabbitmq.serving(last)
 
-        await eventually(paused, within=60, interval=0.2, what="the last node paused (pause_minority)")
-        fault.mark(f"{last.node} paused itself: a minority, it serves no one")
-        await fault.until_more_orders(ORDERS_DURING_FAULT)
-        unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-        waiting.append(await fault.count(unpublished))
-        fault.mark(f"{ORDERS_DURING_FAULT} more orders accepted; {waiting[0]} events wait in the outbox")
-        # Together: each waits for the peers it last saw before it serves.
-        await asyncio.gather(second.start(), leader.start())
+            await eventually(paused, within=60, interval=0.2, what="the last node paused (pause_minority)")
+            fault.mark(f"{last.node} paused itself: a minority, it serves no one")
+            await fault.until_more_orders(await fault.orders_placed())
+            unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            waiting.append(await fault.count(unpublished))
+            fault.mark(f"{ORDERS_DURING_FAULT} more orders accepted; {waiting[0]} events wait in the outbox")
+        finally:
+            await back_up(rabbitmq)
         await back_together(rabbitmq, fault)
 
     summary, fault = await under_load(Clusters(postgres, rabbitmq), tmp_path, "two-nodes-down", two_down)
@@ -252,6 +266,7 @@ async def test_a_node_cut_off_from_its_peers_pauses_and_nothing_is_lost(
 
     async def partition(fault: ClusterFault) -> None:
         leader, leads = await leading_node(rabbitmq, fault.vhost)
+        before = await fault.orders_placed()
         await rabbitmq.partition(leader)
         fault.mark(f"iptables cuts {leads} off from its peers (not from its clients)")
         try:
@@ -263,8 +278,8 @@ async def test_a_node_cut_off_from_its_peers_pauses_and_nothing_is_lost(
             fault.mark(f"{leader.node} saw it was a minority and paused: its clients went to the others")
             await rabbitmq.wait_served_elsewhere(fault.vhost, leader)
             fault.mark("every quorum queue has a leader on the majority's side")
-            await fault.until_more_orders(ORDERS_DURING_FAULT)
-            fault.mark(f"{ORDERS_DURING_FAULT} more orders placed during the partition")
+            await fault.until_more_orders(before)
+            fault.mark(f"{ORDERS_DURING_FAULT} more orders placed since the partition began")
         finally:
             await rabbitmq.heal()
             fault.mark("the partition healed")
