@@ -41,7 +41,11 @@ from devstack.rabbitmq import PrivateRabbitMQ
 from devstack.replicated import System
 from devstack.waiting import eventually
 
-LOAD = Settings(duration=30.0, seed=20, rate=10.0)
+# The load: long enough that a broker's failure strikes a busy system, which goes on taking orders
+# while it lasts (the faults' own waits, for leaders and for the cluster to heal, go on after it); a
+# database failover's longer, so that orders go on well after the gateways' circuits close again.
+LOAD = Settings(duration=20.0, seed=20, rate=10.0)
+FAILOVER_LOAD = Settings(duration=30.0, seed=20, rate=10.0)
 FAULT_AT = 5.0  # seconds into the load: the system is busy, and has time to recover before the end
 # Orders must keep being accepted while a fault lasts: this many, placed while it does, end it.
 ORDERS_DURING_FAULT = 20
@@ -144,6 +148,7 @@ async def under_load(
     name: str,
     script: Callable[[ClusterFault], Awaitable[None]],
     *,
+    load: Settings = LOAD,
     drain_timeout: float | None = None,
 ) -> tuple[Summary, ClusterFault]:
     faults: list[ClusterFault] = []
@@ -154,7 +159,7 @@ async def under_load(
 
     servers = clusters.servers
     summary = await chaos_run(
-        servers, tmp_path, LOAD, out=print, disruption=make, relayed=False, drain_timeout=drain_timeout
+        servers, tmp_path, load, out=print, disruption=make, relayed=False, drain_timeout=drain_timeout
     )
     return summary, faults[0]
 
@@ -163,8 +168,8 @@ def assert_every_accepted_request_applied_once(summary: Summary, fault: ClusterF
     details = "\n".join(summary.lines())
     assert summary.faults == {fault.name: 1}, details
     # A real burst: orders placed and cancelled on either side of the fault.
-    assert summary.operations[(Kind.PLACE, Outcome.OK)] >= 150, details
-    assert summary.operations[(Kind.CANCEL, Outcome.OK)] >= 20, details
+    assert summary.operations[(Kind.PLACE, Outcome.OK)] >= 100, details
+    assert summary.operations[(Kind.CANCEL, Outcome.OK)] >= 15, details
     # The exact count: each accepted order there once, each accepted cancel applied, nothing more.
     assert summary.lost == summary.doubled == summary.phantom == 0, details
     assert not summary.violations, details
@@ -333,7 +338,11 @@ async def test_the_primary_killed_and_the_standby_promoted_loses_nothing_with_sy
     assert postgres.synchronous
     clusters = Clusters(postgres, healthy_rabbitmq_cluster)
     summary, fault = await under_load(
-        clusters, tmp_path, "postgres-failover", lose_the_primary_while_the_standby_lags(postgres)
+        clusters,
+        tmp_path,
+        "postgres-failover",
+        lose_the_primary_while_the_standby_lags(postgres),
+        load=FAILOVER_LOAD,
     )
     failover = Failover.of(summary.history, fault)
     print(f"synchronous replication: {failover}")
@@ -355,6 +364,7 @@ async def test_asynchronous_replication_loses_orders_it_accepted(
         tmp_path,
         "postgres-failover",
         lose_the_primary_while_the_standby_lags(postgres),
+        load=FAILOVER_LOAD,
         # What the failover lost may never be applied (an event acked in the lost window): the run
         # reports it, and need not wait the whole deadline for it.
         drain_timeout=float(SAGA_DEADLINE_SECONDS) + 10,
