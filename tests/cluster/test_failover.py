@@ -324,22 +324,34 @@ def lose_the_primary_while_the_standby_lags(
     return failover
 
 
-async def test_the_primary_killed_and_the_standby_promoted_loses_nothing_with_synchronous_replication(
-    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path, firewall: None
-) -> None:
-    assert postgres.synchronous
-    clusters = Clusters(postgres, healthy_rabbitmq_cluster)
+async def failover_under_load(
+    postgres: ReplicatedPostgres,
+    rabbitmq: RabbitMQCluster,
+    tmp_path: Path,
+    *,
+    drain_timeout: float | None = None,
+) -> tuple[Summary, ClusterFault]:
+    """The primary lost while its standby lags, under load; then every process must have found the
+    new primary by itself (the multi-host DSN), and orders gone on."""
     summary, fault = await under_load(
-        clusters,
+        Clusters(postgres, rabbitmq),
         tmp_path,
         "postgres-failover",
         lose_the_primary_while_the_standby_lags(postgres),
         load=FAILOVER_LOAD,
+        drain_timeout=drain_timeout,
     )
     failover = Failover.of(summary.history, fault)
-    print(f"synchronous replication: {failover}")
-    # Every process found the new primary by itself (the multi-host DSN), and orders went on.
+    print(f"{'synchronous' if postgres.synchronous else 'asynchronous'} replication: {failover}")
     assert failover.accepted_after >= ORDERS_AFTER_FAILOVER, failover
+    return summary, fault
+
+
+async def test_the_primary_killed_and_the_standby_promoted_loses_nothing_with_synchronous_replication(
+    healthy_rabbitmq_cluster: RabbitMQCluster, postgres: ReplicatedPostgres, tmp_path: Path, firewall: None
+) -> None:
+    assert postgres.synchronous
+    summary, fault = await failover_under_load(postgres, healthy_rabbitmq_cluster, tmp_path)
     assert_every_accepted_request_applied_once(summary, fault)
 
 
@@ -350,19 +362,10 @@ async def test_asynchronous_replication_loses_orders_it_accepted(
     """The same failover without synchronous replication: what the primary had committed and the
     standby had not yet received is gone, though the clients were told 202."""
     assert not postgres.synchronous
-    clusters = Clusters(postgres, healthy_rabbitmq_cluster)
-    summary, fault = await under_load(
-        clusters,
-        tmp_path,
-        "postgres-failover",
-        lose_the_primary_while_the_standby_lags(postgres),
-        load=FAILOVER_LOAD,
-        # What the failover lost may never be applied (an event acked in the lost window): the run
-        # reports it, and need not wait the whole deadline for it.
-        drain_timeout=float(SAGA_DEADLINE_SECONDS) + 10,
+    # What the failover lost may never be applied (an event acked in the lost window): the run reports
+    # it, and need not wait the whole deadline for it.
+    drain_timeout = float(SAGA_DEADLINE_SECONDS) + 10
+    summary, _ = await failover_under_load(
+        postgres, healthy_rabbitmq_cluster, tmp_path, drain_timeout=drain_timeout
     )
-    failover = Failover.of(summary.history, fault)
-    print(f"asynchronous replication: {failover}")
-    assert failover.accepted_after >= ORDERS_AFTER_FAILOVER, failover
-    details = "\n".join(summary.lines())
-    assert summary.lost > 0, details
+    assert summary.lost > 0, "\n".join(summary.lines())
